@@ -1,0 +1,169 @@
+"""The `shopee-fastai` command: a thin typer layer over the library. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from .errors import ShopeeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Sort product photos into their label group with fastai + timm (Kaggle Shopee layout).")
+
+DataOpt = typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).")
+ModelOpt = typer.Option(..., "--model", help="An exported learner, models/<name>.pkl.")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, (DeprecationWarning, FutureWarning)):
+        return  # library housekeeping, not something the user can act on
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def command(fn: Callable) -> Callable:
+    """Register `fn` so a ShopeeError becomes one 'error:' line and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = _one_line_warning
+        try:
+            return fn(*args, **kwargs)
+        except ShopeeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted; nothing half-written was kept", err=True)
+            raise typer.Exit(130) from None
+
+    return app.command(fn.__name__.replace("_", "-"))(wrapper)
+
+
+def _train_config(data: Path, arch: str, pretrained: bool, weights: Optional[Path], top_groups: int,
+                  holdout: Optional[str], seed: int, size: int, bs: int, aug: str, workers: Optional[int], **extra):
+    from .train import TrainConfig
+
+    return TrainConfig(data=data, arch=arch, pretrained=pretrained, weights=weights, top_groups=top_groups,
+                       holdout=holdout, seed=seed, size=size, bs=bs, aug=aug, workers=workers, **extra)
+
+
+# Options shared by train and lr-find, declared once.
+ArchOpt = typer.Option("efficientnet_b0", help="'cnn' (the study's hand-written CNN) or any timm model name.")
+PretrainedOpt = typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).")
+WeightsOpt = typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.")
+TopOpt = typer.Option(21, help="Keep the N largest label groups (0 keeps all).")
+HoldoutOpt = typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').")
+SeedOpt = typer.Option(42, help="Seed for the split and initialisation.")
+SizeOpt = typer.Option(224, help="Image side in pixels.")
+BsOpt = typer.Option(32, help="Batch size.")
+AugOpt = typer.Option("fastai", help="Batch augmentation: fastai | study | none.")
+WorkersOpt = typer.Option(None, help="DataLoader worker processes (default: fastai's, one per core).")
+ModelsDirOpt = typer.Option(Path("models"), help="Where the exported model and its files go.")
+NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).")
+
+
+@command
+def train(
+    data: Path = DataOpt, arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
+    epochs: int = typer.Option(5, help="Epochs (unfrozen epochs when pretrained)."),
+    freeze_epochs: int = typer.Option(1, help="Epochs with the pretrained body frozen first."),
+    lr: Optional[float] = typer.Option(None, help="Base learning rate (default 2e-3 Adam, 1e-2 SGD)."),
+    wd: Optional[float] = typer.Option(None, help="Weight decay (default: fastai's 0.01)."),
+    opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
+    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, seed: int = SeedOpt, size: int = SizeOpt,
+    bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
+    models_dir: Path = ModelsDirOpt,
+) -> None:
+    """Fine-tune (or train from scratch) and export models/<name>.pkl with its split and model card."""
+    from .train import model_paths
+    from .train import train as run
+
+    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, seed, size, bs, aug, workers,
+                        epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
+                        models_dir=models_dir)
+    card = run(cfg)
+    paths = model_paths(models_dir, card["name"])
+    typer.echo(f"weights: {card['weights']}")
+    typer.echo(f"valid accuracy {card['valid_accuracy']}  test accuracy {card['test_accuracy']}  "
+               f"({card['split']['test']} test images, {card['wall_time_s']['total']} s)")
+    typer.echo(f"exported {paths['pkl']} (card {paths['card']}, split {paths['split']})")
+
+
+@command
+def lr_find(
+    data: Path = DataOpt, arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
+    opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
+    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, seed: int = SeedOpt, size: int = SizeOpt,
+    bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
+    models_dir: Path = ModelsDirOpt,
+    plot: Optional[Path] = typer.Option(None, help="PNG to write (default models/<name>.lr_find.png)."),
+) -> None:
+    """Run fastai's learning-rate range test; print the valley/slide/minimum/steep suggestions and save the plot."""
+    from .train import lr_find as run
+    from .train import model_paths
+
+    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, seed, size, bs, aug, workers,
+                        opt=opt, name=name, models_dir=models_dir)
+    found = run(cfg, plot)
+    for k, v in found.items():
+        typer.echo(f"{k:8s} {v:.2e}")
+    typer.echo(f"plot: {plot or model_paths(models_dir, cfg.model_name)['lr_find']}")
+
+
+@command
+def evaluate(
+    model: Path = ModelOpt,
+    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (default: the one the model trained on)."),
+) -> None:
+    """Accuracy on the model's held-out test split (and its valid split)."""
+    from .evaluate import evaluate as run
+
+    result = run(model, data)
+    for name in ("valid", "test"):
+        typer.echo(f"{name} accuracy {result[f'{name}_accuracy']} on {result[f'{name}_images']} images")
+
+
+@command
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    model: Path = ModelOpt,
+    top_k: int = typer.Option(5, "--top-k", help="How many label groups to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
+    bs: int = typer.Option(64, help="Batch size."),
+) -> None:
+    """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
+    from .predict import collect_images, load_model, predict_probs, top_k as best
+
+    files = collect_images(images)
+    learn = load_model(model)
+    preds = predict_probs(learn, files, bs=bs, progress=not as_json)
+    for path, ranked in zip(preds.paths, best(preds.probs, learn.dls.vocab, top_k)):
+        if as_json:
+            typer.echo(json.dumps({"image": str(path), "predictions": ranked}))
+        else:
+            typer.echo(f"{path}\t" + "  ".join(f"{r['label_group']} {r['probability']:.3f}" for r in ranked))
+    if preds.failures:
+        for line in preds.failures:
+            typer.echo(f"error: {line}", err=True)
+        raise ShopeeError(f"{len(preds.failures)} of {len(files)} image(s) could not be read (listed above); fix or remove them")
+
+
+@command
+def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to create.")) -> None:
+    """Copy the bundled sample (real grocery photos, MIT licence) to DEST, in Kaggle layout."""
+    from .data import SAMPLE_DIR
+
+    if dest.exists():
+        raise ShopeeError(f"{dest}: already exists; choose a new folder")
+    shutil.copytree(SAMPLE_DIR, dest)
+    typer.echo(f"sample copied to {dest}: train with `shopee-fastai train --data {dest} --arch tf_efficientnet_lite0 --pretrained`")
+
+
+def main() -> None:
+    app()

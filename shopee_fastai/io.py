@@ -1,0 +1,48 @@
+"""Atomic writes: a crash or Ctrl-C leaves either the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ShopeeError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(dest: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; rename it over `dest` only if the block succeeds."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as e:
+        raise ShopeeError(f"{dest.parent}: cannot write here ({e.strerror}); choose a writable output folder") from e
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except OSError as e:
+        raise ShopeeError(f"{dest}: writing failed ({e.strerror}); free disk space or choose another folder") from e
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(dest: Path, text: str) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(dest: Path, obj: Any) -> None:
+    write_text(dest, json.dumps(obj, indent=2, default=str) + "\n")

@@ -1,0 +1,108 @@
+"""Load an exported learner and turn photos into label-group probabilities, with the training-time preprocessing."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import ShopeeError
+from .images import load_rgb
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CHUNK = 256  # images decoded and held at once: bounds memory however many are asked for
+DECODE_THREADS = 4
+DEFAULT_BS = 64
+
+
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given, folders expanded to the images inside them (sorted, recursively)."""
+    found: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ShopeeError(f"{p}: no such file or folder; give image files or folders of images")
+    if not found:
+        raise ShopeeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {', '.join(map(str, inputs))}")
+    return found
+
+
+def load_model(path: Path, cpu: bool | None = None):
+    """`load_learner` with every way it can fail turned into one line that names the file and the fix."""
+    import torch
+    from fastai.learner import Learner, load_learner
+
+    path = Path(path)
+    if not path.is_file():
+        raise ShopeeError(f"{path}: model file not found; train one with `shopee-fastai train` or pass --model")
+    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fastai's pickle warning: the README says which files to trust
+            learn = load_learner(path, cpu=cpu)
+    except (ModuleNotFoundError, ImportError, AttributeError, UnboundLocalError) as e:
+        raise ShopeeError(f"{path}: the code this learner was exported with cannot be found ({e}); "
+                          "install the shopee-fastai version that trained it, or retrain") from e
+    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise ShopeeError(f"{path}: not a readable fastai learner (truncated or another format); re-export it with `shopee-fastai train`") from e
+    if not isinstance(learn, Learner):
+        raise ShopeeError(f"{path}: holds a {type(learn).__name__}, not a fastai Learner; pass a .pkl written by `shopee-fastai train`")
+    return learn
+
+
+def _decode(path: Path):
+    try:
+        return load_rgb(path), None
+    except ShopeeError as e:
+        return None, str(e)
+
+
+@dataclass
+class Predictions:
+    paths: list[Path]  # images that were predicted, in input order
+    probs: "object"  # torch.Tensor [len(paths), n_classes]
+    failures: list[str]  # one line per image that could not be read
+
+
+def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Predictions:
+    """Class probabilities for each readable image; unreadable ones are listed, not fatal. Decoding runs in threads."""
+    import torch
+    from fastprogress.fastprogress import progress_bar
+
+    from .transforms import ShopeeImage
+
+    learn.model.eval()
+    done: list[Path] = []
+    out: list = []
+    failures: list[str] = []
+    starts = range(0, len(images), CHUNK)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, learn.no_bar():
+        # fastprogress prints a stray bar even with display=False, so only wrap when showing one
+        for start in progress_bar(starts) if progress and len(starts) > 1 else starts:
+            chunk = list(images[start : start + CHUNK])
+            decoded = list(pool.map(_decode, chunk))
+            failures += [err for _, err in decoded if err]
+            good = [(p, im) for p, (im, err) in zip(chunk, decoded) if im is not None]
+            if not good:
+                continue
+            dl = learn.dls.test_dl([ShopeeImage.create(im) for _, im in good], bs=bs, num_workers=0)
+            probs, _ = learn.get_preds(dl=dl)
+            done += [p for p, _ in good]
+            out.append(probs)
+    probs = torch.cat(out) if out else torch.empty(0, len(learn.dls.vocab))
+    return Predictions(done, probs, failures)
+
+
+def top_k(probs, vocab: Sequence, k: int) -> list[list[dict]]:
+    """Best-first `{"label_group", "probability"}` lists, one per row of `probs`."""
+    k = max(1, min(k, len(vocab)))
+    values, idx = probs.topk(k, dim=1)
+    return [[{"label_group": str(vocab[i]), "probability": round(float(p), 6)} for p, i in zip(pv, iv)]
+            for pv, iv in zip(values.tolist(), idx.tolist())]

@@ -1,0 +1,225 @@
+"""Training: clean and split the data, build the learner, fine-tune it, and export it with its model card."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import data as D
+from .errors import ShopeeError
+from .models import CNN_ARCH, DEFAULT_ARCH, HandCNN, check_arch, input_stats
+from .weights import WeightsChoice, resolve_weights, weights_load_error
+
+DEFAULT_LR = {"adam": 2e-3, "sgd": 1e-2}
+OPTIMIZERS = tuple(DEFAULT_LR)
+SGD_MOMENTUM = 0.9
+LR_MULT = 100  # discriminative learning rates after unfreezing: the stem learns 100x slower than the head
+UNFROZEN_DIV = 5  # fastai fine_tune's one-cycle settings for the unfrozen phase
+UNFROZEN_PCT_START = 0.3
+FROZEN_PCT_START = 0.99
+MODELS_DIR = Path("models")
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    arch: str = DEFAULT_ARCH
+    pretrained: bool = False
+    weights: Path | None = None
+    name: str | None = None
+    models_dir: Path = MODELS_DIR
+    top_groups: int = D.DEFAULT_TOP_GROUPS
+    holdout: str | None = None
+    seed: int = 42
+    size: int = 224
+    bs: int = 32
+    aug: str = "fastai"
+    epochs: int = 5
+    freeze_epochs: int = 1
+    lr: float | None = None
+    wd: float | None = None
+    opt: str = "adam"
+    workers: int | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.name or f"{self.arch}-{'pretrained' if self.pretrained or self.weights else 'scratch'}"
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.opt]
+
+    def check(self) -> None:
+        """Reject bad options before any data is read or any time spent."""
+        check_arch(self.arch)
+        if self.opt not in OPTIMIZERS:
+            raise ShopeeError(f"--opt {self.opt!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.aug not in D.AUGMENTATIONS:
+            raise ShopeeError(f"--aug {self.aug!r}: choose one of {', '.join(D.AUGMENTATIONS)}")
+        for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.epochs, 0),
+                                ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
+            if value < low:
+                raise ShopeeError(f"{opt} {value}: must be at least {low}")
+        if self.arch == CNN_ARCH and (self.pretrained or self.weights):
+            raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
+
+
+@dataclass
+class Prepared:
+    """The cleaned table (readable images only), its split and what was skipped."""
+
+    table: pd.DataFrame
+    split: pd.Series
+    skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def rows(self, name: str) -> pd.DataFrame:
+        return D.rows_in_split(self.table, self.split, name).assign(**{D.SPLIT: name})
+
+
+def prepare(cfg: TrainConfig, skipped_report: Path | None = None) -> Prepared:
+    table = D.clean(D.read_table(cfg.data), cfg.top_groups)
+    table, skipped = D.drop_unreadable(table, skipped_report)
+    if len(table) < D.MIN_TRAIN_IMAGES or table[D.LABEL].nunique() < 2:
+        raise ShopeeError(f"{cfg.data}: fewer than 2 label groups with readable images; add images or raise --top-groups")
+    return Prepared(table, D.make_split(table, cfg.seed, holdout=cfg.holdout), skipped)
+
+
+def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
+    """A fastai Learner for `cfg.arch`: the hand CNN, or a timm model through `vision_learner` (frozen if pretrained)."""
+    from functools import partial
+
+    import fastai.callback.progress  # noqa: F401  (registers the progress bars)
+    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.optimizer import SGD, Adam
+    from fastai.torch_core import set_seed
+    from fastai.vision.learner import vision_learner
+
+    set_seed(cfg.seed, reproducible=True)
+    opt_func = Adam if cfg.opt == "adam" else partial(SGD, mom=SGD_MOMENTUM)
+    common: dict[str, Any] = dict(loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=opt_func,
+                                  path=Path("."), model_dir=".")
+    if cfg.wd is not None:
+        common["wd"] = cfg.wd
+    if cfg.arch == CNN_ARCH:
+        return Learner(dls, HandCNN(len(dls.vocab), cfg.size), **common)
+    try:
+        # Normalize is already in the DataBlock for every arch, so vision_learner must not add a second one.
+        return vision_learner(dls, cfg.arch, pretrained=choice.pretrained, normalize=False, **common, **choice.timm_kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        if choice.pretrained:
+            raise weights_load_error(cfg.arch, choice, e) from e
+        raise
+
+
+def _history(learn, phase: str) -> list[dict[str, Any]]:
+    names = [n for n in learn.recorder.metric_names[1:-1]]
+    return [{"phase": phase, "epoch": i, **{n: float(v) for n, v in zip(names, row)}}
+            for i, row in enumerate(learn.recorder.values)]
+
+
+def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str, float]]:
+    """fastai's fine-tune recipe for pretrained bodies (frozen, then unfrozen with discriminative rates); one cycle otherwise."""
+    history: list[dict] = []
+    times: dict[str, float] = {}
+    lr = cfg.base_lr
+    phases = []
+    if pretrained:
+        if cfg.freeze_epochs:
+            phases.append(("frozen", cfg.freeze_epochs, lambda n: learn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START)))
+        phases.append(("unfrozen", cfg.epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
+            n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV))))
+    else:
+        phases.append(("scratch", cfg.epochs, lambda n: learn.fit_one_cycle(n, lr)))
+    for phase, n, run in phases:
+        if not n:
+            continue
+        start = time.perf_counter()
+        run(n)
+        times[phase] = round(time.perf_counter() - start, 1)
+        history += _history(learn, phase)
+    return history, times
+
+
+def versions() -> dict[str, str]:
+    import fastai
+    import timm
+    import torch
+
+    from . import __version__
+
+    return {"shopee_fastai": __version__, "fastai": fastai.__version__, "timm": timm.__version__, "torch": torch.__version__}
+
+
+def model_paths(models_dir: Path, name: str) -> dict[str, Path]:
+    """Every file a trained model consists of; `evaluate` and `predict` find the rest from the .pkl's path."""
+    base = Path(models_dir) / name
+    return {"pkl": base.with_suffix(".pkl"), "card": base.with_suffix(".json"),
+            "split": Path(f"{base}.split.csv"), "skipped": Path(f"{base}.skipped.csv"),
+            "lr_find": Path(f"{base}.lr_find.png")}
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train and export `models/<name>.pkl` with its split and model card; return the card."""
+    from .evaluate import accuracy_on
+    from .io import atomic_path, write_json
+
+    cfg.check()
+    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
+    paths = model_paths(cfg.models_dir, cfg.model_name)
+    started = time.perf_counter()
+    prep = prepare(cfg, paths["skipped"])
+    train_valid = pd.concat([prep.rows(D.TRAIN), prep.rows(D.VALID)], ignore_index=True)
+    dls = D.make_dataloaders(train_valid, input_stats(cfg.arch),
+                             D.LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
+    learn = build_learner(dls, cfg, choice)
+    history, times = fit(learn, cfg, choice.pretrained)
+    valid_acc = accuracy_on(learn, prep.rows(D.VALID))
+    test_acc = accuracy_on(learn, prep.rows(D.TEST))
+    wall = round(time.perf_counter() - started, 1)
+    card = {
+        "name": cfg.model_name, "arch": cfg.arch, "weights": choice.source, "classes": [str(c) for c in dls.vocab],
+        "input": {"size": cfg.size, "mean": list(input_stats(cfg.arch)[0]), "std": list(input_stats(cfg.arch)[1])},
+        "data": str(Path(cfg.data).resolve()), "config": {k: v for k, v in asdict(cfg).items() if k not in ("data",)},
+        "split": {"seed": cfg.seed, "holdout": cfg.holdout, "file": paths["split"].name,
+                  **{s: int((prep.split == s).sum()) for s in D.SPLITS}},
+        "skipped_images": len(prep.skipped), "history": history,
+        "valid_accuracy": valid_acc, "test_accuracy": test_acc,
+        "wall_time_s": {"total": wall, **times}, "versions": versions(),
+    }
+    D.write_split(prep.split, paths["split"])
+    with atomic_path(paths["pkl"]) as tmp:
+        learn.export(tmp.resolve())
+    write_json(paths["card"], card)
+    return card
+
+
+def lr_find(cfg: TrainConfig, plot: Path | None = None) -> dict[str, float]:
+    """fastai's LR range test on the phase `train` starts with (the frozen head if pretrained); plot saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fastai.callback.schedule import minimum, slide, steep, valley
+
+    from .io import atomic_path
+
+    cfg.check()
+    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
+    prep = prepare(cfg)
+    dls = D.make_dataloaders(pd.concat([prep.rows(D.TRAIN), prep.rows(D.VALID)], ignore_index=True),
+                             input_stats(cfg.arch), D.LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
+    learn = build_learner(dls, cfg, choice)
+    plt.close("all")
+    found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
+    plot = plot or model_paths(cfg.models_dir, cfg.model_name)["lr_find"]
+    with atomic_path(plot) as tmp:
+        plt.gcf().savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close("all")
+    return {k: float(v) for k, v in found._asdict().items()}

