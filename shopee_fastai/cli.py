@@ -161,7 +161,10 @@ def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to cr
 
     if dest.exists():
         raise ShopeeError(f"{dest}: already exists; choose a new folder")
-    shutil.copytree(SAMPLE_DIR, dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(SAMPLE_DIR, tmp, ignore=shutil.ignore_patterns("__pycache__"))
+    tmp.rename(dest)  # all or nothing
     typer.echo(f"sample copied to {dest}: train with `shopee-fastai train --data {dest} --arch tf_efficientnet_lite0 --pretrained`")
 
 

@@ -35,18 +35,22 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
 
 
 def load_model(path: Path, cpu: bool | None = None):
-    """`load_learner` with every way it can fail turned into one line that names the file and the fix."""
+    """Unpickle an exported learner (as fastai's `load_learner`), turning every way it can fail into one line.
+
+    A `.pkl` runs code when loaded: only load files you trust (the README says more).
+    """
     import torch
-    from fastai.learner import Learner, load_learner
+    from fastai.learner import Learner
 
     path = Path(path)
     if not path.is_file():
         raise ShopeeError(f"{path}: model file not found; train one with `shopee-fastai train` or pass --model")
     cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    device = torch.device("cpu" if cpu else "cuda")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fastai's pickle warning: the README says which files to trust
-            learn = load_learner(path, cpu=cpu)
+            warnings.simplefilter("ignore")
+            learn = torch.load(path, map_location=device, pickle_module=pickle, weights_only=False)
     except (ModuleNotFoundError, ImportError, AttributeError, UnboundLocalError) as e:
         raise ShopeeError(f"{path}: the code this learner was exported with cannot be found ({e}); "
                           "install the shopee-fastai version that trained it, or retrain") from e
@@ -54,6 +58,7 @@ def load_model(path: Path, cpu: bool | None = None):
         raise ShopeeError(f"{path}: not a readable fastai learner (truncated or another format); re-export it with `shopee-fastai train`") from e
     if not isinstance(learn, Learner):
         raise ShopeeError(f"{path}: holds a {type(learn).__name__}, not a fastai Learner; pass a .pkl written by `shopee-fastai train`")
+    learn.dls.to(device)
     return learn
 
 

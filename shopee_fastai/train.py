@@ -118,6 +118,17 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
         raise
 
 
+def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[WeightsChoice, Prepared, Any]:
+    """Check options, resolve weights (fail fast), prepare and split the data, and build the learner."""
+    cfg.check()
+    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
+    prep = prepare(cfg, skipped_report)
+    train_valid = pd.concat([prep.rows(D.TRAIN), prep.rows(D.VALID)], ignore_index=True)
+    dls = D.make_dataloaders(train_valid, input_stats(cfg.arch),
+                             D.LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
+    return choice, prep, build_learner(dls, cfg, choice)
+
+
 def _history(learn, phase: str) -> list[dict[str, Any]]:
     names = [n for n in learn.recorder.metric_names[1:-1]]
     return [{"phase": phase, "epoch": i, **{n: float(v) for n, v in zip(names, row)}}
@@ -165,39 +176,55 @@ def model_paths(models_dir: Path, name: str) -> dict[str, Path]:
             "lr_find": Path(f"{base}.lr_find.png")}
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train and export `models/<name>.pkl` with its split and model card; return the card."""
-    from .evaluate import accuracy_on
-    from .io import atomic_path, write_json
+@dataclass
+class Trained:
+    """A fitted learner with its model card, before export."""
 
-    cfg.check()
-    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
+    learn: Any
+    card: dict[str, Any]
+    prep: Prepared
+    paths: dict[str, Path]
+
+
+def fit_learner(cfg: TrainConfig) -> Trained:
+    """Everything `train` does except writing the model: prepare data, build, fit, score valid and test."""
+    from .evaluate import accuracy_on
+
     paths = model_paths(cfg.models_dir, cfg.model_name)
     started = time.perf_counter()
-    prep = prepare(cfg, paths["skipped"])
-    train_valid = pd.concat([prep.rows(D.TRAIN), prep.rows(D.VALID)], ignore_index=True)
-    dls = D.make_dataloaders(train_valid, input_stats(cfg.arch),
-                             D.LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
-    learn = build_learner(dls, cfg, choice)
+    choice, prep, learn = setup(cfg, paths["skipped"])
+    mean, std = input_stats(cfg.arch)
+    dls = learn.dls
     history, times = fit(learn, cfg, choice.pretrained)
-    valid_acc = accuracy_on(learn, prep.rows(D.VALID))
-    test_acc = accuracy_on(learn, prep.rows(D.TEST))
-    wall = round(time.perf_counter() - started, 1)
     card = {
         "name": cfg.model_name, "arch": cfg.arch, "weights": choice.source, "classes": [str(c) for c in dls.vocab],
-        "input": {"size": cfg.size, "mean": list(input_stats(cfg.arch)[0]), "std": list(input_stats(cfg.arch)[1])},
-        "data": str(Path(cfg.data).resolve()), "config": {k: v for k, v in asdict(cfg).items() if k not in ("data",)},
+        "input": {"size": cfg.size, "mean": list(mean), "std": list(std)},
+        "data": str(Path(cfg.data).resolve()), "config": {k: v for k, v in asdict(cfg).items() if k != "data"},
         "split": {"seed": cfg.seed, "holdout": cfg.holdout, "file": paths["split"].name,
                   **{s: int((prep.split == s).sum()) for s in D.SPLITS}},
         "skipped_images": len(prep.skipped), "history": history,
-        "valid_accuracy": valid_acc, "test_accuracy": test_acc,
-        "wall_time_s": {"total": wall, **times}, "versions": versions(),
+        "valid_accuracy": accuracy_on(learn, prep.rows(D.VALID)),
+        "test_accuracy": accuracy_on(learn, prep.rows(D.TEST)),
+        "wall_time_s": {"total": round(time.perf_counter() - started, 1), **times}, "versions": versions(),
     }
-    D.write_split(prep.split, paths["split"])
-    with atomic_path(paths["pkl"]) as tmp:
-        learn.export(tmp.resolve())
-    write_json(paths["card"], card)
-    return card
+    return Trained(learn, card, prep, paths)
+
+
+def export(trained: Trained) -> None:
+    """Write split, learner and card, each atomically; the card last, so a card always has its model."""
+    from .io import atomic_path, write_json
+
+    D.write_split(trained.prep.split, trained.paths["split"])
+    with atomic_path(trained.paths["pkl"]) as tmp:
+        trained.learn.export(tmp.resolve())
+    write_json(trained.paths["card"], trained.card)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train and export `models/<name>.pkl` with its split and model card; return the card."""
+    trained = fit_learner(cfg)
+    export(trained)
+    return trained.card
 
 
 def lr_find(cfg: TrainConfig, plot: Path | None = None) -> dict[str, float]:
@@ -210,12 +237,7 @@ def lr_find(cfg: TrainConfig, plot: Path | None = None) -> dict[str, float]:
 
     from .io import atomic_path
 
-    cfg.check()
-    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
-    prep = prepare(cfg)
-    dls = D.make_dataloaders(pd.concat([prep.rows(D.TRAIN), prep.rows(D.VALID)], ignore_index=True),
-                             input_stats(cfg.arch), D.LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
-    learn = build_learner(dls, cfg, choice)
+    _, _, learn = setup(cfg)
     plt.close("all")
     found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
     plot = plot or model_paths(cfg.models_dir, cfg.model_name)["lr_find"]

@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from shopee_fastai.cli import app
+
+from .conftest import SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert lines and all(f in lines[-1] for f in fragments), result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_model(synthetic, tmp_path_factory):
+    models = tmp_path_factory.mktemp("cli-models")
+    result = run("train", "--data", synthetic, "--arch", "cnn", "--epochs", 3, "--size", SIZE, "--bs", 8,
+                 "--aug", "none", "--workers", 0, "--lr", 3e-3, "--models-dir", models, "--name", "tiny")
+    assert result.exit_code == 0, result.output
+    assert "exported" in result.stdout
+    return models / "tiny.pkl"
+
+
+def test_evaluate_prints_test_accuracy(cli_model):
+    result = run("evaluate", "--model", cli_model)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.stdout and "valid accuracy" in result.stdout
+
+
+def test_predict_json_lines(cli_model, synthetic):
+    result = run("predict", synthetic / "train_images", "--model", cli_model, "--json", "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 36
+    first = rows[0]
+    assert set(first) == {"image", "predictions"} and len(first["predictions"]) == 2
+    p = [r["probability"] for r in first["predictions"]]
+    assert p == sorted(p, reverse=True) and set(first["predictions"][0]) == {"label_group", "probability"}
+
+
+def test_predict_goes_on_past_a_bad_image_and_exits_2(cli_model, synthetic, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    good = sorted((synthetic / "train_images").glob("*.jpg"))[0]
+    result = run("predict", good, bad, "--model", cli_model)
+    assert str(good) in result.stdout
+    one_line_error(result, "1 of 2 image(s) could not be read")
+    assert "broken.jpg" in result.stderr
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["train", "--data", "/no/such/dir"], ["/no/such/dir", "no such data folder"]),
+    (["train", "--data", "{synthetic}", "--arch", "resnet_nope"], ["resnet_nope", "not a timm model"]),
+    (["lr-find", "--data", "{synthetic}", "--arch", "cnn", "--opt", "rmsprop"], ["--opt"]),
+    (["evaluate", "--model", "/no/model.pkl"], ["/no/model.pkl", "not found"]),
+    (["predict", "/no/image.jpg", "--model", "/no/model.pkl"], ["/no/image.jpg"]),
+])
+def test_errors_are_one_line_with_exit_code_2(synthetic, args, fragments):
+    one_line_error(run(*[a.format(synthetic=synthetic) for a in args]), *fragments)
+
+
+def test_lr_find_command_writes_plot(synthetic, tmp_path):
+    plot = tmp_path / "lr.png"
+    result = run("lr-find", "--data", synthetic, "--arch", "cnn", "--size", SIZE, "--bs", 8, "--workers", 0, "--plot", plot)
+    assert result.exit_code == 0, result.output
+    assert "valley" in result.stdout and plot.stat().st_size > 1000
+
+
+def test_sample_command_copies_a_kaggle_layout(tmp_path):
+    dest = tmp_path / "s"
+    assert run("sample", dest).exit_code == 0
+    assert (dest / "train.csv").is_file() and len(list((dest / "train_images").glob("*.jpg"))) > 100
+    assert (dest / "LICENSE-GroceryStoreDataset.txt").is_file()
+    one_line_error(run("sample", dest), "already exists")
+
+
+def test_root_cli_py_is_the_same_command_and_help_imports_no_torch():
+    out = subprocess.run([sys.executable, "cli.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and "predict" in out.stdout
+    code = "import sys, shopee_fastai.cli; print('torch' in sys.modules, 'fastai' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False False"

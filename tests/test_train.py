@@ -1,0 +1,91 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from shopee_fastai import data as D
+from shopee_fastai.errors import ShopeeError
+from shopee_fastai.predict import predict_probs
+from shopee_fastai.train import TrainConfig, fit_learner, lr_find, train
+
+from .conftest import COLOURS, SIZE
+
+CHANCE = 1 / len(COLOURS)
+
+
+def test_cnn_beats_chance_and_exports_everything(trained_cnn):
+    card, paths = trained_cnn.card, trained_cnn.paths
+    assert card["test_accuracy"] >= 0.8 > CHANCE
+    for key in ("pkl", "card", "split"):
+        assert paths[key].is_file()
+    saved = json.loads(paths["card"].read_text())
+    assert saved["arch"] == "cnn" and saved["weights"] == "random init"
+    assert saved["classes"] == sorted(COLOURS)
+    assert [h["phase"] for h in saved["history"]] == ["scratch"] * 4
+    assert {"train_loss", "valid_loss", "accuracy"} <= set(saved["history"][0])
+    assert saved["split"]["train"] + saved["split"]["valid"] + saved["split"]["test"] == 3 * 12
+    assert set(saved["versions"]) >= {"fastai", "timm", "torch"}
+
+
+def test_export_reloads_in_a_fresh_process_with_same_probabilities(trained_cnn):
+    images = [p for p in D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST)[D.PATH]]
+    before = predict_probs(trained_cnn.learn, images, progress=False).probs
+    code = ("import json,sys; from shopee_fastai.predict import load_model, predict_probs; "
+            "l=load_model(sys.argv[1]); print(json.dumps(predict_probs(l, sys.argv[2:], progress=False).probs.tolist()))")
+    out = subprocess.run([sys.executable, "-c", code, str(trained_cnn.paths["pkl"]), *images],
+                         capture_output=True, text=True, check=True).stdout
+    after = torch.tensor(json.loads(out.strip().splitlines()[-1]))
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_small_timm_model_with_local_weights_fine_tunes_and_beats_chance(synthetic, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "test_efficientnet.safetensors"
+    save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
+    cfg = TrainConfig(data=synthetic, arch="test_efficientnet", weights=weights, size=SIZE, bs=8, epochs=3,
+                      freeze_epochs=1, aug="none", workers=0, models_dir=tmp_path, lr=1e-2)
+    trained = fit_learner(cfg)
+    assert trained.card["weights"].startswith("file:")
+    assert [h["phase"] for h in trained.card["history"]] == ["frozen", "unfrozen", "unfrozen", "unfrozen"]
+    assert trained.card["test_accuracy"] > CHANCE
+
+
+def test_study_augmentation_and_sgd_train(synthetic, tmp_path):
+    cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, epochs=1, aug="study", opt="sgd",
+                      workers=0, models_dir=tmp_path)
+    card = train(cfg)
+    assert card["config"]["aug"] == "study" and (tmp_path / "cnn-scratch.pkl").is_file()
+
+
+def test_same_seed_same_initial_model(synthetic, tmp_path):
+    from shopee_fastai.train import setup
+
+    cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, workers=0, models_dir=tmp_path)
+    a, b = (setup(cfg)[2].model.state_dict() for _ in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lr_find_prints_suggestions_and_writes_png(synthetic, tmp_path):
+    plot = tmp_path / "lr.png"
+    found = lr_find(TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, workers=0, models_dir=tmp_path), plot)
+    assert set(found) == {"valley", "slide", "minimum", "steep"}
+    assert all(1e-8 < v < 10 for v in found.values())
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(arch="no_such_net"), "not a timm model"),
+    (dict(opt="lamb"), "--opt"),
+    (dict(aug="heavy"), "--aug"),
+    (dict(arch="cnn", pretrained=True), "no pretrained weights"),
+    (dict(size=4), "--size"),
+])
+def test_bad_options_fail_before_any_work(synthetic, tmp_path, change, message):
+    cfg = TrainConfig(data=synthetic, models_dir=tmp_path, **change)
+    with pytest.raises(ShopeeError, match=message):
+        train(cfg)
+    assert not list(tmp_path.iterdir())
