@@ -159,8 +159,11 @@ def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to cr
     """Copy the bundled sample (real grocery photos, MIT licence) to DEST, in Kaggle layout."""
     from .data import SAMPLE_DIR
 
+    if (dest / "train.csv").is_file() and (dest / "train.csv").read_bytes() == (SAMPLE_DIR / "train.csv").read_bytes():
+        typer.echo(f"sample already in {dest}")
+        return
     if dest.exists():
-        raise ShopeeError(f"{dest}: already exists; choose a new folder")
+        raise ShopeeError(f"{dest}: already exists and is not the sample; choose a new folder")
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(SAMPLE_DIR, tmp, ignore=shutil.ignore_patterns("__pycache__"))

@@ -85,7 +85,9 @@ def test_sample_command_copies_a_kaggle_layout(tmp_path):
     assert run("sample", dest).exit_code == 0
     assert (dest / "train.csv").is_file() and len(list((dest / "train_images").glob("*.jpg"))) > 100
     assert (dest / "LICENSE-GroceryStoreDataset.txt").is_file()
-    one_line_error(run("sample", dest), "already exists")
+    assert "already in" in run("sample", dest).stdout  # idempotent
+    (tmp_path / "other").mkdir()
+    one_line_error(run("sample", tmp_path / "other"), "already exists")
 
 
 def test_root_cli_py_is_the_same_command_and_help_imports_no_torch():
