@@ -46,11 +46,13 @@ def command(fn: Callable) -> Callable:
 
 
 def _train_config(data: Path, arch: str, pretrained: bool, weights: Optional[Path], top_groups: int,
-                  holdout: Optional[str], seed: int, size: int, bs: int, aug: str, workers: Optional[int], **extra):
+                  holdout: Optional[str], split: str, dup_threshold: float, seed: int, size: int, bs: int, aug: str,
+                  workers: Optional[int], **extra):
     from .train import TrainConfig
 
     return TrainConfig(data=data, arch=arch, pretrained=pretrained, weights=weights, top_groups=top_groups,
-                       holdout=holdout, seed=seed, size=size, bs=bs, aug=aug, workers=workers, **extra)
+                       holdout=holdout, split=split, dup_threshold=dup_threshold, seed=seed, size=size, bs=bs,
+                       aug=aug, workers=workers, **extra)
 
 
 # Options shared by train and lr-find, declared once.
@@ -59,6 +61,8 @@ PretrainedOpt = typer.Option(False, "--pretrained/--scratch", help="Start from I
 WeightsOpt = typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.")
 TopOpt = typer.Option(21, help="Keep the N largest label groups (0 keeps all).")
 HoldoutOpt = typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').")
+SplitOpt = typer.Option("leak-free", help="leak-free: near-duplicate clusters stay in one split; random: the study's split.")
+ThresholdOpt = typer.Option(0.85, help="Cosine similarity from which two photos of a group count as near-duplicates.")
 SeedOpt = typer.Option(42, help="Seed for the split and initialisation.")
 SizeOpt = typer.Option(224, help="Image side in pixels.")
 BsOpt = typer.Option(32, help="Batch size.")
@@ -76,7 +80,8 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Base learning rate (default 2e-3 Adam, 1e-2 SGD)."),
     wd: Optional[float] = typer.Option(None, help="Weight decay (default: fastai's 0.01)."),
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
-    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, seed: int = SeedOpt, size: int = SizeOpt,
+    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
+    dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
     models_dir: Path = ModelsDirOpt,
 ) -> None:
@@ -84,12 +89,17 @@ def train(
     from .train import model_paths
     from .train import train as run
 
-    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, seed, size, bs, aug, workers,
+    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
+                        aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
                         models_dir=models_dir)
     card = run(cfg)
     paths = model_paths(models_dir, card["name"])
     typer.echo(f"weights: {card['weights']}")
+    if card["leaks"]:
+        from .neardup import LeakReport
+
+        typer.echo(f"split: leak-free; {LeakReport(**card['leaks']).line()}")
     typer.echo(f"valid accuracy {card['valid_accuracy']}  test accuracy {card['test_accuracy']}  "
                f"({card['split']['test']} test images, {card['wall_time_s']['total']} s)")
     typer.echo(f"exported {paths['pkl']} (card {paths['card']}, split {paths['split']})")
@@ -99,7 +109,8 @@ def train(
 def lr_find(
     data: Path = DataOpt, arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
-    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, seed: int = SeedOpt, size: int = SizeOpt,
+    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
+    dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
     models_dir: Path = ModelsDirOpt,
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default models/<name>.lr_find.png)."),
@@ -108,7 +119,8 @@ def lr_find(
     from .train import lr_find as run
     from .train import model_paths
 
-    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, seed, size, bs, aug, workers,
+    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
+                        aug, workers,
                         opt=opt, name=name, models_dir=models_dir)
     found = run(cfg, plot)
     for k, v in found.items():
@@ -152,6 +164,59 @@ def predict(
         for line in preds.failures:
             typer.echo(f"error: {line}", err=True)
         raise ShopeeError(f"{len(preds.failures)} of {len(files)} image(s) could not be read (listed above); fix or remove them")
+
+
+@command
+def eda(
+    data: Path = DataOpt,
+    out: Path = typer.Option(Path("reports/eda"), help="Folder for report.md, summary.json and the PNG figures."),
+    max_images: int = typer.Option(2000, help="Read the headers of at most this many images (a seeded sample)."),
+) -> None:
+    """Study a data set: groups, duplicates, phash and title groups, image sizes; Markdown report + PNG figures."""
+    from .eda import eda as run
+    from .eda import format_summary
+
+    typer.echo(format_summary(run(data, out, max_images=max_images)))
+
+
+@command
+def prepare(
+    data: Path = DataOpt, size: int = SizeOpt,
+    top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every image in the CSV)."),
+) -> None:
+    """Pre-resize every image once (shorter side to --size) into the cache that train, lr-find and predict use."""
+    from .cache import images_root
+    from .cache import prepare as run
+    from .data import PATH, clean, read_table
+
+    table = clean(read_table(data), top_groups)
+    result = run(list(table[PATH]), size)
+    typer.echo(f"{result.written} written, {result.reused} already prepared, {len(result.failed)} unreadable; "
+               f"cache {images_root() / f's{size}'}")
+    for line in list(result.failed.values())[:20]:
+        typer.echo(f"warning: {line}", err=True)
+
+
+@command
+def split(
+    data: Path = DataOpt, top_groups: int = TopOpt, dup_threshold: float = ThresholdOpt, seed: int = SeedOpt,
+    holdout: Optional[str] = HoldoutOpt,
+    out: Optional[Path] = typer.Option(None, help="Write the leak-free split (posting_id,split) to this CSV."),
+) -> None:
+    """Find near-duplicate clusters and report what a plain random split would leak; optionally save the leak-free split."""
+    from . import data as D
+    from .neardup import DEFAULT_EMBED_ARCH, clusters, embeddings_for, leak_report, leaked
+
+    table = D.clean(D.read_table(data), top_groups)
+    table = D.drop_unreadable(table)[0]
+    ids = clusters(table, embeddings_for(list(table[D.PATH]), DEFAULT_EMBED_ARCH), dup_threshold)
+    typer.echo(leak_report(table, ids, seed).line())
+    safe = D.make_split(table, seed, holdout=holdout, clusters=ids)
+    sizes = ", ".join(f"{n} {int((safe == n).sum())}" for n in D.SPLITS)
+    typer.echo(f"leak-free split: {sizes}; test images beside a twin in training: {leaked(safe, table, ids)}")
+    if out:
+        D.write_split(safe, out)
+        typer.echo(f"written {out}")
 
 
 @command

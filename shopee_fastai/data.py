@@ -112,20 +112,36 @@ def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     return [n - sum(counts), *counts]
 
 
+def _assign_units(sizes: list[int], order: np.ndarray, targets: list[int]) -> list[int]:
+    """Greedy: biggest units first, each to the split furthest below its target row count."""
+    filled = [0] * len(targets)
+    where = [0] * len(sizes)
+    for u in sorted(order, key=lambda u: -sizes[u]):  # stable: equal sizes keep their random order
+        k = int(np.argmax([t - f for t, f in zip(targets, filled)]))
+        where[u] = k
+        filled[k] += sizes[u]
+    return where
+
+
 def make_split(
     df: pd.DataFrame,
     seed: int = 42,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     holdout: str | None = None,
+    clusters: np.ndarray | None = None,
 ) -> pd.Series:
     """Seeded split stratified by label group: a Series posting_id -> train/valid/test.
 
-    `holdout` is a regular expression: postings whose id matches form the test split (photos from
-    another occasion, say), and the rest is split train/valid in the same proportion as `fractions`.
+    `clusters` (an id per row, see `neardup`) keeps every cluster of near-duplicates inside one split;
+    without it every row is its own cluster (the plain random split). A cluster is stratified under
+    its most common label group. `holdout` is a regular expression: postings whose id matches form the
+    test split (photos from another occasion, say), together with their near-duplicates, and the rest
+    is split train/valid in the proportion of `fractions`.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
         raise ShopeeError(f"split fractions {tuple(fractions)} must be three numbers summing to 1")
     rng = np.random.default_rng(seed)
+    cl = pd.Series(np.arange(len(df)) if clusters is None else np.asarray(clusters), index=df.index)
     split = pd.Series(TRAIN, index=df[ID].values, name=SPLIT)
     rest = df
     names: tuple[str, ...] = SPLITS
@@ -136,15 +152,22 @@ def make_split(
             raise ShopeeError(f"--holdout {holdout!r}: not a valid regular expression ({e})") from e
         if not held.any():
             raise ShopeeError(f"--holdout {holdout!r} matches no posting_id; give a pattern such as '^val_'")
+        held |= cl.isin(cl[held])  # near-duplicates of held-out photos go with them
         split[df.loc[held, ID].values] = TEST
         rest = df[~held]
         fractions, names = (fractions[0], fractions[1]), (TRAIN, VALID)
-    for _, group in rest.groupby(LABEL, sort=True):
-        ids = group[ID].values[rng.permutation(len(group))]
-        start = 0
-        for name, count in zip(names, _split_counts(len(ids), fractions)):
-            split[ids[start : start + count]] = name
-            start += count
+    units = rest.groupby(cl[rest.index].to_numpy(), sort=True)
+    members = [g[ID].to_numpy() for _, g in units]
+    label = [g[LABEL].mode().iloc[0] for _, g in units]
+    by_label: dict[str, list[int]] = {}
+    for u, lab in enumerate(label):
+        by_label.setdefault(lab, []).append(u)
+    for lab in sorted(by_label):
+        us = by_label[lab]
+        sizes = [len(members[u]) for u in us]
+        targets = _split_counts(sum(sizes), fractions)
+        for u, k in zip(us, _assign_units(sizes, rng.permutation(len(us)), targets)):
+            split[members[u]] = names[k]
     return split
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .cache import use_cache
 from .errors import ShopeeError
 from .images import load_rgb
 
@@ -76,8 +77,19 @@ class Predictions:
     failures: list[str]  # one line per image that could not be read
 
 
+def input_size(learn) -> int | None:
+    """The side the learner's item transforms resize to (what a prepared cache must cover)."""
+    for t in learn.dls.after_item.fs:
+        if hasattr(t, "size") and t.size is not None:
+            return int(max(t.size))
+    return None
+
+
 def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Predictions:
-    """Class probabilities for each readable image; unreadable ones are listed, not fatal. Decoding runs in threads."""
+    """Class probabilities for each readable image; unreadable ones are listed, not fatal.
+
+    Decoding runs in threads, from the prepared cache where it holds the image at a size that serves.
+    """
     import torch
     from fastprogress.fastprogress import progress_bar
 
@@ -87,12 +99,14 @@ def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress:
     done: list[Path] = []
     out: list = []
     failures: list[str] = []
+    size = input_size(learn)
+    sources = use_cache(map(str, images), size)[0] if size else list(map(str, images))
     starts = range(0, len(images), CHUNK)
     with ThreadPoolExecutor(DECODE_THREADS) as pool, learn.no_bar():
         # fastprogress prints a stray bar even with display=False, so only wrap when showing one
         for start in progress_bar(starts) if progress and len(starts) > 1 else starts:
             chunk = list(images[start : start + CHUNK])
-            decoded = list(pool.map(_decode, chunk))
+            decoded = list(pool.map(_decode, sources[start : start + CHUNK]))
             failures += [err for _, err in decoded if err]
             good = [(p, im) for p, (im, err) in zip(chunk, decoded) if im is not None]
             if not good:

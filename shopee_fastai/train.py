@@ -11,6 +11,8 @@ import pandas as pd
 
 from . import data as D
 from .errors import ShopeeError
+from .embed import DEFAULT_EMBED_ARCH
+from .neardup import DEFAULT_THRESHOLD
 from .models import CNN_ARCH, DEFAULT_ARCH, HandCNN, check_arch, input_stats
 from .weights import WeightsChoice, resolve_weights, weights_load_error
 
@@ -22,6 +24,7 @@ UNFROZEN_DIV = 5  # fastai fine_tune's one-cycle settings for the unfrozen phase
 UNFROZEN_PCT_START = 0.3
 FROZEN_PCT_START = 0.99
 MODELS_DIR = Path("models")
+SPLIT_MODES = ("leak-free", "random")
 
 
 @dataclass
@@ -44,6 +47,9 @@ class TrainConfig:
     wd: float | None = None
     opt: str = "adam"
     workers: int | None = None
+    split: str = "leak-free"  # or "random", the study's plain split
+    dup_threshold: float = DEFAULT_THRESHOLD
+    dup_arch: str = DEFAULT_EMBED_ARCH
 
     @property
     def model_name(self) -> str:
@@ -58,6 +64,8 @@ class TrainConfig:
         check_arch(self.arch)
         if self.opt not in OPTIMIZERS:
             raise ShopeeError(f"--opt {self.opt!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.split not in SPLIT_MODES:
+            raise ShopeeError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
         if self.aug not in D.AUGMENTATIONS:
             raise ShopeeError(f"--aug {self.aug!r}: choose one of {', '.join(D.AUGMENTATIONS)}")
         for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.epochs, 0),
@@ -75,17 +83,32 @@ class Prepared:
     table: pd.DataFrame
     split: pd.Series
     skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cached: int = 0
+    leaks: Any = None  # neardup.LeakReport for leak-free splits
 
     def rows(self, name: str) -> pd.DataFrame:
         return D.rows_in_split(self.table, self.split, name).assign(**{D.SPLIT: name})
 
 
 def prepare(cfg: TrainConfig, skipped_report: Path | None = None) -> Prepared:
+    from .cache import use_cache
+
     table = D.clean(D.read_table(cfg.data), cfg.top_groups)
+    table[D.PATH], hits = use_cache(table[D.PATH], cfg.size)  # prepared images where `shopee-fastai prepare` made them
     table, skipped = D.drop_unreadable(table, skipped_report)
     if len(table) < D.MIN_TRAIN_IMAGES or table[D.LABEL].nunique() < 2:
         raise ShopeeError(f"{cfg.data}: fewer than 2 label groups with readable images; add images or raise --top-groups")
-    return Prepared(table, D.make_split(table, cfg.seed, holdout=cfg.holdout), skipped)
+    if cfg.split == "random":
+        return Prepared(table, D.make_split(table, cfg.seed, holdout=cfg.holdout), skipped, hits)
+    from .neardup import clusters, embeddings_for, leak_report
+
+    ids = clusters(table, embeddings_for(list(table[D.PATH]), cfg.dup_arch), cfg.dup_threshold)
+    split = D.make_split(table, cfg.seed, holdout=cfg.holdout, clusters=ids)
+    for name in (D.VALID, D.TEST):
+        if not (split == name).any():
+            raise ShopeeError(f"{cfg.data}: the leak-free split left no {name} images (each group's photos are near-duplicates "
+                              f"of each other at --dup-threshold {cfg.dup_threshold}); raise it, add photos, or use --split random")
+    return Prepared(table, split, skipped, hits, leak_report(table, ids, cfg.seed))
 
 
 def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
@@ -200,9 +223,10 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         "name": cfg.model_name, "arch": cfg.arch, "weights": choice.source, "classes": [str(c) for c in dls.vocab],
         "input": {"size": cfg.size, "mean": list(mean), "std": list(std)},
         "data": str(Path(cfg.data).resolve()), "config": {k: v for k, v in asdict(cfg).items() if k != "data"},
-        "split": {"seed": cfg.seed, "holdout": cfg.holdout, "file": paths["split"].name,
+        "split": {"mode": cfg.split, "seed": cfg.seed, "holdout": cfg.holdout, "file": paths["split"].name,
                   **{s: int((prep.split == s).sum()) for s in D.SPLITS}},
-        "skipped_images": len(prep.skipped), "history": history,
+        "leaks": asdict(prep.leaks) if prep.leaks else None,
+        "skipped_images": len(prep.skipped), "cached_images": prep.cached, "history": history,
         "valid_accuracy": accuracy_on(learn, prep.rows(D.VALID)),
         "test_accuracy": accuracy_on(learn, prep.rows(D.TEST)),
         "wall_time_s": {"total": round(time.perf_counter() - started, 1), **times}, "versions": versions(),

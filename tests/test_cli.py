@@ -29,7 +29,7 @@ def one_line_error(result, *fragments: str) -> None:
 def cli_model(synthetic, tmp_path_factory):
     models = tmp_path_factory.mktemp("cli-models")
     result = run("train", "--data", synthetic, "--arch", "cnn", "--epochs", 3, "--size", SIZE, "--bs", 8,
-                 "--aug", "none", "--workers", 0, "--lr", 3e-3, "--models-dir", models, "--name", "tiny")
+                 "--aug", "none", "--workers", 0, "--lr", 3e-3, "--split", "random", "--models-dir", models, "--name", "tiny")
     assert result.exit_code == 0, result.output
     assert "exported" in result.stdout
     return models / "tiny.pkl"
@@ -75,7 +75,7 @@ def test_errors_are_one_line_with_exit_code_2(synthetic, args, fragments):
 
 def test_lr_find_command_writes_plot(synthetic, tmp_path):
     plot = tmp_path / "lr.png"
-    result = run("lr-find", "--data", synthetic, "--arch", "cnn", "--size", SIZE, "--bs", 8, "--workers", 0, "--plot", plot)
+    result = run("lr-find", "--data", synthetic, "--arch", "cnn", "--size", SIZE, "--bs", 8, "--workers", 0, "--split", "random", "--plot", plot)
     assert result.exit_code == 0, result.output
     assert "valley" in result.stdout and plot.stat().st_size > 1000
 

@@ -46,7 +46,7 @@ def test_small_timm_model_with_local_weights_fine_tunes_and_beats_chance(synthet
 
     weights = tmp_path / "test_efficientnet.safetensors"
     save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
-    cfg = TrainConfig(data=synthetic, arch="test_efficientnet", weights=weights, size=SIZE, bs=8, epochs=3,
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_efficientnet", weights=weights, size=SIZE, bs=8, epochs=3,
                       freeze_epochs=1, aug="none", workers=0, models_dir=tmp_path, lr=1e-2)
     trained = fit_learner(cfg)
     assert trained.card["weights"].startswith("file:")
@@ -55,7 +55,7 @@ def test_small_timm_model_with_local_weights_fine_tunes_and_beats_chance(synthet
 
 
 def test_study_augmentation_and_sgd_train(synthetic, tmp_path):
-    cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, epochs=1, aug="study", opt="sgd",
+    cfg = TrainConfig(data=synthetic, split="random", arch="cnn", size=SIZE, bs=8, epochs=1, aug="study", opt="sgd",
                       workers=0, models_dir=tmp_path)
     card = train(cfg)
     assert card["config"]["aug"] == "study" and (tmp_path / "cnn-scratch.pkl").is_file()
@@ -64,14 +64,14 @@ def test_study_augmentation_and_sgd_train(synthetic, tmp_path):
 def test_same_seed_same_initial_model(synthetic, tmp_path):
     from shopee_fastai.train import setup
 
-    cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, workers=0, models_dir=tmp_path)
+    cfg = TrainConfig(data=synthetic, split="random", arch="cnn", size=SIZE, workers=0, models_dir=tmp_path)
     a, b = (setup(cfg)[2].model.state_dict() for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_lr_find_prints_suggestions_and_writes_png(synthetic, tmp_path):
     plot = tmp_path / "lr.png"
-    found = lr_find(TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, workers=0, models_dir=tmp_path), plot)
+    found = lr_find(TrainConfig(data=synthetic, split="random", arch="cnn", size=SIZE, bs=8, workers=0, models_dir=tmp_path), plot)
     assert set(found) == {"valley", "slide", "minimum", "steep"}
     assert all(1e-8 < v < 10 for v in found.values())
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,7 +85,14 @@ def test_lr_find_prints_suggestions_and_writes_png(synthetic, tmp_path):
     (dict(size=4), "--size"),
 ])
 def test_bad_options_fail_before_any_work(synthetic, tmp_path, change, message):
-    cfg = TrainConfig(data=synthetic, models_dir=tmp_path, **change)
+    cfg = TrainConfig(data=synthetic, split="random", models_dir=tmp_path, **change)
     with pytest.raises(ShopeeError, match=message):
         train(cfg)
     assert not list(tmp_path.iterdir())
+
+
+def test_leak_free_split_that_leaves_no_test_images_says_how_to_fix(synthetic, tmp_path):
+    # Noisy colour blobs are near-duplicates of each other to an ImageNet backbone: one cluster per group.
+    cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, workers=0, models_dir=tmp_path)
+    with pytest.raises(ShopeeError, match="leak-free split left no .* images.*--split random"):
+        train(cfg)

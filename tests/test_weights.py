@@ -55,7 +55,7 @@ def test_local_weights_file_fills_every_body_tensor(synthetic, tmp_path):
     source = {k: v + 0.25 if v.dtype.is_floating_point else v  # distinct from any fresh init
               for k, v in timm.create_model("test_efficientnet").state_dict().items()}
     save_file(source, str(weights))
-    _, _, learn = setup(TrainConfig(data=synthetic, arch="test_efficientnet", weights=weights, size=SIZE, workers=0,
+    _, _, learn = setup(TrainConfig(data=synthetic, split="random", arch="test_efficientnet", weights=weights, size=SIZE, workers=0,
                                     models_dir=tmp_path))
     body = {k.removeprefix("model."): v for k, v in learn.model[0].state_dict().items()}
     shared = [k for k in source if not k.startswith("classifier")]
@@ -64,7 +64,7 @@ def test_local_weights_file_fills_every_body_tensor(synthetic, tmp_path):
 
 def test_pretrained_without_reachable_weights_names_both_fixes(synthetic, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = TrainConfig(data=synthetic, arch="test_efficientnet", pretrained=True, size=SIZE, workers=0, models_dir=tmp_path)
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_efficientnet", pretrained=True, size=SIZE, workers=0, models_dir=tmp_path)
     with pytest.raises(ShopeeError, match="--weights FILE.*connect to the network") as e:
         fit_learner(cfg)
     assert "\n" not in str(e.value)
@@ -78,7 +78,7 @@ def test_arch_without_any_pretrained_source_is_refused():
 def test_weights_that_do_not_fit_the_arch(synthetic, tmp_path):
     weights = tmp_path / "resnet.safetensors"
     save_file(timm.create_model("test_resnet").state_dict(), str(weights))
-    cfg = TrainConfig(data=synthetic, arch="test_efficientnet", weights=weights, size=SIZE, workers=0, models_dir=tmp_path)
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_efficientnet", weights=weights, size=SIZE, workers=0, models_dir=tmp_path)
     with pytest.raises(ShopeeError, match="does not fit test_efficientnet"):
         setup(cfg)
 

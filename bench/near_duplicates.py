@@ -1,0 +1,87 @@
+"""How much a random split of sequence-shot photos overstates accuracy, and how much the leak-free split fixes.
+
+On a data set whose posting_ids mark photos from another occasion (grocery-store: `val_`), this prints
+1. cosine-similarity quantiles of pretrained embeddings: each photo's nearest same-group neighbour among
+   the other `train_` photos (same shooting session) and each `val_` photo's nearest `train_` neighbour
+   (another occasion) — the threshold must separate these;
+2. for several thresholds: clusters, and test images a plain random split leaks;
+3. a linear probe (logistic regression on frozen features) scored on a random split of the `train_`
+   photos, on the leak-free split of them, and on the `val_` photos (the truth).
+
+    python bench/near_duplicates.py --data ../shared/data/grocery-store [--top-groups 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shopee_fastai import data as D
+from shopee_fastai.neardup import DEFAULT_THRESHOLD, clusters, embeddings_for, leaked
+
+THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def nearest_same_group(emb: np.ndarray, labels: np.ndarray, queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    sim = emb[queries] @ emb[pool].T
+    sim[labels[queries][:, None] != labels[pool][None, :]] = -1
+    sim[queries[:, None] == pool[None, :]] = -1
+    return sim.max(1)
+
+
+def probe(emb: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=3000, C=1.0).fit(emb[train], y[train])
+    return float((clf.predict(emb[test]) == y[test]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--top-groups", type=int, default=0)
+    ap.add_argument("--other-occasion", default="^val_", help="regex of posting_ids shot on another occasion")
+    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+
+    df = D.clean(D.read_table(args.data), args.top_groups)
+    start = time.perf_counter()
+    emb = embeddings_for(list(df[D.PATH]), args.arch)
+    print(f"{len(df)} images, {df[D.LABEL].nunique()} groups; embeddings {emb.shape} in {time.perf_counter() - start:.0f} s")
+    y = df[D.LABEL].to_numpy()
+    other = df[D.ID].str.contains(args.other_occasion).to_numpy()
+    same_session, next_occasion = np.flatnonzero(~other), np.flatnonzero(other)
+    within = nearest_same_group(emb, y, same_session, same_session)
+    across = nearest_same_group(emb, y, next_occasion, same_session)
+    print("nearest same-group neighbour, cosine quantiles", QUANTILES)
+    print("  same session   ", np.round(np.quantile(within, QUANTILES), 3))
+    print("  other occasion ", np.round(np.quantile(across, QUANTILES), 3))
+
+    session = df[~other].reset_index(drop=True)
+    s_emb, s_y = emb[~other], y[~other]
+    truth = probe(emb, y, same_session, next_occasion)
+    print(f"\nlinear probe on frozen {args.arch} features trained on same-session photos; "
+          f"other-occasion photos (the truth): {truth:.3f}")
+    print(f"split (threshold)  clusters  largest  groups in test  random-split test leaks  probe test accuracy (mean ± sd, {args.seeds} seeds)  overstates by")
+    for t in (None, *THRESHOLDS):
+        ids = None if t is None else clusters(session, s_emb, t)
+        accs, present = [], []
+        for seed in range(args.seeds):
+            split = D.make_split(session, seed, clusters=ids).reindex(session[D.ID]).to_numpy()
+            test = np.flatnonzero(split == D.TEST)
+            accs.append(probe(s_emb, s_y, np.flatnonzero(split == D.TRAIN), test))
+            present.append(len(set(s_y[test])))
+        sizes = np.bincount(ids) if ids is not None else np.ones(len(session), int)
+        leaks = leaked(D.make_split(session, 0), session, ids) if ids is not None else "-"
+        name = "random" if t is None else f"leak-free ({t:.2f}{'*' if t == DEFAULT_THRESHOLD else ''})"
+        print(f"  {name:17s} {len(sizes):6d}  {sizes.max():6d}  {np.mean(present):8.1f}  {leaks!s:>12}"
+              f"            {np.mean(accs):.3f} ± {np.std(accs):.3f}                  {100 * (np.mean(accs) - truth):+5.1f} points")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""A pre-resized image cache: decode each large photo once, at the size training uses, instead of every epoch.
+
+Each source is stored upright, RGB, with its shorter side resized to `side` (never enlarged), as a JPEG
+named by a hash of the source's absolute path, size and modification time: a changed source gets a new
+entry, an unchanged one is never redone. `Resize(size)` in the DataBlock crops from the shorter side, so
+a cache with `side >= size` loses nothing that training would have used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+
+from .errors import ShopeeError
+from .images import load_rgb
+from .io import atomic_path
+
+CACHE_QUALITY = 95  # re-encoding loss well below what augmentation changes
+THREADS = os.cpu_count() or 2  # Pillow releases the GIL while decoding and resizing
+
+
+def images_root() -> Path:
+    from .weights import cache_dir
+
+    return cache_dir() / "images"
+
+
+def _key(src: Path) -> str:
+    st = src.stat()
+    return hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+def cached_path(src: str | Path, side: int, root: Path | None = None) -> Path | None:
+    """The cache entry for `src` at `side`, or None if there is none (or `src` is gone)."""
+    try:
+        p = (root or images_root()) / f"s{side}" / f"{_key(Path(src))}.jpg"
+    except OSError:
+        return None
+    return p if p.is_file() else None
+
+
+def resize_shorter(im: Image.Image, side: int) -> Image.Image:
+    w, h = im.size
+    scale = side / min(w, h)
+    if scale >= 1:
+        return im
+    return im.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.BICUBIC)
+
+
+@dataclass
+class PrepareResult:
+    written: int
+    reused: int
+    failed: dict[str, str]
+
+
+def _prepare_one(src: str, side: int, root: Path) -> tuple[str, str | None]:
+    try:
+        if cached_path(src, side, root) is not None:
+            return "reused", None
+        im = resize_shorter(load_rgb(src, draft_size=side), side)
+        with atomic_path(root / f"s{side}" / f"{_key(Path(src))}.jpg") as tmp:
+            im.save(tmp, "JPEG", quality=CACHE_QUALITY)
+        return "written", None
+    except ShopeeError as e:
+        return "failed", str(e)
+
+
+def prepare(paths: Sequence[str], side: int, root: Path | None = None, progress: bool = True) -> PrepareResult:
+    """Fill the cache for `paths` at `side`, in parallel; idempotent; bad images are listed, not fatal."""
+    from fastprogress.fastprogress import progress_bar
+
+    if side < 8:
+        raise ShopeeError(f"--size {side}: must be at least 8")
+    root = root or images_root()
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = pool.map(lambda p: _prepare_one(p, side, root), paths)
+        results = list(progress_bar(results, total=len(paths)) if progress else results)
+    counts = {"written": 0, "reused": 0}
+    failed = {}
+    for src, (what, err) in zip(paths, results):
+        if err:
+            failed[src] = err
+        else:
+            counts[what] += 1
+    return PrepareResult(counts["written"], counts["reused"], failed)
+
+
+def best_side(size: int, root: Path | None = None) -> int | None:
+    """The smallest prepared side that is at least `size` (nothing smaller can serve), or None."""
+    root = root or images_root()
+    sides = sorted(int(p.name[1:]) for p in root.glob("s*") if p.name[1:].isdigit()) if root.is_dir() else []
+    return next((s for s in sides if s >= size), None)
+
+
+def use_cache(paths: Iterable[str], size: int, root: Path | None = None) -> tuple[list[str], int]:
+    """Swap each path for its cache entry where one exists; return the paths and how many were swapped."""
+    side = best_side(size, root)
+    paths = list(paths)
+    if side is None:
+        return paths, 0
+    hits = [cached_path(p, side, root) for p in paths]
+    return [str(h) if h else p for p, h in zip(paths, hits)], sum(h is not None for h in hits)

@@ -1,0 +1,53 @@
+"""Image embeddings from a pretrained backbone: L2-normalised pooled features, for near-duplicate search."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .images import load_rgb
+from .weights import LITE0_ARCH, resolve_weights, weights_load_error
+
+DEFAULT_EMBED_ARCH = LITE0_ARCH  # ImageNet weights available offline
+EMBED_BS = 64
+DECODE_THREADS = 4
+
+
+def backbone(arch: str = DEFAULT_EMBED_ARCH, weights: Path | None = None):
+    """A pretrained timm model without its classifier, in eval mode, and its eval transform."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    choice = resolve_weights(arch, pretrained=True, weights=weights)
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=0, **choice.timm_kwargs).eval()
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise weights_load_error(arch, choice, e) from e
+    return model, create_transform(**resolve_data_config({}, model=model))
+
+
+def embed_paths(paths: Sequence[str | Path], arch: str = DEFAULT_EMBED_ARCH, weights: Path | None = None,
+                bs: int = EMBED_BS, progress: bool = True) -> np.ndarray:
+    """[n, d] float32 unit vectors, one per image; an unreadable image is an error (check images first)."""
+    import torch
+    from fastprogress.fastprogress import progress_bar
+
+    model, tfm = backbone(arch, weights)
+    model = model.to(memory_format=torch.channels_last)
+    side = getattr(tfm.transforms[0], "size", 224)
+    side = side if isinstance(side, int) else max(side)
+
+    def load(p):
+        return tfm(load_rgb(p, draft_size=side))
+
+    out = []
+    starts = range(0, len(paths), bs)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool, torch.inference_mode():
+        for start in progress_bar(starts) if progress and len(starts) > 1 else starts:
+            x = torch.stack(list(pool.map(load, paths[start : start + bs])))
+            feats = model(x.contiguous(memory_format=torch.channels_last))
+            out.append(torch.nn.functional.normalize(feats.float(), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.num_features), np.float32)

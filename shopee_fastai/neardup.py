@@ -1,0 +1,117 @@
+"""Near-duplicate clusters: photos that are the same or nearly so must not sit on both sides of a split.
+
+Three kinds of twin join a cluster: the same image file, the same `image_phash`, and — the case phash
+misses, such as frames shot in sequence or lightly edited re-uploads — pretrained embeddings whose cosine
+similarity reaches a threshold. Clusters are the connected components of those links.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import data as D
+from .embed import DEFAULT_EMBED_ARCH  # noqa: F401  (the backbone the threshold was measured with)
+from .io import atomic_path
+
+# Chosen by measurement on grocery-store (README, "Leak-free split"): within-sequence twins score above it,
+# photos of the same product from another occasion below it.
+DEFAULT_THRESHOLD = 0.85
+SIM_CHUNK = 2048  # rows of the similarity matrix held at once: memory stays O(chunk x n)
+
+
+def similar_pairs(emb: np.ndarray, threshold: float, groups: np.ndarray | None = None,
+                  chunk: int = SIM_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of unit vectors with cosine similarity >= `threshold` (and the same `groups` value, if given)."""
+    rows, cols = [], []
+    for start in range(0, len(emb), chunk):
+        sim = emb[start : start + chunk] @ emb.T
+        if groups is not None:
+            sim[groups[start : start + chunk, None] != groups[None, :]] = -np.inf
+        i, j = np.nonzero(sim >= threshold)
+        i += start
+        keep = i < j
+        rows.append(i[keep])
+        cols.append(j[keep])
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(rows), cat(cols)
+
+
+def _same_value_pairs(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Link each row to the first row sharing its value (enough for connected components)."""
+    codes = pd.factorize(values)[0]
+    first = pd.Series(np.arange(len(values))).groupby(codes).transform("first").to_numpy()
+    keep = (first != np.arange(len(values))) & (codes >= 0)
+    return first[keep], np.arange(len(values))[keep]
+
+
+def clusters(df: pd.DataFrame, embeddings: np.ndarray | None = None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """A cluster id per row of `df` (0..k-1): identical files, identical phash, and embedding twins joined."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    links = [_same_value_pairs(df[D.IMAGE])]
+    if D.PHASH in df.columns:
+        links.append(_same_value_pairs(df[D.PHASH]))
+    if embeddings is not None:
+        # Within a label group only: across groups, similar-looking products are not twins, and chains of
+        # them would merge whole categories into one cluster that no split can stratify.
+        groups = pd.factorize(df[D.LABEL])[0] if D.LABEL in df.columns else None
+        links.append(similar_pairs(embeddings, threshold, groups))
+    i = np.concatenate([a for a, _ in links])
+    j = np.concatenate([b for _, b in links])
+    n = len(df)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def embeddings_for(paths: list[str], arch: str, progress: bool = True) -> np.ndarray:
+    """Backbone embeddings of `paths`, cached on disk by the files' identities (path, size, mtime) and arch."""
+    import hashlib
+
+    from .cache import _key
+    from .embed import embed_paths
+    from .weights import cache_dir
+
+    ident = hashlib.sha1("\n".join([arch, *(_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
+    dest = cache_dir() / "embeddings" / f"{ident}.npy"
+    if dest.is_file():
+        return np.load(dest)
+    emb = embed_paths(paths, arch, progress=progress)
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, emb)
+    return emb
+
+
+@dataclass
+class LeakReport:
+    """What near-duplicate clustering found, and what a plain random split would have leaked."""
+
+    clusters: int
+    rows_in_shared_clusters: int
+    largest: int
+    random_split_test_leaks: int
+    random_split_test_images: int
+
+    def line(self) -> str:
+        return (f"{self.clusters} near-duplicate clusters ({self.rows_in_shared_clusters} images share one, largest "
+                f"{self.largest}); a plain random split would put {self.random_split_test_leaks} of "
+                f"{self.random_split_test_images} test images beside a twin in training")
+
+
+def leak_report(df: pd.DataFrame, cluster_ids: np.ndarray, seed: int) -> LeakReport:
+    sizes = np.bincount(cluster_ids)
+    plain = D.make_split(df, seed)
+    return LeakReport(int(len(sizes)), int(sizes[sizes > 1].sum()), int(sizes.max(initial=0)),
+                      leaked(plain, df, cluster_ids), int((plain == D.TEST).sum()))
+
+
+def leaked(split: pd.Series, df: pd.DataFrame, cluster_ids: np.ndarray, side: str = D.TEST) -> int:
+    """How many `side` images share a cluster with a training image."""
+    where = df[D.ID].map(split).to_numpy()
+    train_clusters = set(cluster_ids[where == D.TRAIN])
+    return int(sum(c in train_clusters for c in cluster_ids[where == side]))
