@@ -95,3 +95,19 @@ def test_root_cli_py_is_the_same_command_and_help_imports_no_torch():
     assert out.returncode == 0 and "predict" in out.stdout
     code = "import sys, shopee_fastai.cli; print('torch' in sys.modules, 'fastai' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False False"
+
+
+def test_eda_prepare_and_split_commands(tmp_path):
+    data = tmp_path / "s"
+    run("sample", data)
+    result = run("eda", "--data", data, "--out", tmp_path / "eda")
+    assert result.exit_code == 0, result.output
+    assert "147 rows" in result.stdout and (tmp_path / "eda" / "report.md").is_file()
+    first = run("prepare", "--data", data, "--size", 64)
+    assert first.exit_code == 0 and "147 written" in first.stdout
+    assert "0 written, 147 already prepared" in run("prepare", "--data", data, "--size", 64).stdout
+    result = run("split", "--data", data, "--out", tmp_path / "split.csv")
+    assert result.exit_code == 0, result.output
+    assert "a plain random split would put" in result.stdout
+    assert "test images beside a twin in training: 0" in result.stdout
+    assert (tmp_path / "split.csv").read_text().startswith("posting_id,split")

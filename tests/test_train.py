@@ -40,18 +40,27 @@ def test_export_reloads_in_a_fresh_process_with_same_probabilities(trained_cnn):
     assert torch.allclose(before, after, atol=1e-5)
 
 
-def test_small_timm_model_with_local_weights_fine_tunes_and_beats_chance(synthetic, tmp_path):
+def test_small_timm_model_from_scratch_beats_chance(synthetic, tmp_path):
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", size=SIZE, bs=8, epochs=6, aug="none",
+                      workers=0, models_dir=tmp_path, lr=1e-2)
+    trained = fit_learner(cfg)
+    assert trained.card["weights"] == "random init"
+    assert trained.card["test_accuracy"] >= 0.8 > CHANCE
+
+
+def test_pretrained_recipe_runs_frozen_then_unfrozen_phases(synthetic, tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    weights = tmp_path / "test_efficientnet.safetensors"
-    save_file(timm.create_model("test_efficientnet").state_dict(), str(weights))
-    cfg = TrainConfig(data=synthetic, split="random", arch="test_efficientnet", weights=weights, size=SIZE, bs=8, epochs=3,
-                      freeze_epochs=1, aug="none", workers=0, models_dir=tmp_path, lr=1e-2)
+    weights = tmp_path / "test_resnet.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), str(weights))
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, size=SIZE, bs=8, epochs=2,
+                      freeze_epochs=1, aug="none", workers=0, models_dir=tmp_path)
     trained = fit_learner(cfg)
     assert trained.card["weights"].startswith("file:")
-    assert [h["phase"] for h in trained.card["history"]] == ["frozen", "unfrozen", "unfrozen", "unfrozen"]
-    assert trained.card["test_accuracy"] > CHANCE
+    assert [h["phase"] for h in trained.card["history"]] == ["frozen", "unfrozen", "unfrozen"]
+    assert set(trained.card["wall_time_s"]) == {"total", "frozen", "unfrozen"}
+    assert all(p.requires_grad for p in trained.learn.model.parameters())  # unfrozen at the end
 
 
 def test_study_augmentation_and_sgd_train(synthetic, tmp_path):
