@@ -131,14 +131,25 @@ def lr_find(
 @command
 def evaluate(
     model: Path = ModelOpt,
-    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (default: the one the model trained on)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Score every row of this Kaggle-layout folder instead of the saved test split (labels optional)."),
+    csv: str = typer.Option("train.csv", help="The CSV inside --data."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default reports/<model>-test or reports/<model>-<data>)."),
 ) -> None:
-    """Accuracy on the model's held-out test split (and its valid split)."""
+    """Top-1/top-5 accuracy, per-class precision/recall/F1, confusion and top-losses PNGs, predictions CSV."""
     from .evaluate import evaluate as run
 
-    result = run(model, data)
-    for name in ("valid", "test"):
-        typer.echo(f"{name} accuracy {result[f'{name}_accuracy']} on {result[f'{name}_images']} images")
+    r = run(model, data, csv, tta, out)
+    if r.get("valid_accuracy") is not None:
+        typer.echo(f"valid accuracy {r['valid_accuracy']}")
+    if "top1" in r:
+        typer.echo(f"{'test' if data is None else data} accuracy {r['top1']} (top-5 {r['top5']}) on {r['images']} images; "
+                   f"macro F1 {r['macro_f1']}{', TTA' if tta else ''}")
+    else:
+        typer.echo(f"{r['images']} images predicted (no labels, so no metrics)")
+    typer.echo(f"report: {r['report']}")
+    if r["unreadable"]:
+        typer.echo(f"warning: {r['unreadable']} unreadable image(s) counted as wrong", err=True)
 
 
 @command

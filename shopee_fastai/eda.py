@@ -6,12 +6,10 @@ sample when there are many, and pixels are decoded only for the few thumbnails i
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,14 +17,11 @@ from PIL import Image
 
 from . import data as D
 from .errors import ShopeeError
-from .images import load_rgb
-from .io import atomic_path, write_json, write_text
+from .io import write_json, write_text
+from .plots import GRID_MAX, figure, image_grid
 
-GRID_MAX, GRID_COLS = 16, 4  # images per figure grid, and per grid row
-THUMB = 160  # thumbnail side in pixels: JPEGs are decoded at reduced scale down to this
 WORKERS = 8  # header reads wait on the disk more than on the CPU
 LIST_MAX = 20  # missing/unreadable files named in report.md (summary.json names all)
-DPI = 110
 ANNOTATE_MAX = 12  # distinct image sizes up to which the scatter labels each with its file count
 MISSING = "file not found"
 OPTIONAL_COLUMNS = {D.PHASH: "identical-phash groups", D.TITLE: "identical-title groups"}  # what each one allows
@@ -95,49 +90,8 @@ def _images(names: np.ndarray, folder: Path, max_images: int, seed: int) -> tupl
             "unreadable": {n: r for n, r in failed.items() if r != MISSING}}, sizes
 
 
-@contextlib.contextmanager
-def _figure(dest: Path, figsize: tuple[float, float]) -> Iterator[Any]:
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global state), saved atomically as PNG when the block ends."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    yield fig
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-
-
-def _thumbnail(path: str) -> Image.Image | None:
-    try:
-        im = load_rgb(path, draft_size=THUMB)
-    except ShopeeError:
-        return None
-    im.thumbnail((THUMB, THUMB))
-    return im
-
-
-def _grid(dest: Path, rows: pd.DataFrame, captions: list[str], title: str) -> None:
-    """Thumbnails of up to GRID_MAX rows with captions; unreadable images are left out."""
-    with ThreadPoolExecutor(WORKERS) as pool:
-        thumbs = list(pool.map(_thumbnail, rows[D.PATH].head(GRID_MAX)))
-    shown = [(t, c) for t, c in zip(thumbs, captions) if t is not None]
-    cols = max(1, min(GRID_COLS, len(shown)))
-    nrows = max(1, math.ceil(len(shown) / cols))
-    with _figure(dest, (2.3 * cols, 2.5 * nrows + 0.4)) as fig:
-        fig.suptitle(title, fontsize=10)
-        axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-        for ax in axes:
-            ax.axis("off")
-        for ax, (thumb, caption) in zip(axes, shown):
-            ax.imshow(np.asarray(thumb))
-            ax.set_title(caption, fontsize=7)
-        if not shown:
-            axes[0].text(0.5, 0.5, "no readable images", ha="center", va="center")
-
-
 def _group_sizes_figure(dest: Path, size_counts: dict[int, int]) -> None:
-    with _figure(dest, (7, 4)) as fig:
+    with figure(dest, (7, 4)) as fig:
         ax = fig.subplots()
         ax.bar(list(size_counts), list(size_counts.values()), width=0.8)
         ax.set(xlabel="images per label group", ylabel="label groups", title="Label-group sizes")
@@ -146,7 +100,7 @@ def _group_sizes_figure(dest: Path, size_counts: dict[int, int]) -> None:
 
 
 def _image_sizes_figure(dest: Path, sizes: np.ndarray, images: dict[str, Any]) -> None:
-    with _figure(dest, (5.5, 5)) as fig:
+    with figure(dest, (5.5, 5)) as fig:
         ax = fig.subplots()
         pairs, counts = np.unique(sizes, axis=0, return_counts=True)  # many files share a size: area shows how many
         ax.scatter(pairs[:, 0], pairs[:, 1], s=10 + 290 * counts / counts.max(), alpha=0.4)
@@ -212,13 +166,13 @@ def eda(data: Path, out: Path, csv_name: str = "train.csv", max_images: int = 20
 
     _group_sizes_figure(out / GROUP_SIZES, groups["size_counts"])
     top = df[df[D.LABEL] == groups["largest"]["label_group"]]
-    _grid(out / LARGEST_GROUP, top, top[D.ID].tolist(),
+    image_grid(out / LARGEST_GROUP, top[D.PATH].tolist(), top[D.ID].tolist(),
           f"Largest label group {groups['largest']['label_group']} ({min(len(top), GRID_MAX)} of {len(top)} shown)")
     s["figures"] += [GROUP_SIZES, LARGEST_GROUP]
     phash = shared.get(D.PHASH, {}).get("largest_value")
     if phash is not None:
         rows = df[df[D.PHASH] == phash]
-        _grid(out / PHASH_GROUP, rows, [f"{i}\ngroup {g}" for i, g in zip(rows[D.ID], rows[D.LABEL])],
+        image_grid(out / PHASH_GROUP, rows[D.PATH].tolist(), [f"{i}\ngroup {g}" for i, g in zip(rows[D.ID], rows[D.LABEL])],
               f"image_phash {phash}: {len(rows)} rows in {rows[D.LABEL].nunique()} label group(s)")
         s["figures"].append(PHASH_GROUP)
     if len(sizes):

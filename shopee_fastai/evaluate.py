@@ -1,28 +1,87 @@
-"""Score an exported model on exactly the images its training never saw (the split saved beside it)."""
+"""Score an exported model on images its training never saw, with the numbers and pictures a person checks."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from . import data as D
 from .errors import ShopeeError
 
+TOP_K = 5
+MOST_CONFUSED = 20  # pairs listed in the report and drawn in confusion.png
+TOP_LOSSES = 16
+UNKNOWN = "(not a class of this model)"
+
 
 def accuracy_on(learn, rows: pd.DataFrame, progress: bool = False) -> float | None:
     """Top-1 accuracy on `rows` (`path`, `label_group`); None when there are none. Unreadable images count as wrong."""
-    from .predict import predict_probs
-
     if rows.empty:
         return None
-    preds = predict_probs(learn, [Path(p) for p in rows[D.PATH]], progress=progress)
-    vocab = [str(v) for v in learn.dls.vocab]
-    predicted = dict(zip(map(str, preds.paths), (vocab[i] for i in preds.probs.argmax(1).tolist())))
-    hits = sum(predicted.get(p) == str(y) for p, y in zip(rows[D.PATH], rows[D.LABEL]))
-    return round(hits / len(rows), 4)
+    probs, _ = _probs_for(learn, rows, progress=progress)
+    return round(float(_hits(probs, _targets(rows, learn), 1).mean()), 4)
+
+
+def _targets(rows: pd.DataFrame, learn) -> np.ndarray:
+    """Class index of each row's label, -1 where the model has no such class."""
+    index = {str(v): i for i, v in enumerate(learn.dls.vocab)}
+    return np.array([index.get(str(y), -1) for y in rows[D.LABEL]])
+
+
+def _probs_for(learn, rows: pd.DataFrame, tta: bool = False, progress: bool = False) -> tuple[np.ndarray, list[str]]:
+    """[len(rows), n_classes] probabilities in row order; an unreadable image's row is all zeros (always wrong)."""
+    from .predict import predict_probs
+
+    preds = predict_probs(learn, [Path(p) for p in rows[D.PATH]], tta=tta, progress=progress)
+    out = np.zeros((len(rows), len(learn.dls.vocab)), np.float32)
+    at = {str(p): i for i, p in enumerate(preds.paths)}
+    for r, p in enumerate(rows[D.PATH]):
+        if str(p) in at:
+            out[r] = preds.probs[at[str(p)]].numpy()
+    return out, preds.failures
+
+
+def _hits(probs: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return (top == targets[:, None]).any(1) & probs.any(1)
+
+
+def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """Top-1/top-k accuracy, per-class precision/recall/F1/support, their macro means, and the confusion matrix."""
+    n = len(classes)
+    pred = probs.argmax(1)
+    read = probs.any(1)  # unreadable images predict nothing (and count as wrong in accuracy)
+    known = targets >= 0
+    cm = np.zeros((n, n), np.int64)
+    np.add.at(cm, (targets[known & read], pred[known & read]), 1)
+    tp = np.diag(cm).astype(float)
+    predicted = np.bincount(pred[read], minlength=n).astype(float)  # rows of unknown labels are false positives too
+    support = np.bincount(targets[known], minlength=n).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    per_class = pd.DataFrame({"label_group": list(map(str, classes)), "precision": precision.round(4),
+                              "recall": recall.round(4), "f1": f1.round(4), "support": support.astype(int)})
+    present = support > 0
+    return {"images": int(len(targets)), "top1": round(float(_hits(probs, targets, 1).mean()), 4),
+            f"top{TOP_K}": round(float(_hits(probs, targets, min(TOP_K, n)).mean()), 4),
+            "macro_precision": round(float(precision[present].mean()), 4) if present.any() else None,
+            "macro_recall": round(float(recall[present].mean()), 4) if present.any() else None,
+            "macro_f1": round(float(f1[present].mean()), 4) if present.any() else None,
+            "unknown_labels": int((~known).sum()), "per_class": per_class, "confusion": cm}
+
+
+def most_confused(cm: np.ndarray, classes: Sequence[str], top: int = MOST_CONFUSED) -> list[tuple[str, str, int]]:
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:top]
+    pairs = [(str(classes[i]), str(classes[j]), int(off[i, j])) for i, j in zip(*np.unravel_index(order, off.shape))]
+    return [p for p in pairs if p[2] > 0]
 
 
 def model_card(model: Path) -> dict[str, Any]:
@@ -35,17 +94,62 @@ def model_card(model: Path) -> dict[str, Any]:
         raise ShopeeError(f"{card}: not valid JSON ({e.msg} at line {e.lineno}); retrain to rewrite it") from e
 
 
-def evaluate(model: Path, data: Path | None = None) -> dict[str, Any]:
-    """Valid and test accuracy of `model` on its own saved split, reading images from `data` (default: where it trained)."""
+def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metrics: dict | None, title: str) -> None:
+    from .io import write_json, write_text
+    from .plots import confusion_figure, image_grid
+
+    classes = [str(v) for v in learn.dls.vocab]
+    pred = probs.argmax(1)
+    table = pd.DataFrame({D.ID: rows[D.ID] if D.ID in rows else rows[D.PATH], D.PATH: rows[D.PATH],
+                          "predicted": [classes[i] for i in pred], "probability": probs.max(1).round(4)})
+    if metrics is not None:
+        table[D.LABEL] = rows[D.LABEL].astype(str).values
+    write_text(out / "predictions.csv", table.to_csv(index=False))
+    if metrics is None:
+        return
+    write_text(out / "per_class.csv", metrics["per_class"].to_csv(index=False))
+    confused = most_confused(metrics["confusion"], classes)
+    confusion_figure(out / "confusion.png", metrics["confusion"], classes, confused, title)
+    targets = _targets(rows, learn)
+    p_true = np.where(targets >= 0, probs[np.arange(len(rows)), np.maximum(targets, 0)], 0.0)
+    loss = -np.log(np.clip(p_true, 1e-7, 1))
+    worst = np.argsort(-loss, kind="stable")[:TOP_LOSSES]
+    captions = [f"pred {classes[pred[i]]} ({probs[i].max():.2f})\nactual {table[D.LABEL].iloc[i]}\nloss {loss[i]:.2f}"
+                for i in worst]
+    image_grid(out / "top_losses.png", rows[D.PATH].iloc[worst].tolist(), captions, f"{title}: top losses")
+    summary = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}
+    write_json(out / "metrics.json", {**summary, "most_confused": confused})
+
+
+def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv", tta: bool = False,
+             out: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Metrics and a report folder for `model`: on its saved test split, or on every row of `data`'s CSV.
+
+    Labels are optional with `data`: without a `label_group` column only predictions are written.
+    """
     from .predict import load_model
 
     card = model_card(model)
-    split = D.read_split(Path(model).parent / card["split"]["file"])
-    table = D.read_table(Path(data or card["data"]))
     learn = load_model(model)
-    result: dict[str, Any] = {"model": str(model)}
-    for name in (D.VALID, D.TEST):
-        rows = D.rows_in_split(table, split, name)
-        result[f"{name}_images"] = len(rows)
-        result[f"{name}_accuracy"] = accuracy_on(learn, rows, progress=True)
+    result: dict[str, Any] = {"model": str(model), "tta": tta}
+    if data is None:
+        split = D.read_split(Path(model).parent / card["split"]["file"])
+        table = D.read_table(Path(card["data"]))
+        rows = D.rows_in_split(table, split, D.TEST)
+        result["valid_accuracy"] = accuracy_on(learn, D.rows_in_split(table, split, D.VALID))
+        where = f"{card['name']}-test"
+    else:
+        rows = D.read_table(Path(data), csv_name, labels=False)
+        where = f"{card['name']}-{Path(data).name}"
+    if rows.empty:
+        raise ShopeeError(f"no images to evaluate on (empty test split of {model}); pass --data DIR")
+    labelled = D.LABEL in rows.columns and rows[D.LABEL].notna().all()
+    probs, failures = _probs_for(learn, rows, tta=tta, progress=progress)
+    metrics = classification_metrics(probs, _targets(rows, learn), learn.dls.vocab) if labelled else None
+    out = Path(out or Path("reports") / where)
+    _write_report(out, rows, probs, learn, metrics, card["name"])
+    result.update({"images": len(rows), "unreadable": len(failures), "report": str(out)})
+    if metrics:
+        result.update({k: v for k, v in metrics.items() if k not in ("per_class", "confusion")})
+        result["test_accuracy"] = metrics["top1"] if data is None else None
     return result

@@ -85,10 +85,12 @@ def input_size(learn) -> int | None:
     return None
 
 
-def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Predictions:
+def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True,
+                  tta: bool = False) -> Predictions:
     """Class probabilities for each readable image; unreadable ones are listed, not fatal.
 
     Decoding runs in threads, from the prepared cache where it holds the image at a size that serves.
+    `tta`: fastai's test-time augmentation (mean of 4 augmented passes, blended with the plain one).
     """
     import torch
     from fastprogress.fastprogress import progress_bar
@@ -112,7 +114,7 @@ def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress:
             if not good:
                 continue
             dl = learn.dls.test_dl([ShopeeImage.create(im) for _, im in good], bs=bs, num_workers=0)
-            probs, _ = learn.get_preds(dl=dl)
+            probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
             done += [p for p, _ in good]
             out.append(probs)
     probs = torch.cat(out) if out else torch.empty(0, len(learn.dls.vocab))

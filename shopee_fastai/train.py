@@ -196,7 +196,7 @@ def model_paths(models_dir: Path, name: str) -> dict[str, Path]:
     base = Path(models_dir) / name
     return {"pkl": base.with_suffix(".pkl"), "card": base.with_suffix(".json"),
             "split": Path(f"{base}.split.csv"), "skipped": Path(f"{base}.skipped.csv"),
-            "lr_find": Path(f"{base}.lr_find.png")}
+            "lr_find": Path(f"{base}.lr_find.png"), "curves": Path(f"{base}.curves.png")}
 
 
 @dataclass
@@ -237,8 +237,10 @@ def fit_learner(cfg: TrainConfig) -> Trained:
 def export(trained: Trained) -> None:
     """Write split, learner and card, each atomically; the card last, so a card always has its model."""
     from .io import atomic_path, write_json
+    from .plots import training_curves
 
     D.write_split(trained.prep.split, trained.paths["split"])
+    training_curves(trained.paths["curves"], trained.card["history"], f"{trained.card['name']}: training curves")
     with atomic_path(trained.paths["pkl"]) as tmp:
         trained.learn.export(tmp.resolve())
     write_json(trained.paths["card"], trained.card)

@@ -18,7 +18,7 @@ CHANCE = 1 / len(COLOURS)
 def test_cnn_beats_chance_and_exports_everything(trained_cnn):
     card, paths = trained_cnn.card, trained_cnn.paths
     assert card["test_accuracy"] >= 0.8 > CHANCE
-    for key in ("pkl", "card", "split"):
+    for key in ("pkl", "card", "split", "curves"):
         assert paths[key].is_file()
     saved = json.loads(paths["card"].read_text())
     assert saved["arch"] == "cnn" and saved["weights"] == "random init"
