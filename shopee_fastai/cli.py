@@ -230,6 +230,77 @@ def split(
         typer.echo(f"written {out}")
 
 
+def _embeddings(table, model: Optional[Path], arch: str, weights: Optional[Path]):
+    from .data import PATH
+    from .embed import embed_paths, learner_embed
+    from .predict import load_model
+
+    paths = list(table[PATH])
+    return learner_embed(load_model(model), paths) if model else embed_paths(paths, arch, weights)
+
+
+EmbedModelOpt = typer.Option(None, "--model", help="Embed with this trained learner's body (default: a pretrained backbone).")
+EmbedArchOpt = typer.Option("tf_efficientnet_lite0", help="Pretrained backbone when no --model is given.")
+CsvOpt = typer.Option("train.csv", help="The CSV inside --data (test.csv for Kaggle's test set).")
+
+
+@command
+def embed(
+    data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
+    weights: Optional[Path] = WeightsOpt,
+    out: Path = typer.Option(Path("embeddings.npy"), help="Where to write the [rows, dim] float32 array (CSV row order)."),
+) -> None:
+    """L2-normalised image embeddings of every row of the CSV, from a trained learner or a pretrained backbone."""
+    import numpy as np
+
+    from .data import read_table
+    from .io import atomic_path
+
+    table = read_table(data, csv, labels=False)
+    emb = _embeddings(table, model, arch, weights)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, emb)
+    typer.echo(f"{emb.shape[0]} embeddings of {emb.shape[1]} dims written to {out}")
+
+
+@command
+def match(
+    data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
+    weights: Optional[Path] = WeightsOpt,
+    embeddings: Optional[Path] = typer.Option(None, help="Use embeddings saved by `embed` instead of computing them."),
+    threshold: float = typer.Option(0.6, help="Cosine similarity from which two postings match."),
+    tune: bool = typer.Option(False, "--tune", help="Pick the threshold on half the label groups; report F1 on the rest."),
+    min2: bool = typer.Option(False, "--min2", help="Keep the nearest neighbour when nothing else passes."),
+    phash: bool = typer.Option(False, "--phash", help="Also match postings with identical image_phash."),
+    titles: bool = typer.Option(False, "--titles", help="Also match title TF-IDF neighbours."),
+    title_threshold: float = typer.Option(0.75, help="Cosine similarity for title matches."),
+    k: int = typer.Option(50, help="Neighbours searched per posting (at most 50)."),
+    seed: int = SeedOpt,
+    out: Path = typer.Option(Path("submission.csv"), help="posting_id,matches as the competition's submission."),
+) -> None:
+    """Match postings of the same product; write the submission file; print F1 when label_group is known."""
+    import numpy as np
+
+    from .data import ID, read_table
+    from .match import match_table, write_submission
+
+    table = read_table(data, csv, labels=False)
+    if embeddings:
+        if not embeddings.is_file():
+            raise ShopeeError(f"--embeddings {embeddings}: file not found; write it with `shopee-fastai embed`")
+        emb = np.load(embeddings)
+    else:
+        emb = _embeddings(table, model, arch, weights)
+    result = match_table(table, emb, threshold, tune, min2, phash, titles, title_threshold, k, seed)
+    if result.tuned:
+        typer.echo(f"threshold {result.threshold:.3f} tuned on half the label groups: {result.tuned[0].line()}; "
+                   f"on the other half: {result.tuned[1].line()}")
+    write_submission(out, table[ID], result.matches)
+    if result.score:
+        typer.echo(f"all {len(table)} postings at threshold {result.threshold:.3f}: {result.score.line()}")
+    typer.echo(f"submission: {out}")
+
+
 @command
 def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to create.")) -> None:
     """Copy the bundled sample (real grocery photos, MIT licence) to DEST, in Kaggle layout."""

@@ -53,3 +53,12 @@ def input_stats(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if cfg is None or cfg.mean is None:
         return IMAGENET_STATS
     return tuple(cfg.mean), tuple(cfg.std)
+
+
+def feature_extractor(model: nn.Module) -> nn.Module:
+    """The part of a trained model that produces the pooled features its classifier sees."""
+    if isinstance(model, HandCNN):
+        return nn.Sequential(model.features, nn.Flatten())
+    if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[1], nn.Sequential):
+        return nn.Sequential(model[0], model[1][0], model[1][1])  # fastai vision_learner: body, concat pool, flatten
+    raise ShopeeError(f"cannot find the body of a {type(model).__name__}; embed from --arch instead")

@@ -8,7 +8,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from .cache import use_cache
 from .errors import ShopeeError
@@ -85,38 +85,49 @@ def input_size(learn) -> int | None:
     return None
 
 
+def test_dls(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Iterator[tuple[list[Path], Any, list[str]]]:
+    """Chunks of (readable paths, a fastai test DataLoader over them, unreadable-image messages).
+
+    Decoding runs in threads, from the prepared cache where it holds the image at a size that serves;
+    at most CHUNK decoded images are held at once.
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from .transforms import ShopeeImage
+
+    size = input_size(learn)
+    sources = use_cache(map(str, images), size)[0] if size else list(map(str, images))
+    starts = range(0, len(images), CHUNK)
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        # fastprogress prints a stray bar even with display=False, so only wrap when showing one
+        for start in progress_bar(starts) if progress and len(starts) > 1 else starts:
+            chunk = list(images[start : start + CHUNK])
+            decoded = list(pool.map(_decode, sources[start : start + CHUNK]))
+            failures = [err for _, err in decoded if err]
+            good = [(p, im) for p, (im, err) in zip(chunk, decoded) if im is not None]
+            dl = learn.dls.test_dl([ShopeeImage.create(im) for _, im in good], bs=bs, num_workers=0) if good else None
+            yield [p for p, _ in good], dl, failures
+
+
 def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True,
                   tta: bool = False) -> Predictions:
     """Class probabilities for each readable image; unreadable ones are listed, not fatal.
 
-    Decoding runs in threads, from the prepared cache where it holds the image at a size that serves.
     `tta`: fastai's test-time augmentation (mean of 4 augmented passes, blended with the plain one).
     """
     import torch
-    from fastprogress.fastprogress import progress_bar
-
-    from .transforms import ShopeeImage
 
     learn.model.eval()
     done: list[Path] = []
     out: list = []
     failures: list[str] = []
-    size = input_size(learn)
-    sources = use_cache(map(str, images), size)[0] if size else list(map(str, images))
-    starts = range(0, len(images), CHUNK)
-    with ThreadPoolExecutor(DECODE_THREADS) as pool, learn.no_bar():
-        # fastprogress prints a stray bar even with display=False, so only wrap when showing one
-        for start in progress_bar(starts) if progress and len(starts) > 1 else starts:
-            chunk = list(images[start : start + CHUNK])
-            decoded = list(pool.map(_decode, sources[start : start + CHUNK]))
-            failures += [err for _, err in decoded if err]
-            good = [(p, im) for p, (im, err) in zip(chunk, decoded) if im is not None]
-            if not good:
-                continue
-            dl = learn.dls.test_dl([ShopeeImage.create(im) for _, im in good], bs=bs, num_workers=0)
-            probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
-            done += [p for p, _ in good]
-            out.append(probs)
+    with learn.no_bar():
+        for paths, dl, failed in test_dls(learn, images, bs, progress):
+            failures += failed
+            if dl is not None:
+                probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
+                done += paths
+                out.append(probs)
     probs = torch.cat(out) if out else torch.empty(0, len(learn.dls.vocab))
     return Predictions(done, probs, failures)
 

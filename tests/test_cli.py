@@ -111,3 +111,22 @@ def test_eda_prepare_and_split_commands(tmp_path):
     assert "a plain random split would put" in result.stdout
     assert "test images beside a twin in training: 0" in result.stdout
     assert (tmp_path / "split.csv").read_text().startswith("posting_id,split")
+
+
+def test_embed_and_match_write_a_valid_submission(cli_model, synthetic, tmp_path):
+    emb = tmp_path / "e.npy"
+    result = run("embed", "--data", synthetic, "--model", cli_model, "--out", emb)
+    assert result.exit_code == 0, result.output
+    sub = tmp_path / "sub.csv"
+    result = run("match", "--data", synthetic, "--embeddings", emb, "--tune", "--min2", "--phash", "--out", sub)
+    assert result.exit_code == 0, result.output
+    assert "tuned on half the label groups" in result.stdout and "F1" in result.stdout
+    import pandas as pd
+
+    table = pd.read_csv(synthetic / "train.csv", dtype=str)
+    rows = pd.read_csv(sub, dtype=str)
+    assert rows["posting_id"].tolist() == table["posting_id"].tolist()
+    ids = set(table["posting_id"])
+    for pid, matches in zip(rows["posting_id"], rows["matches"]):
+        assert pid in matches.split() and set(matches.split()) <= ids
+    one_line_error(run("match", "--data", synthetic, "--embeddings", tmp_path / "none.npy"), "file not found")

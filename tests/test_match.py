@@ -1,0 +1,77 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from shopee_fastai import data as D
+from shopee_fastai import match as M
+from shopee_fastai.errors import ShopeeError
+
+
+def test_f1_against_a_hand_computed_case():
+    truth = [{0, 1}, {0, 1}, {2}]
+    predicted = [{0, 1}, {1, 2}, {2, 0}]
+    # row 0: F1 1; row 1: |P∩T|=1, 2*1/(2+2)=0.5; row 2: 2*1/(2+1)=2/3
+    s = M.score(predicted, truth)
+    assert s.f1 == pytest.approx((1 + 0.5 + 2 / 3) / 3, abs=1e-4)
+    assert s.precision == pytest.approx((1 + 0.5 + 0.5) / 3, abs=1e-4)
+    assert s.recall == pytest.approx((1 + 0.5 + 1) / 3, abs=1e-4)
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "faiss"])
+def test_knn_backends_equal_brute_force(backend):
+    pytest.importorskip("faiss") if backend == "faiss" else None
+    emb = unit(np.random.default_rng(0).normal(size=(300, 16)))
+    sims, idx = M.knn(emb, k=10, chunk=37, backend=backend)
+    full = emb @ emb.T
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :10]
+    assert np.array_equal(np.sort(idx, 1), np.sort(expected, 1))
+    assert np.allclose(sims, np.take_along_axis(full, idx, 1), atol=1e-5)
+    assert (idx[:, 0] == np.arange(300)).all()  # each row's nearest is itself
+
+
+def test_threshold_self_and_min2():
+    sims = np.array([[1.0, 0.9, 0.2], [1.0, 0.3, 0.1]], np.float32)
+    idx = np.array([[0, 1, 2], [1, 0, 2]])
+    assert M.neighbours(sims, idx, 0.5) == [{0, 1}, {1}]
+    assert M.neighbours(sims, idx, 0.5, min2=True) == [{0, 1}, {1, 0}]
+    assert M.neighbours(sims, idx, 1.5) == [{0}, {1}]  # always at least the posting itself
+
+
+def test_phash_union_and_titles():
+    table = pd.DataFrame({D.PHASH: ["a", "b", "a"], D.TITLE: ["red cup", "blue pen", "red cup large"]})
+    assert M.same_value(table[D.PHASH]) == [{0, 2}, {1}, {0, 2}]
+    titles = M.title_neighbours(table[D.TITLE], threshold=0.5)
+    assert titles[0] == {0, 2} and titles[1] == {1}
+    assert M.union([{0}, {1}, {2}], [{0, 2}, {1}, {0, 2}]) == [{0, 2}, {1}, {0, 2}]
+
+
+def test_tuning_splits_by_label_group_and_scores_the_other_half():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 3)
+    centres = rng.normal(size=(20, 32))
+    emb = unit(centres[labels] + 0.25 * rng.normal(size=(60, 32)))
+    tune_rows, test_rows = M.group_halves(labels, seed=0)
+    assert not set(labels[tune_rows]) & set(labels[test_rows])
+    assert len(tune_rows) + len(test_rows) == 60
+    threshold, on_tune, held_out = M.tune(emb, labels, seed=0)
+    assert 0.3 <= threshold <= 0.95 and held_out.f1 > 0.9
+    with pytest.raises(ShopeeError, match="at least 2 label groups"):
+        M.group_halves([1, 1, 1], seed=0)
+
+
+def test_match_table_and_submission_file(tmp_path):
+    table = pd.DataFrame({D.ID: ["a", "b", "c", "d"], D.PHASH: ["1", "2", "3", "1"], D.LABEL: ["x", "x", "y", "y"]})
+    emb = unit(np.array([[1, 0], [0.99, 0.1], [0, 1], [-1, 0.05]], float))
+    result = M.match_table(table, emb, threshold=0.9, phash=True)
+    assert result.matches == [{0, 1, 3}, {0, 1}, {2}, {3, 0}]
+    M.write_submission(tmp_path / "s.csv", table[D.ID], result.matches)
+    sub = pd.read_csv(tmp_path / "s.csv")
+    assert sub[D.ID].tolist() == ["a", "b", "c", "d"]
+    assert all(pid in row.split() for pid, row in zip(sub[D.ID], sub["matches"]))
+    assert sub["matches"].iloc[0] == "a b d"
+    with pytest.raises(ShopeeError, match="embeddings have 3 rows"):
+        M.match_table(table, emb[:3])
