@@ -1,0 +1,72 @@
+"""eda, prepare and the leak-free split on a synthetic data set of Shopee's size, timed.
+
+Builds a Kaggle-layout folder shaped like Shopee's train set — 34,250 postings, 32,412 image files
+(some files shared by several postings), 11,014 label groups mostly of 2, shared phashes and titles —
+with small JPEGs (the row counts are what is tested; `cache_speed.py` covers large photos), then runs
+`eda`, `prepare` twice (the second must do nothing) and `split`, printing each one's wall time.
+
+    python bench/shopee_scale.py [--rows 34250] [--out /tmp/shopee-synthetic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+IMAGES_PER_ROW = 32412 / 34250
+GROUPS_PER_ROW = 11014 / 34250
+
+
+def build(out: Path, rows: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    n_groups, n_images = int(rows * GROUPS_PER_ROW), int(rows * IMAGES_PER_ROW)
+    sizes = np.minimum(50, 2 + rng.geometric(0.55, n_groups) - 1)
+    labels = np.repeat(np.arange(n_groups), sizes)[:rows]
+    labels = np.concatenate([labels, rng.integers(0, n_groups, rows - len(labels))])
+    image_of_row = np.concatenate([np.arange(n_images), rng.integers(0, n_images, rows - n_images)])
+    (out / "train_images").mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(0, 255, (n_groups, 3))
+    for i in range(n_images):
+        path = out / "train_images" / f"{i:08x}.jpg"
+        if not path.exists():
+            g = labels[np.flatnonzero(image_of_row == i)[0]] if i < rows else 0
+            w, h = rng.integers(100, 320, 2)
+            px = np.clip(colours[g] + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(path, quality=80)
+    phash = [f"{(int(labels[r]) * 7919 + (r % 3 == 0) * r) % 2**63:016x}" for r in range(rows)]
+    pd.DataFrame({"posting_id": [f"train_{r}" for r in range(rows)], "image": [f"{i:08x}.jpg" for i in image_of_row],
+                  "image_phash": phash, "title": [f"product {g % 9000}" for g in labels],
+                  "label_group": labels}).to_csv(out / "train.csv", index=False)
+    return out
+
+
+def timed(*args: str) -> None:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "shopee_fastai", *args], capture_output=True, text=True)
+    last = [ln for ln in out.stdout.strip().splitlines() if ln.strip()][-1:] or [out.stderr.strip()[-300:]]
+    print(f"{' '.join(args[:1]):8s} {time.perf_counter() - start:8.1f} s   rc {out.returncode}   {last[0][-160:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=34250)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/shopee-synthetic"))
+    args = ap.parse_args()
+    start = time.perf_counter()
+    data = build(args.out, args.rows)
+    print(f"built {data} ({args.rows:,} rows) in {time.perf_counter() - start:.0f} s")
+    timed("eda", "--data", str(data), "--out", str(args.out / "eda"))
+    timed("prepare", "--data", str(data), "--size", "224")
+    timed("prepare", "--data", str(data), "--size", "224")
+    timed("split", "--data", str(data), "--top-groups", "0")
+
+
+if __name__ == "__main__":
+    main()
