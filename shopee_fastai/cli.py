@@ -129,6 +129,28 @@ def lr_find(
 
 
 @command
+def compare(
+    data: Path = DataOpt, seeds: int = typer.Option(1, help="Repeat over this many seeds; mean ± sd."),
+    epochs: int = typer.Option(5, help="Epochs per model (unfrozen epochs when pretrained)."),
+    freeze_epochs: int = typer.Option(1, help="Frozen epochs for the pretrained model."),
+    weights: Optional[Path] = typer.Option(None, help="Local EfficientNet-B0 weights for the pretrained row."),
+    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
+    dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt,
+    aug: str = AugOpt, workers: Optional[int] = WorkersOpt, models_dir: Path = ModelsDirOpt,
+    out: Path = typer.Option(Path("reports/compare"), help="Folder for table.md, runs.csv and accuracy.png."),
+) -> None:
+    """Hand CNN (with/without augmentation), EfficientNet-B0 from scratch and pretrained, on one split; table + chart."""
+    from .compare import compare as run
+
+    cfg = _train_config(data, "efficientnet_b0", False, weights, top_groups, holdout, split, dup_threshold, seed, size,
+                        bs, aug, workers, epochs=epochs, freeze_epochs=freeze_epochs, models_dir=models_dir)
+    table = run(cfg, seeds, out)
+    for r in table.itertuples():
+        typer.echo(f"{r.model:36s} test {r.test:15s} valid {r.valid:15s} {r.params / 1e6:5.2f} M params  {r.wall_s:6.0f} s")
+    typer.echo(f"table: {out / 'table.md'}  chart: {out / 'accuracy.png'}")
+
+
+@command
 def evaluate(
     model: Path = ModelOpt,
     data: Optional[Path] = typer.Option(None, "--data", help="Score every row of this Kaggle-layout folder instead of the saved test split (labels optional)."),

@@ -50,6 +50,7 @@ class TrainConfig:
     split: str = "leak-free"  # or "random", the study's plain split
     dup_threshold: float = DEFAULT_THRESHOLD
     dup_arch: str = DEFAULT_EMBED_ARCH
+    score_train: bool = False  # also score the training images (compare reports it: a gap shows overfitting)
 
     @property
     def model_name(self) -> str:
@@ -227,6 +228,9 @@ def fit_learner(cfg: TrainConfig) -> Trained:
                   **{s: int((prep.split == s).sum()) for s in D.SPLITS}},
         "leaks": asdict(prep.leaks) if prep.leaks else None,
         "skipped_images": len(prep.skipped), "cached_images": prep.cached, "history": history,
+        "params": int(sum(p.numel() for p in learn.model.parameters())),
+        "images_per_s": round(len(learn.dls.train_ds) * sum(1 for _ in history) / max(sum(times.values()), 1e-9), 1),
+        "train_accuracy": accuracy_on(learn, prep.rows(D.TRAIN)) if cfg.score_train else None,
         "valid_accuracy": accuracy_on(learn, prep.rows(D.VALID)),
         "test_accuracy": accuracy_on(learn, prep.rows(D.TEST)),
         "wall_time_s": {"total": round(time.perf_counter() - started, 1), **times}, "versions": versions(),

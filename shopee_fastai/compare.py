@@ -1,0 +1,111 @@
+"""The study's comparison in one command: hand CNN (with and without augmentation), EfficientNet-B0 from
+scratch and a pretrained model, trained on the same split and seeds, tabulated and charted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ShopeeError
+from .train import TrainConfig, train
+from .weights import LITE0_ARCH
+
+SCRATCH_ARCH = "efficientnet_b0"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    label: str
+    arch: str
+    pretrained: bool
+    aug: str | None  # None: the base config's
+
+
+def entries(base: TrainConfig) -> list[Entry]:
+    return [Entry("cnn-noaug", "hand CNN, no augmentation", "cnn", False, "none"),
+            Entry("cnn-aug", f"hand CNN, {base.aug if base.aug != 'none' else 'fastai'} augmentation", "cnn", False,
+                  base.aug if base.aug != "none" else "fastai"),
+            Entry("b0-scratch", "EfficientNet-B0 from scratch", SCRATCH_ARCH, False, None),
+            Entry("pretrained", "EfficientNet-B0 pretrained", SCRATCH_ARCH, True, None)]
+
+
+def _train_entry(base: TrainConfig, e: Entry, seed: int) -> dict:
+    cfg = replace(base, arch=e.arch, pretrained=e.pretrained, aug=e.aug or base.aug, seed=seed,
+                  name=f"compare-{e.key}-s{seed}", score_train=True)
+    if e.arch == "cnn" or not e.pretrained:
+        return train(cfg)
+    try:
+        return train(cfg)
+    except ShopeeError as err:  # no B0 weights here: say so in the table, use the offline Lite0
+        if "no pretrained weights" not in str(err) and "download failed" not in str(err):
+            raise
+        print(f"note: {err}; using {LITE0_ARCH} (offline ImageNet weights) instead")
+        return train(replace(cfg, arch=LITE0_ARCH, weights=None))
+
+
+def compare(base: TrainConfig, seeds: int = 1, out: Path = Path("reports/compare")) -> pd.DataFrame:
+    """Train every entry for each seed; write table.md, table.csv and accuracy.png to `out`; return the table."""
+    from .io import write_text
+
+    rows = []
+    for e in entries(base):
+        for seed in range(base.seed, base.seed + seeds):
+            card = _train_entry(base, e, seed)
+            rows.append({"key": e.key, "model": e.label if card["arch"] == e.arch or not e.pretrained
+                         else f"{card['arch']} pretrained", "arch": card["arch"], "weights": card["weights"],
+                         "params": card["params"], "seed": seed, "train": card["train_accuracy"],
+                         "valid": card["valid_accuracy"], "test": card["test_accuracy"],
+                         "wall_s": card["wall_time_s"]["total"], "images_per_s": card["images_per_s"],
+                         "model_file": str(Path(base.models_dir) / f"{card['name']}.pkl")})
+    runs = pd.DataFrame(rows)
+    table = summarise(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "runs.csv", runs.to_csv(index=False))
+    write_text(out / "table.md", to_markdown(table, base, seeds))
+    chart(out / "accuracy.png", table, f"{Path(base.data).name}: test accuracy ({seeds} seed{'s' * (seeds > 1)})")
+    return table
+
+
+def _mean_sd(values: pd.Series) -> str:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return "—"
+    return f"{v.mean():.3f}" + (f" ± {v.std(ddof=0):.3f}" if len(v) > 1 else "")
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    g = runs.groupby("key", sort=False)
+    return pd.DataFrame({
+        "model": g["model"].first(), "weights": g["weights"].first(), "params": g["params"].first(),
+        "train": g["train"].apply(_mean_sd), "valid": g["valid"].apply(_mean_sd), "test": g["test"].apply(_mean_sd),
+        "test_mean": g["test"].mean(), "test_sd": g["test"].std(ddof=0).fillna(0),
+        "wall_s": g["wall_s"].mean().round(0), "images_per_s": g["images_per_s"].mean().round(1),
+    }).reset_index()
+
+
+def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int) -> str:
+    head = ("| model | weights | params | train acc | valid acc | test acc | wall time (s) | train images/s |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    body = "".join(f"| {r.model} | {r.weights} | {r.params / 1e6:.2f} M | {r.train} | {r.valid} | **{r.test}** | "
+                   f"{r.wall_s:.0f} | {r.images_per_s} |\n" for r in table.itertuples())
+    how = (f"\n{seeds} seed(s) from {base.seed}; split {base.split}; {base.top_groups or 'all'} groups; size {base.size}; "
+           f"epochs {base.epochs} (+{base.freeze_epochs} frozen for pretrained); data {base.data}\n")
+    return head + body + how
+
+
+def chart(dest: Path, table: pd.DataFrame, title: str) -> None:
+    from .plots import figure
+
+    with figure(dest, (8, 4)) as fig:
+        ax = fig.subplots()
+        y = np.arange(len(table))
+        ax.barh(y, table["test_mean"], xerr=table["test_sd"], color="tab:blue", capsize=4)
+        ax.set_yticks(y, table["model"])
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 1), xlabel="test accuracy", title=title)
+        for yi, v in zip(y, table["test_mean"]):
+            ax.text(min(v + 0.02, 0.9), yi, f"{v:.3f}", va="center")
