@@ -80,6 +80,8 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Base learning rate (default 2e-3 Adam, 1e-2 SGD)."),
     wd: Optional[float] = typer.Option(None, help="Weight decay (default: fastai's 0.01)."),
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
+    recipe: str = typer.Option("fine-tune", help="fine-tune: fastai's frozen then unfrozen; features: head on cached frozen-body features, then --epochs unfrozen."),
+    head_epochs: int = typer.Option(30, help="Head epochs on cached features (--recipe features)."),
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
@@ -92,7 +94,7 @@ def train(
     cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
-                        models_dir=models_dir)
+                        models_dir=models_dir, recipe=recipe, head_epochs=head_epochs)
     card = run(cfg)
     paths = model_paths(models_dir, card["name"])
     typer.echo(f"weights: {card['weights']}")

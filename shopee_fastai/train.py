@@ -25,6 +25,8 @@ UNFROZEN_PCT_START = 0.3
 FROZEN_PCT_START = 0.99
 MODELS_DIR = Path("models")
 SPLIT_MODES = ("leak-free", "random")
+RECIPES = ("fine-tune", "features")
+HEAD_WD = 0.01
 
 
 @dataclass
@@ -50,6 +52,8 @@ class TrainConfig:
     split: str = "leak-free"  # or "random", the study's plain split
     dup_threshold: float = DEFAULT_THRESHOLD
     dup_arch: str = DEFAULT_EMBED_ARCH
+    recipe: str = "fine-tune"  # or "features": head trained on cached frozen-body features, then --epochs unfrozen
+    head_epochs: int = 30
     score_train: bool = False  # also score the training images (compare reports it: a gap shows overfitting)
 
     @property
@@ -65,6 +69,8 @@ class TrainConfig:
         check_arch(self.arch)
         if self.opt not in OPTIMIZERS:
             raise ShopeeError(f"--opt {self.opt!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.recipe not in RECIPES:
+            raise ShopeeError(f"--recipe {self.recipe!r}: choose one of {', '.join(RECIPES)}")
         if self.split not in SPLIT_MODES:
             raise ShopeeError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
         if self.aug not in D.AUGMENTATIONS:
@@ -165,7 +171,13 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
     times: dict[str, float] = {}
     lr = cfg.base_lr
     phases = []
-    if pretrained:
+    if pretrained and cfg.recipe == "features":
+        from .head import fit_head
+
+        phases.append(("head", cfg.head_epochs, lambda n: fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed)))
+        phases.append(("unfrozen", cfg.epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
+            n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV))))
+    elif pretrained:
         if cfg.freeze_epochs:
             phases.append(("frozen", cfg.freeze_epochs, lambda n: learn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START)))
         phases.append(("unfrozen", cfg.epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
@@ -176,9 +188,9 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
         if not n:
             continue
         start = time.perf_counter()
-        run(n)
+        ran = run(n)
         times[phase] = round(time.perf_counter() - start, 1)
-        history += _history(learn, phase)
+        history += ran if phase == "head" else _history(learn, phase)
     return history, times
 
 
