@@ -75,12 +75,12 @@ NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <ar
 @command
 def train(
     data: Path = DataOpt, arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
-    epochs: int = typer.Option(5, help="Epochs (unfrozen epochs when pretrained)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs; unfrozen epochs when pretrained (default 5; 0 after --recipe features)."),
     freeze_epochs: int = typer.Option(1, help="Epochs with the pretrained body frozen first."),
     lr: Optional[float] = typer.Option(None, help="Base learning rate (default 2e-3 Adam, 1e-2 SGD)."),
     wd: Optional[float] = typer.Option(None, help="Weight decay (default: fastai's 0.01)."),
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
-    recipe: str = typer.Option("fine-tune", help="fine-tune: fastai's frozen then unfrozen; features: head on cached frozen-body features, then --epochs unfrozen."),
+    recipe: str = typer.Option("features", help="features: head on cached frozen-body features, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen."),
     head_epochs: int = typer.Option(30, help="Head epochs on cached features (--recipe features)."),
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
@@ -133,8 +133,9 @@ def lr_find(
 @command
 def compare(
     data: Path = DataOpt, seeds: int = typer.Option(1, help="Repeat over this many seeds; mean ± sd."),
-    epochs: int = typer.Option(5, help="Epochs per model (unfrozen epochs when pretrained)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per model (default 5; unfrozen epochs of the pretrained row, 0 after --recipe features)."),
     freeze_epochs: int = typer.Option(1, help="Frozen epochs for the pretrained model."),
+    recipe: str = typer.Option("features", help="Recipe of the pretrained row: features | fine-tune."),
     weights: Optional[Path] = typer.Option(None, help="Local EfficientNet-B0 weights for the pretrained row."),
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt,
@@ -145,7 +146,8 @@ def compare(
     from .compare import compare as run
 
     cfg = _train_config(data, "efficientnet_b0", False, weights, top_groups, holdout, split, dup_threshold, seed, size,
-                        bs, aug, workers, epochs=epochs, freeze_epochs=freeze_epochs, models_dir=models_dir)
+                        bs, aug, workers, epochs=epochs, freeze_epochs=freeze_epochs, models_dir=models_dir,
+                        recipe=recipe)
     table = run(cfg, seeds, out)
     for r in table.itertuples():
         typer.echo(f"{r.model:36s} test {r.test:15s} valid {r.valid:15s} {r.params / 1e6:5.2f} M params  {r.wall_s:6.0f} s")

@@ -93,7 +93,7 @@ def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int) -> str:
     body = "".join(f"| {r.model} | {r.weights} | {r.params / 1e6:.2f} M | {r.train} | {r.valid} | **{r.test}** | "
                    f"{r.wall_s:.0f} | {r.images_per_s} |\n" for r in table.itertuples())
     how = (f"\n{seeds} seed(s) from {base.seed}; split {base.split}; {base.top_groups or 'all'} groups; size {base.size}; "
-           f"epochs {base.epochs} (+{base.freeze_epochs} frozen for pretrained); data {base.data}\n")
+           f"recipe {base.recipe}; epochs {base.epochs if base.epochs is not None else 'default'}; data {base.data}\n")
     return head + body + how
 
 

@@ -18,7 +18,7 @@ HEAD_BS = 64
 VIEWS = ("plain", "mirror")  # mirrored photos are as real as the originals for products
 
 
-def pooled_features(learn, paths: list[str], mirror: bool = False):
+def pooled_features(learn, paths: list[str], mirror: bool = False, progress: bool = True):
     """[n, d] pooled body features (what the head's first layer sees), eval mode, training preprocessing."""
     import torch
 
@@ -28,7 +28,7 @@ def pooled_features(learn, paths: list[str], mirror: bool = False):
     body = feature_extractor(learn.model).eval()
     feats, done = [], []
     with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
-        for ok, dl, _ in test_dls(learn, [Path(p) for p in paths], progress=False):
+        for ok, dl, _ in test_dls(learn, [Path(p) for p in paths], progress=progress):
             for (x,) in dl if dl is not None else []:
                 feats.append(body(x.flip(-1) if mirror else x))
             done += [str(p) for p in ok]

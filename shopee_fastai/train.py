@@ -24,6 +24,7 @@ UNFROZEN_DIV = 5  # fastai fine_tune's one-cycle settings for the unfrozen phase
 UNFROZEN_PCT_START = 0.3
 FROZEN_PCT_START = 0.99
 MODELS_DIR = Path("models")
+DEFAULT_EPOCHS = 5
 SPLIT_MODES = ("leak-free", "random")
 RECIPES = ("fine-tune", "features")
 HEAD_WD = 0.01
@@ -43,7 +44,7 @@ class TrainConfig:
     size: int = 224
     bs: int = 32
     aug: str = "fastai"
-    epochs: int = 5
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or 0 unfrozen epochs after the features recipe's head
     freeze_epochs: int = 1
     lr: float | None = None
     wd: float | None = None
@@ -52,9 +53,17 @@ class TrainConfig:
     split: str = "leak-free"  # or "random", the study's plain split
     dup_threshold: float = DEFAULT_THRESHOLD
     dup_arch: str = DEFAULT_EMBED_ARCH
-    recipe: str = "fine-tune"  # or "features": head trained on cached frozen-body features, then --epochs unfrozen
+    recipe: str = "features"  # head on cached frozen-body features (then --epochs unfrozen), or "fine-tune" (fastai's)
     head_epochs: int = 30
     score_train: bool = False  # also score the training images (compare reports it: a gap shows overfitting)
+
+    @property
+    def n_epochs(self) -> int:
+        """--epochs, or its default: 5, but none unfrozen after the features recipe's head."""
+        if self.epochs is not None:
+            return self.epochs
+        features = self.recipe == "features" and (self.pretrained or self.weights) and self.arch != CNN_ARCH
+        return 0 if features else DEFAULT_EPOCHS
 
     @property
     def model_name(self) -> str:
@@ -75,7 +84,7 @@ class TrainConfig:
             raise ShopeeError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
         if self.aug not in D.AUGMENTATIONS:
             raise ShopeeError(f"--aug {self.aug!r}: choose one of {', '.join(D.AUGMENTATIONS)}")
-        for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.epochs, 0),
+        for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.n_epochs, 0),
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
@@ -175,15 +184,15 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
         from .head import fit_head
 
         phases.append(("head", cfg.head_epochs, lambda n: fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed)))
-        phases.append(("unfrozen", cfg.epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
+        phases.append(("unfrozen", cfg.n_epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
             n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV))))
     elif pretrained:
         if cfg.freeze_epochs:
             phases.append(("frozen", cfg.freeze_epochs, lambda n: learn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START)))
-        phases.append(("unfrozen", cfg.epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
+        phases.append(("unfrozen", cfg.n_epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
             n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV))))
     else:
-        phases.append(("scratch", cfg.epochs, lambda n: learn.fit_one_cycle(n, lr)))
+        phases.append(("scratch", cfg.n_epochs, lambda n: learn.fit_one_cycle(n, lr)))
     for phase, n, run in phases:
         if not n:
             continue
@@ -235,7 +244,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     card = {
         "name": cfg.model_name, "arch": cfg.arch, "weights": choice.source, "classes": [str(c) for c in dls.vocab],
         "input": {"size": cfg.size, "mean": list(mean), "std": list(std)},
-        "data": str(Path(cfg.data).resolve()), "config": {k: v for k, v in asdict(cfg).items() if k != "data"},
+        "data": str(Path(cfg.data).resolve()), "config": {**{k: v for k, v in asdict(cfg).items() if k != "data"}, "epochs": cfg.n_epochs},
         "split": {"mode": cfg.split, "seed": cfg.seed, "holdout": cfg.holdout, "file": paths["split"].name,
                   **{s: int((prep.split == s).sum()) for s in D.SPLITS}},
         "leaks": asdict(prep.leaks) if prep.leaks else None,

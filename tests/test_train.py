@@ -55,7 +55,7 @@ def test_pretrained_recipe_runs_frozen_then_unfrozen_phases(synthetic, tmp_path)
     weights = tmp_path / "test_resnet.safetensors"
     save_file(timm.create_model("test_resnet").state_dict(), str(weights))
     cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, size=SIZE, bs=8, epochs=2,
-                      freeze_epochs=1, aug="none", workers=0, models_dir=tmp_path)
+                      freeze_epochs=1, aug="none", workers=0, models_dir=tmp_path, recipe="fine-tune")
     trained = fit_learner(cfg)
     assert trained.card["weights"].startswith("file:")
     assert [h["phase"] for h in trained.card["history"]] == ["frozen", "unfrozen", "unfrozen"]
@@ -105,3 +105,10 @@ def test_leak_free_split_that_leaves_no_test_images_says_how_to_fix(synthetic, t
     cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, workers=0, models_dir=tmp_path)
     with pytest.raises(ShopeeError, match="leak-free split left no .* images.*--split random"):
         train(cfg)
+
+
+def test_epochs_default_by_recipe(synthetic):
+    assert TrainConfig(data=synthetic, arch="cnn").n_epochs == 5
+    assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True).n_epochs == 0  # features: head only
+    assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, recipe="fine-tune").n_epochs == 5
+    assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, epochs=2).n_epochs == 2
