@@ -181,18 +181,18 @@ def evaluate(
 @command
 def predict(
     images: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    model: Path = ModelOpt,
+    model: Path = typer.Option(..., "--model", help="models/<name>.pkl (fastai learner) or models/<name>.safetensors (weights only, no pickle)."),
     top_k: int = typer.Option(5, "--top-k", help="How many label groups to show per image."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
     bs: int = typer.Option(64, help="Batch size."),
 ) -> None:
     """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
-    from .predict import collect_images, load_model, predict_probs, top_k as best
+    from .predict import collect_images, load_predictor, top_k as best
 
     files = collect_images(images)
-    learn = load_model(model)
-    preds = predict_probs(learn, files, bs=bs, progress=not as_json)
-    for path, ranked in zip(preds.paths, best(preds.probs, learn.dls.vocab, top_k)):
+    predictor = load_predictor(model)
+    preds = predictor.probs(files, bs=bs, progress=not as_json)
+    for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k)):
         if as_json:
             typer.echo(json.dumps({"image": str(path), "predictions": ranked}))
         else:

@@ -138,3 +138,24 @@ def top_k(probs, vocab: Sequence, k: int) -> list[list[dict]]:
     values, idx = probs.topk(k, dim=1)
     return [[{"label_group": str(vocab[i]), "probability": round(float(p), 6)} for p, i in zip(pv, iv)]
             for pv, iv in zip(values.tolist(), idx.tolist())]
+
+
+@dataclass
+class LearnerModel:
+    """A fastai learner behind the same two members as `safe.SafeModel`."""
+
+    learn: Any
+
+    @property
+    def vocab(self) -> list[str]:
+        return [str(v) for v in self.learn.dls.vocab]
+
+    def probs(self, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Predictions:
+        return predict_probs(self.learn, images, bs, progress)
+
+
+def load_predictor(path: Path):
+    """A `.safetensors` export (no unpickling) or a fastai `.pkl`, chosen by the file's suffix."""
+    from .safe import SUFFIX, load_safe
+
+    return load_safe(path) if Path(path).suffix == SUFFIX else LearnerModel(load_model(path))

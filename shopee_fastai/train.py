@@ -218,7 +218,8 @@ def model_paths(models_dir: Path, name: str) -> dict[str, Path]:
     base = Path(models_dir) / name
     return {"pkl": base.with_suffix(".pkl"), "card": base.with_suffix(".json"),
             "split": Path(f"{base}.split.csv"), "skipped": Path(f"{base}.skipped.csv"),
-            "lr_find": Path(f"{base}.lr_find.png"), "curves": Path(f"{base}.curves.png")}
+            "lr_find": Path(f"{base}.lr_find.png"), "curves": Path(f"{base}.curves.png"),
+            "safe": base.with_suffix(".safetensors")}
 
 
 @dataclass
@@ -263,11 +264,13 @@ def export(trained: Trained) -> None:
     """Write split, learner and card, each atomically; the card last, so a card always has its model."""
     from .io import atomic_path, write_json
     from .plots import training_curves
+    from .safe import export_safe
 
     D.write_split(trained.prep.split, trained.paths["split"])
     training_curves(trained.paths["curves"], trained.card["history"], f"{trained.card['name']}: training curves")
     with atomic_path(trained.paths["pkl"]) as tmp:
         trained.learn.export(tmp.resolve())
+    export_safe(trained.learn, trained.card, trained.paths["safe"])
     write_json(trained.paths["card"], trained.card)
 
 

@@ -130,3 +130,13 @@ def test_embed_and_match_write_a_valid_submission(cli_model, synthetic, tmp_path
     for pid, matches in zip(rows["posting_id"], rows["matches"]):
         assert pid in matches.split() and set(matches.split()) <= ids
     one_line_error(run("match", "--data", synthetic, "--embeddings", tmp_path / "none.npy"), "file not found")
+
+
+def test_predict_from_weights_only_export(cli_model, synthetic):
+    image = sorted((synthetic / "train_images").glob("*.jpg"))[0]
+    from_pkl = run("predict", image, "--model", cli_model, "--json")
+    from_safe = run("predict", image, "--model", cli_model.with_suffix(".safetensors"), "--json")
+    assert from_safe.exit_code == 0, from_safe.output
+    a, b = (json.loads(r.stdout)["predictions"] for r in (from_pkl, from_safe))
+    assert [x["label_group"] for x in a] == [x["label_group"] for x in b]
+    assert all(abs(x["probability"] - y["probability"]) < 1e-4 for x, y in zip(a, b))
