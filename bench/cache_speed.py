@@ -83,7 +83,7 @@ def main() -> None:
     for d in args.data:
         bench(d.name, d, args.size, args.bs, args.workers)
     if args.synthetic:
-        bench(f"synthetic 1000-2000 px", synthetic_shopee(tmp / "synthetic", args.synthetic), args.size, args.bs,
+        bench("synthetic 1000-2000 px", synthetic_shopee(tmp / "synthetic", args.synthetic), args.size, args.bs,
               args.workers)
 
 

@@ -1,6 +1,5 @@
 import numpy as np
 import pandas as pd
-import pytest
 
 from shopee_fastai import data as D
 from shopee_fastai.neardup import clusters, embeddings_for, leak_report, leaked, similar_pairs
