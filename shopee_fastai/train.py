@@ -114,17 +114,19 @@ def prepare(cfg: TrainConfig, skipped_report: Path | None = None) -> Prepared:
     table, skipped = D.drop_unreadable(table, skipped_report)
     if len(table) < D.MIN_TRAIN_IMAGES or table[D.LABEL].nunique() < 2:
         raise ShopeeError(f"{cfg.data}: fewer than 2 label groups with readable images; add images or raise --top-groups")
-    if cfg.split == "random":
-        return Prepared(table, D.make_split(table, cfg.seed, holdout=cfg.holdout), skipped, hits)
-    from .neardup import clusters, embeddings_for, leak_report
+    leaks = ids = None
+    if cfg.split == "leak-free":
+        from .neardup import clusters, embeddings_for, leak_report
 
-    ids = clusters(table, embeddings_for(list(table[D.PATH]), cfg.dup_arch), cfg.dup_threshold)
+        ids = clusters(table, embeddings_for(list(table[D.PATH]), cfg.dup_arch), cfg.dup_threshold)
+        leaks = leak_report(table, ids, cfg.seed)
     split = D.make_split(table, cfg.seed, holdout=cfg.holdout, clusters=ids)
     for name in (D.VALID, D.TEST):
         if not (split == name).any():
-            raise ShopeeError(f"{cfg.data}: the leak-free split left no {name} images (each group's photos are near-duplicates "
-                              f"of each other at --dup-threshold {cfg.dup_threshold}); raise it, add photos, or use --split random")
-    return Prepared(table, split, skipped, hits, leak_report(table, ids, cfg.seed))
+            why = (f"each group's photos are near-duplicates of each other at --dup-threshold {cfg.dup_threshold}; "
+                   "raise it, add photos, or use --split random") if ids is not None else "every group has fewer than 3 photos; add photos"
+            raise ShopeeError(f"{cfg.data}: the {cfg.split} split left no {name} images ({why})")
+    return Prepared(table, split, skipped, hits, leaks)
 
 
 def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):

@@ -112,3 +112,13 @@ def test_epochs_default_by_recipe(synthetic):
     assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True).n_epochs == 0  # features: head only
     assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, recipe="fine-tune").n_epochs == 5
     assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, epochs=2).n_epochs == 2
+
+
+def test_groups_too_small_to_split_say_so(tmp_path):
+    from .conftest import make_synthetic
+
+    data = make_synthetic(tmp_path / "pairs", per_group=2)
+    cfg = TrainConfig(data=data, arch="cnn", split="random", size=SIZE, workers=0, models_dir=tmp_path / "m")
+    with pytest.raises(ShopeeError, match="left no valid images .*fewer than 3 photos"):
+        train(cfg)
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
