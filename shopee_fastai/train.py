@@ -88,6 +88,10 @@ class TrainConfig:
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
+        try:  # fail before training, not at export time
+            Path(self.models_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ShopeeError(f"--models-dir {self.models_dir}: cannot create it ({e.strerror}); choose a writable folder") from e
         if self.arch == CNN_ARCH and (self.pretrained or self.weights):
             raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
 

@@ -122,3 +122,10 @@ def test_groups_too_small_to_split_say_so(tmp_path):
     with pytest.raises(ShopeeError, match="left no valid images .*fewer than 3 photos"):
         train(cfg)
     assert not (tmp_path / "m").exists() or not list((tmp_path / "m").iterdir())
+
+
+def test_unwritable_models_dir_fails_before_training(synthetic, tmp_path):
+    blocker = tmp_path / "models"
+    blocker.write_text("not a folder")
+    with pytest.raises(ShopeeError, match="--models-dir .* cannot create it"):
+        train(TrainConfig(data=synthetic, arch="cnn", split="random", models_dir=blocker / "sub"))
