@@ -53,7 +53,7 @@ def run_one(method: str, n: int, dim: int) -> dict:
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     digest = hash(tuple(frozenset(m) for m in found))
-    return {"method": method, "seconds": round(seconds, 2), "peak_mb": round(peak_mb), "digest": digest,
+    return {"method": method, "seconds": seconds, "peak_mb": round(peak_mb), "digest": digest,
             "pairs": int(sum(len(m) for m in found))}
 
 
@@ -78,7 +78,7 @@ def main() -> None:
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r, base = rows[-1], rows[0]
-        print(f"{method:10s} {r['seconds']:8.1f} {r['peak_mb']:8,d} {base['seconds'] / r['seconds']:10.2f}x"
+        print(f"{method:10s} {r['seconds']:8.1f} {r['peak_mb']:8,d} {base['seconds'] / max(r['seconds'], 1e-9):10.2f}x"
               f"   {r['digest'] == base['digest']} ({r['pairs']:,} pairs)")
 
 
