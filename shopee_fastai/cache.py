@@ -31,7 +31,8 @@ def images_root() -> Path:
     return cache_dir() / "images"
 
 
-def _key(src: Path) -> str:
+def file_key(src: Path) -> str:
+    """Identity of a file's current content: absolute path, size, modification time."""
     st = src.stat()
     return hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
 
@@ -39,7 +40,7 @@ def _key(src: Path) -> str:
 def cached_path(src: str | Path, side: int, root: Path | None = None) -> Path | None:
     """The cache entry for `src` at `side`, or None if there is none (or `src` is gone)."""
     try:
-        p = (root or images_root()) / f"s{side}" / f"{_key(Path(src))}.jpg"
+        p = (root or images_root()) / f"s{side}" / f"{file_key(Path(src))}.jpg"
     except OSError:
         return None
     return p if p.is_file() else None
@@ -65,7 +66,7 @@ def _prepare_one(src: str, side: int, root: Path) -> tuple[str, str | None]:
         if cached_path(src, side, root) is not None:
             return "reused", None
         im = resize_shorter(load_rgb(src, draft_size=side), side)
-        with atomic_path(root / f"s{side}" / f"{_key(Path(src))}.jpg") as tmp:
+        with atomic_path(root / f"s{side}" / f"{file_key(Path(src))}.jpg") as tmp:
             im.save(tmp, "JPEG", quality=CACHE_QUALITY)
         return "written", None
     except ShopeeError as e:

@@ -2,7 +2,7 @@
 
 With the body frozen, every epoch of fastai's frozen phase runs the whole body forward (and, since
 fastai keeps BatchNorm trainable, backward) for the same images. Here the pooled features of each
-training image and its mirror image are computed once, in eval mode (BatchNorm keeps its ImageNet
+training image and its mirror image (as real a product photo as the original) are computed once, in eval mode (BatchNorm keeps its ImageNet
 statistics, so the body cannot drift towards one photo session), and the head trains on them in
 seconds. The model is the same fastai learner, so export, predict and fine-tuning work unchanged.
 """
@@ -15,26 +15,30 @@ from typing import Any
 from . import data as D
 
 HEAD_BS = 64
-VIEWS = ("plain", "mirror")  # mirrored photos are as real as the originals for products
 
 
 def pooled_features(learn, paths: list[str], mirror: bool = False, progress: bool = True):
-    """[n, d] pooled body features (what the head's first layer sees), eval mode, training preprocessing."""
+    """Pooled body features (what the head's first layer sees), eval mode, training preprocessing.
+
+    Returns ([n, d] features, the readable paths); with `mirror`, [2n, d]: each image, then every mirror
+    image, from one decoding pass.
+    """
     import torch
 
     from .models import feature_extractor
     from .predict import test_dls
 
     body = feature_extractor(learn.model).eval()
-    feats, done = [], []
+    plain, flipped, done = [], [], []
     with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
         for ok, dl, _ in test_dls(learn, [Path(p) for p in paths], progress=progress):
             for (x,) in dl if dl is not None else []:
-                feats.append(body(x.flip(-1) if mirror else x))
+                plain.append(body(x))
+                if mirror:
+                    flipped.append(body(x.flip(-1)))
             done += [str(p) for p in ok]
-    keep = {p: i for i, p in enumerate(done)}
-    rows = [keep[str(Path(p))] for p in paths if str(Path(p)) in keep]
-    return torch.cat(feats)[rows], [p for p in paths if str(Path(p)) in keep]
+    feats = torch.cat(plain + flipped) if plain else torch.empty(0)
+    return feats, done
 
 
 def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42) -> list[dict[str, Any]]:
@@ -47,15 +51,12 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42) ->
     set_seed(seed, reproducible=True)
     vocab = {str(v): i for i, v in enumerate(learn.dls.vocab)}
     sets = {}
-    for name, ds, views in (("train", learn.dls.train_ds, VIEWS), ("valid", learn.dls.valid_ds, VIEWS[:1])):
+    for name, ds, mirror in (("train", learn.dls.train_ds, True), ("valid", learn.dls.valid_ds, False)):
         items = ds.items
-        xs, ys = [], []
-        for view in views:
-            x, kept = pooled_features(learn, list(items[D.PATH]), mirror=view == "mirror")
-            label = dict(zip(items[D.PATH].map(lambda p: str(Path(p))), items[D.LABEL].astype(str)))
-            xs.append(x)
-            ys.append(torch.tensor([vocab[label[str(Path(p))]] for p in kept]))
-        sets[name] = (torch.cat(xs), torch.cat(ys))
+        label = dict(zip(items[D.PATH].map(lambda p: str(Path(p))), items[D.LABEL].astype(str)))
+        x, kept = pooled_features(learn, list(items[D.PATH]), mirror=mirror)
+        y = torch.tensor([vocab[label[p]] for p in kept], dtype=torch.long)
+        sets[name] = (x, y.repeat(2) if mirror else y)
     head = learn.model[1][2:]  # after AdaptiveConcatPool2d and Flatten
     x_train, y_train = sets["train"]
     steps = max(1, -(-len(x_train) // HEAD_BS))

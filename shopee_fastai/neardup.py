@@ -72,11 +72,11 @@ def embeddings_for(paths: list[str], arch: str, progress: bool = True) -> np.nda
     """Backbone embeddings of `paths`, cached on disk by the files' identities (path, size, mtime) and arch."""
     import hashlib
 
-    from .cache import _key
+    from .cache import file_key
     from .embed import embed_paths
     from .weights import cache_dir
 
-    ident = hashlib.sha1("\n".join([arch, *(_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
+    ident = hashlib.sha1("\n".join([arch, *(file_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
     dest = cache_dir() / "embeddings" / f"{ident}.npy"
     if dest.is_file():
         return np.load(dest)
