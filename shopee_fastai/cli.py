@@ -82,6 +82,8 @@ def train(
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
     recipe: str = typer.Option("features", help="features: head on cached frozen-body features, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen."),
     head_epochs: int = typer.Option(30, help="Head epochs on cached features (--recipe features)."),
+    checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
@@ -94,7 +96,8 @@ def train(
     cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
-                        models_dir=models_dir, recipe=recipe, head_epochs=head_epochs)
+                        models_dir=models_dir, recipe=recipe, head_epochs=head_epochs,
+                        checkpoint_every=checkpoint_every, resume=resume)
     card = run(cfg)
     paths = model_paths(models_dir, card["name"])
     typer.echo(f"weights: {card['weights']}")

@@ -55,6 +55,8 @@ class TrainConfig:
     dup_arch: str = DEFAULT_EMBED_ARCH
     recipe: str = "features"  # head on cached frozen-body features (then --epochs unfrozen), or "fine-tune" (fastai's)
     head_epochs: int = 30
+    checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
+    resume: bool = False  # continue from the checkpoint of the same --name, with the same schedule
     score_train: bool = False  # also score the training images (compare reports it: a gap shows overfitting)
 
     @property
@@ -174,38 +176,63 @@ def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[Weights
     return choice, prep, build_learner(dls, cfg, choice)
 
 
-def _history(learn, phase: str) -> list[dict[str, Any]]:
-    names = [n for n in learn.recorder.metric_names[1:-1]]
-    return [{"phase": phase, "epoch": i, **{n: float(v) for n, v in zip(names, row)}}
-            for i, row in enumerate(learn.recorder.values)]
+def _history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
+    """Per-epoch rows of the Recorder for `phase` from epoch `start` (fastai records skipped epochs as empty rows)."""
+    names = learn.recorder.metric_names[1:-1]
+    rows = learn.recorder.values[start:]
+    return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)}} for i, row in enumerate(rows)]
 
 
 def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str, float]]:
-    """fastai's fine-tune recipe for pretrained bodies (frozen, then unfrozen with discriminative rates); one cycle otherwise."""
-    history: list[dict] = []
-    times: dict[str, float] = {}
-    lr = cfg.base_lr
-    phases = []
-    if pretrained and cfg.recipe == "features":
-        from .head import fit_head
+    """Run the recipe's phases (see README: Training recipes), checkpointing and resuming where asked."""
+    from .checkpoint import Checkpoint, load_checkpoint
 
-        phases.append(("head", cfg.head_epochs, lambda n: fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed)))
-        phases.append(("unfrozen", cfg.n_epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
-            n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV))))
+    lr = cfg.base_lr
+
+    def one_cycle(**kw):
+        return lambda n, start, cbs: learn.fit_one_cycle(n, start_epoch=start, cbs=cbs, **kw)
+
+    def unfrozen(n, start, cbs):
+        learn.unfreeze()
+        learn.fit_one_cycle(n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV,
+                            start_epoch=start, cbs=cbs)
+
+    if pretrained and cfg.recipe == "features":
+        phases = [("head", cfg.head_epochs, None), ("unfrozen", cfg.n_epochs, unfrozen)]
     elif pretrained:
-        if cfg.freeze_epochs:
-            phases.append(("frozen", cfg.freeze_epochs, lambda n: learn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START)))
-        phases.append(("unfrozen", cfg.n_epochs, lambda n: (learn.unfreeze(), learn.fit_one_cycle(
-            n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV))))
+        phases = [("frozen", cfg.freeze_epochs, one_cycle(lr_max=slice(lr), pct_start=FROZEN_PCT_START)),
+                  ("unfrozen", cfg.n_epochs, unfrozen)]
     else:
-        phases.append(("scratch", cfg.n_epochs, lambda n: learn.fit_one_cycle(n, lr)))
+        phases = [("scratch", cfg.n_epochs, one_cycle(lr_max=lr))]
+    phases = [p for p in phases if p[1]]
+    names = [p[0] for p in phases]
+    resumed = load_checkpoint(learn, cfg.models_dir, cfg.model_name) if cfg.resume else None
+    if resumed and resumed["phase"] not in names:
+        raise ShopeeError(f"--resume: the checkpoint is in phase {resumed['phase']!r}, which these options do not run; "
+                          "resume with the options it was trained with")
+    history: list[dict] = list(resumed["history"]) if resumed else []
+    times: dict[str, float] = {}
     for phase, n, run in phases:
-        if not n:
-            continue
+        start_epoch = 0
+        if resumed:
+            at = names.index(resumed["phase"])
+            if names.index(phase) < at:
+                continue  # its result is in the checkpoint's weights
+            if phase == resumed["phase"]:
+                start_epoch = resumed["epochs_done"]
+                if start_epoch >= n:
+                    continue
         start = time.perf_counter()
-        ran = run(n)
+        if phase == "head":
+            from .head import fit_head
+
+            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed)
+        else:
+            cbs = [Checkpoint(cfg.models_dir, cfg.model_name, phase, cfg.checkpoint_every, list(history), start_epoch)] \
+                if cfg.checkpoint_every else []
+            run(n, start_epoch, cbs)
+            history += _history(learn, phase, start_epoch)
         times[phase] = round(time.perf_counter() - start, 1)
-        history += ran if phase == "head" else _history(learn, phase)
     return history, times
 
 
@@ -272,12 +299,15 @@ def export(trained: Trained) -> None:
     from .plots import training_curves
     from .safe import export_safe
 
+    from .checkpoint import remove_checkpoint
+
     D.write_split(trained.prep.split, trained.paths["split"])
     training_curves(trained.paths["curves"], trained.card["history"], f"{trained.card['name']}: training curves")
     with atomic_path(trained.paths["pkl"]) as tmp:
         trained.learn.export(tmp.resolve())
     export_safe(trained.learn, trained.card, trained.paths["safe"])
     write_json(trained.paths["card"], trained.card)
+    remove_checkpoint(trained.paths["pkl"].parent, trained.card["name"])  # the model is complete now
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

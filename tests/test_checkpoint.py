@@ -1,0 +1,53 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shopee_fastai.errors import ShopeeError
+from shopee_fastai.train import TrainConfig, train
+
+from .conftest import SIZE
+
+EPOCHS = 30
+
+
+def cli(data, models, *extra):
+    return [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", "cnn", "--split", "random",
+            "--epochs", str(EPOCHS), "--size", str(SIZE), "--bs", "8", "--aug", "none", "--workers", "0", "--lr", "3e-3",
+            "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
+
+
+def test_killed_training_resumes_to_a_model_as_good(synthetic, tmp_path):
+    models = tmp_path / "m"
+    proc = subprocess.Popen(cli(synthetic, models), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = models / "r.ckpt.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # hard, mid-epoch: no cleanup runs
+    proc.wait()
+    killed_at = json.loads(state.read_text())["epochs_done"]
+    assert 3 <= killed_at < EPOCHS and not (models / "r.pkl").exists()
+    assert not [p for p in models.iterdir() if p.name.endswith(".tmp")]
+    done = subprocess.run(cli(synthetic, models, "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((models / "r.json").read_text())
+    assert [h["epoch"] for h in card["history"]] == list(range(EPOCHS))  # one schedule, no epoch twice
+    assert card["test_accuracy"] >= 0.8
+    assert not state.exists()  # checkpoint removed once the model is exported
+    fresh = train(TrainConfig(data=synthetic, arch="cnn", split="random", epochs=EPOCHS, size=SIZE, bs=8, aug="none",
+                              workers=0, lr=3e-3, models_dir=tmp_path / "fresh", name="r"))
+    assert abs(card["test_accuracy"] - fresh["test_accuracy"]) <= 0.25  # as good as uninterrupted, within noise
+
+
+def test_resume_without_checkpoint_says_how(synthetic, tmp_path):
+    with pytest.raises(ShopeeError, match="no checkpoint to resume from"):
+        train(TrainConfig(data=synthetic, arch="cnn", split="random", size=SIZE, workers=0, models_dir=tmp_path,
+                          resume=True))
