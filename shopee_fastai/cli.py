@@ -90,7 +90,7 @@ def train(
     models_dir: Path = ModelsDirOpt,
 ) -> None:
     """Fine-tune (or train from scratch) and export models/<name>.pkl with its split and model card."""
-    from .train import model_paths
+    from .train import model_paths, world
     from .train import train as run
 
     cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
@@ -99,6 +99,8 @@ def train(
                         models_dir=models_dir, recipe=recipe, head_epochs=head_epochs,
                         checkpoint_every=checkpoint_every, resume=resume)
     card = run(cfg)
+    if world()[0]:
+        return  # data-parallel: rank 0 reports and exports
     paths = model_paths(models_dir, card["name"])
     typer.echo(f"weights: {card['weights']}")
     if card["leaks"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def _history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
 
 def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str, float]]:
     """Run the recipe's phases (see README: Training recipes), checkpointing and resuming where asked."""
-    from .checkpoint import Checkpoint, load_checkpoint
+    from .checkpoint import load_checkpoint
 
     lr = cfg.base_lr
 
@@ -212,6 +213,47 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
                           "resume with the options it was trained with")
     history: list[dict] = list(resumed["history"]) if resumed else []
     times: dict[str, float] = {}
+    with distributed(learn):
+        _run_phases(learn, cfg, phases, resumed, history, times, lr)
+    return history, times
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes) under `accelerate launch`/torchrun; (0, 1) otherwise."""
+    from fastai.torch_core import num_distrib, rank_distrib
+
+    return rank_distrib(), max(1, num_distrib())
+
+
+@contextlib.contextmanager
+def distributed(learn):
+    """Data-parallel training through fastai's Accelerate integration when launched on several processes."""
+    rank, n = world()
+    if n == 1:
+        yield
+        return
+    import fastai.distributed
+    import torch
+
+    def broadcast(self, t, src):  # fastai's moves this to CUDA, which gloo on a CPU-only machine cannot take
+        t = torch.LongTensor(t).to("cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.broadcast(t, src)
+        return t.cpu().tolist()
+
+    fastai.distributed.DistributedDL._broadcast = broadcast
+
+    with learn.distrib_ctx(sync_bn=False, cpu=not torch.cuda.is_available()):  # gloo on CPU-only machines
+        yield
+    total = sum(float(p.detach().double().sum()) for p in learn.model.parameters())
+    print(f"rank {rank}/{n}: weights checksum {total:.10e}")  # equal on every rank when gradients were synchronised
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _run_phases(learn, cfg: TrainConfig, phases, resumed, history: list[dict], times: dict[str, float], lr: float) -> None:
+    from .checkpoint import Checkpoint
+
+    names = [p[0] for p in phases]
     for phase, n, run in phases:
         start_epoch = 0
         if resumed:
@@ -233,7 +275,6 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
             run(n, start_epoch, cbs)
             history += _history(learn, phase, start_epoch)
         times[phase] = round(time.perf_counter() - start, 1)
-    return history, times
 
 
 def versions() -> dict[str, str]:
@@ -294,7 +335,12 @@ def fit_learner(cfg: TrainConfig) -> Trained:
 
 
 def export(trained: Trained) -> None:
-    """Write split, learner and card, each atomically; the card last, so a card always has its model."""
+    """Write split, learner and card, each atomically; the card last, so a card always has its model.
+
+    Under data-parallel training only rank 0 writes.
+    """
+    if world()[0]:
+        return
     from .io import atomic_path, write_json
     from .plots import training_curves
     from .safe import export_safe
