@@ -84,6 +84,8 @@ def train(
     head_epochs: int = typer.Option(30, help="Head epochs on cached features (--recipe features)."),
     checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
+    early_stop: int = typer.Option(0, help="Stop after N epochs without a lower valid loss (0: never)."),
+    keep_best: bool = typer.Option(False, "--keep-best", help="Keep the epoch with the lowest valid loss."),
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
@@ -97,7 +99,7 @@ def train(
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
                         models_dir=models_dir, recipe=recipe, head_epochs=head_epochs,
-                        checkpoint_every=checkpoint_every, resume=resume)
+                        checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best)
     card = run(cfg)
     if world()[0]:
         return  # data-parallel: rank 0 reports and exports

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ShopeeError
+
+LOW_SPACE = 1 << 20  # below this many free bytes, a failed write is taken for a full disk
 
 
 def _umask() -> int:
@@ -35,6 +38,12 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         os.replace(tmp_path, dest)
     except OSError as e:
         raise ShopeeError(f"{dest}: writing failed ({e.strerror}); free disk space or choose another folder") from e
+    except RuntimeError as e:  # torch.save reports a full disk as a RuntimeError ("iostream error")
+        free = shutil.disk_usage(dest.parent).free
+        if free >= LOW_SPACE:
+            raise
+        raise ShopeeError(f"{dest}: writing failed (No space left on device: {free:,} bytes free); "
+                          "free disk space or choose another folder") from e
     finally:
         tmp_path.unlink(missing_ok=True)
 

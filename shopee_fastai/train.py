@@ -57,6 +57,8 @@ class TrainConfig:
     recipe: str = "features"  # head on cached frozen-body features (then --epochs unfrozen), or "fine-tune" (fastai's)
     head_epochs: int = 30
     checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
+    early_stop: int = 0  # stop a fastai phase after N epochs without a lower valid loss (0: never)
+    keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
     resume: bool = False  # continue from the checkpoint of the same --name, with the same schedule
     score_train: bool = False  # also score the training images (compare reports it: a gap shows overfitting)
 
@@ -88,6 +90,7 @@ class TrainConfig:
         if self.aug not in D.AUGMENTATIONS:
             raise ShopeeError(f"--aug {self.aug!r}: choose one of {', '.join(D.AUGMENTATIONS)}")
         for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.n_epochs, 0),
+                                ("--early-stop", self.early_stop, 0), ("--checkpoint-every", self.checkpoint_every, 0),
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
@@ -250,6 +253,19 @@ def distributed(learn):
         torch.distributed.barrier()
 
 
+def _stopping_callbacks(cfg: TrainConfig) -> list:
+    """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, reloaded at the phase's end)."""
+    from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+
+    cbs: list = []
+    if cfg.early_stop:
+        cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=cfg.early_stop))
+    if cfg.keep_best:
+        cbs.append(SaveModelCallback(monitor="valid_loss", fname=str(Path(cfg.models_dir) / f"{cfg.model_name}.best"),
+                                     with_opt=False))
+    return cbs
+
+
 def _run_phases(learn, cfg: TrainConfig, phases, resumed, history: list[dict], times: dict[str, float], lr: float) -> None:
     from .checkpoint import Checkpoint
 
@@ -272,6 +288,7 @@ def _run_phases(learn, cfg: TrainConfig, phases, resumed, history: list[dict], t
         else:
             cbs = [Checkpoint(cfg.models_dir, cfg.model_name, phase, cfg.checkpoint_every, list(history), start_epoch)] \
                 if cfg.checkpoint_every else []
+            cbs += _stopping_callbacks(cfg)
             run(n, start_epoch, cbs)
             history += _history(learn, phase, start_epoch)
         times[phase] = round(time.perf_counter() - start, 1)
@@ -354,6 +371,7 @@ def export(trained: Trained) -> None:
     export_safe(trained.learn, trained.card, trained.paths["safe"])
     write_json(trained.paths["card"], trained.card)
     remove_checkpoint(trained.paths["pkl"].parent, trained.card["name"])  # the model is complete now
+    Path(f"{trained.paths['pkl'].with_suffix('')}.best.pth").unlink(missing_ok=True)  # keep-best's scratch file
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

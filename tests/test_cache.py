@@ -50,9 +50,10 @@ def test_use_cache_picks_the_smallest_side_that_serves(tmp_path):
     assert hits == 1 and paths[0] == str(C.cached_path(src, 128, root)) and paths[1] == other
 
 
-def test_training_and_prediction_use_the_cache_with_the_same_results(trained_cnn, synthetic):
+def test_training_and_prediction_use_the_cache_with_the_same_results(trained_cnn, synthetic, tmp_path, monkeypatch):
     from shopee_fastai.predict import predict_probs
 
+    monkeypatch.setenv("SHOPEE_FASTAI_CACHE", str(tmp_path / "own-cache"))  # other tests must not see these entries
     images = sorted((synthetic / "train_images").glob("*.jpg"))[:8]
     raw = predict_probs(trained_cnn.learn, images, progress=False).probs
     C.prepare([str(p) for p in images], side=trained_cnn.card["input"]["size"], progress=False)

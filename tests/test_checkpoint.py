@@ -51,3 +51,30 @@ def test_resume_without_checkpoint_says_how(synthetic, tmp_path):
     with pytest.raises(ShopeeError, match="no checkpoint to resume from"):
         train(TrainConfig(data=synthetic, arch="cnn", split="random", size=SIZE, workers=0, models_dir=tmp_path,
                           resume=True))
+
+
+def test_early_stop_and_keep_best(synthetic, tmp_path):
+    cfg = TrainConfig(data=synthetic, arch="cnn", split="random", epochs=40, size=SIZE, bs=8, aug="none", workers=0,
+                      lr=3e-2, models_dir=tmp_path, name="es", early_stop=2, keep_best=True)
+    card = train(cfg)
+    losses = [h["valid_loss"] for h in card["history"]]
+    assert len(losses) < 40  # stopped early
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert len(losses) - 1 - best == 2  # two epochs without improvement, then stop
+    assert not (tmp_path / "es.best.pth").exists()  # keep-best's scratch file is gone after export
+
+
+def test_full_disk_is_one_clear_error_and_no_partial_model(synthetic, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        with pytest.raises(ShopeeError, match="writing failed \\(No space left on device"):
+            train(TrainConfig(data=synthetic, arch="cnn", split="random", epochs=1, size=64, workers=0, models_dir=tiny,
+                              name="full"))
+        left = sorted(p.name for p in tiny.iterdir())
+        assert "full.pkl" not in left and "full.json" not in left  # the card is written last: no card, no model
+        assert not [n for n in left if n.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(tiny)])

@@ -79,3 +79,39 @@ def test_learner_whose_code_is_missing_names_the_fix(tmp_path, monkeypatch):
     importlib.invalidate_caches()
     with pytest.raises(ShopeeError, match="code this learner was exported with cannot be found"):
         load_model(path)
+
+
+def test_memory_stays_bounded_as_the_number_of_images_grows(trained_cnn, tmp_path):
+    import json
+    import resource
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3000):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg")
+    (folder / "01500_bad.jpg").write_bytes(b"\xff\xd8 not really")
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted(folder.glob("00[0-2]??.jpg")):
+        (few / p.name).write_bytes(p.read_bytes())
+    code = ("import resource, sys; from shopee_fastai.cli import app; "
+            "sys.argv=['shopee-fastai','predict',sys.argv[1],'--model',sys.argv[2],'--json']; "
+            "rc=0\ntry:\n    app()\nexcept SystemExit as e:\n    rc=e.code\n"
+            "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'RC', rc, file=sys.stderr)")
+    def run(path):
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(trained_cnn.paths["pkl"])],
+                             capture_output=True, text=True)
+        rss = int(out.stderr.split("RSS ")[1].split()[0])
+        return out, rss
+    many_out, many_rss = run(folder)
+    few_out, few_rss = run(few)
+    assert len(many_out.stdout.splitlines()) == 3000  # the bad file did not stop the rest
+    assert "01500_bad.jpg" in many_out.stderr and "RC 2" in many_out.stderr
+    assert len(few_out.stdout.splitlines()) == 300
+    assert many_rss < few_rss * 1.25  # 10x the images, about the same memory
