@@ -47,6 +47,9 @@ def embed_paths(paths: Sequence[str | Path], arch: str = DEFAULT_EMBED_ARCH, wei
         except ShopeeError:
             return None  # unreadable: a zero row, which matches nothing
 
+    from .cache import use_cache
+
+    paths = use_cache(map(str, paths), side)[0]  # prepared images where `prepare` made them at a side that serves
     out = []
     starts = range(0, len(paths), bs)
     with ThreadPoolExecutor(DECODE_THREADS) as pool, torch.inference_mode():
