@@ -197,7 +197,7 @@ class LoaderConfig:
     seed: int = 42
 
 
-def batch_augmentations(aug: str, size: int) -> list:
+def batch_augmentations(aug: str) -> list:
     """The batch transforms for `--aug`: fastai's `aug_transforms`, the study's flips and grayscale, or none."""
     from fastai.vision.augment import aug_transforms
 
@@ -231,7 +231,7 @@ def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Se
         get_y=ColReader(LABEL),
         splitter=ColSplitter(IS_VALID),
         item_tfms=Resize(cfg.size),
-        batch_tfms=[*batch_augmentations(cfg.aug, cfg.size), Normalize.from_stats(*stats)],
+        batch_tfms=[*batch_augmentations(cfg.aug), Normalize.from_stats(*stats)],
     )
     frame = train_valid.assign(**{IS_VALID: train_valid[SPLIT].eq(VALID)})
     kwargs = {} if cfg.workers is None else {"num_workers": cfg.workers}

@@ -217,7 +217,7 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
     history: list[dict] = list(resumed["history"]) if resumed else []
     times: dict[str, float] = {}
     with distributed(learn):
-        _run_phases(learn, cfg, phases, resumed, history, times, lr)
+        _run_phases(learn, cfg, phases, names, resumed, history, times, lr)
     return history, times
 
 
@@ -266,10 +266,10 @@ def _stopping_callbacks(cfg: TrainConfig) -> list:
     return cbs
 
 
-def _run_phases(learn, cfg: TrainConfig, phases, resumed, history: list[dict], times: dict[str, float], lr: float) -> None:
+def _run_phases(learn, cfg: TrainConfig, phases, names: list[str], resumed, history: list[dict],
+                times: dict[str, float], lr: float) -> None:
     from .checkpoint import Checkpoint
 
-    names = [p[0] for p in phases]
     for phase, n, run in phases:
         start_epoch = 0
         if resumed:
