@@ -70,6 +70,7 @@ AugOpt = typer.Option("fastai", help="Batch augmentation: fastai | study | none.
 WorkersOpt = typer.Option(None, help="DataLoader worker processes (default: fastai's, one per core).")
 ModelsDirOpt = typer.Option(Path("models"), help="Where the exported model and its files go.")
 NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).")
+PrecisionOpt = typer.Option("auto", help="auto (mixed bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA only).")
 
 
 @command
@@ -89,7 +90,7 @@ def train(
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
-    models_dir: Path = ModelsDirOpt,
+    models_dir: Path = ModelsDirOpt, precision: str = PrecisionOpt,
 ) -> None:
     """Fine-tune (or train from scratch) and export models/<name>.pkl with its split and model card."""
     from .train import model_paths, world
@@ -99,7 +100,8 @@ def train(
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
                         models_dir=models_dir, recipe=recipe, head_epochs=head_epochs,
-                        checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best)
+                        checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best,
+                        precision=precision)
     card = run(cfg)
     if world()[0]:
         return  # data-parallel: rank 0 reports and exports
@@ -121,7 +123,7 @@ def lr_find(
     top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
     dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
     bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
-    models_dir: Path = ModelsDirOpt,
+    models_dir: Path = ModelsDirOpt, precision: str = PrecisionOpt,
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default models/<name>.lr_find.png)."),
 ) -> None:
     """Run fastai's learning-rate range test; print the valley/slide/minimum/steep suggestions and save the plot."""
@@ -130,7 +132,7 @@ def lr_find(
 
     cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
                         aug, workers,
-                        opt=opt, name=name, models_dir=models_dir)
+                        opt=opt, name=name, models_dir=models_dir, precision=precision)
     found = run(cfg, plot)
     for k, v in found.items():
         typer.echo(f"{k:8s} {v:.2e}")
@@ -188,16 +190,18 @@ def evaluate(
 @command
 def predict(
     images: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    model: Path = typer.Option(..., "--model", help="models/<name>.pkl (fastai learner) or models/<name>.safetensors (weights only, no pickle)."),
+    model: Path = typer.Option(..., "--model", help="models/<name>.pkl (fastai learner), .safetensors (weights only, no pickle) or .onnx (from export-onnx)."),
     top_k: int = typer.Option(5, "--top-k", help="How many label groups to show per image."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
-    bs: int = typer.Option(64, help="Batch size."),
+    bs: int = typer.Option(32, help="Batch size."),
+    backend: str = typer.Option("auto", help="auto (onnx where onnxruntime is installed, else torch) | onnx | torch | fastai (the learner's get_preds)."),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 (torch backend: bfloat16 autocast; on CPU only with native bf16)."),
 ) -> None:
     """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
     from .predict import collect_images, load_predictor, top_k as best
 
     files = collect_images(images)
-    predictor = load_predictor(model)
+    predictor = load_predictor(model, backend, precision)
     preds = predictor.probs(files, bs=bs, progress=not as_json)
     for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k)):
         if as_json:
@@ -208,6 +212,25 @@ def predict(
         for line in preds.failures:
             typer.echo(f"error: {line}", err=True)
         raise ShopeeError(f"{len(preds.failures)} of {len(files)} image(s) could not be read (listed above); fix or remove them")
+
+
+@command
+def export_onnx(
+    model: Path = typer.Option(..., "--model", help="models/<name>.pkl or .safetensors."),
+    out: Optional[Path] = typer.Option(None, help="Where to write (default: the model's path with .onnx)."),
+) -> None:
+    """Write the model as ONNX (uint8 NHWC images in, probabilities out, config in its metadata) for onnxruntime."""
+    from .infer import export_onnx as run
+    from .predict import load_model
+    from .safe import SUFFIX, learner_config, load_safe
+
+    if Path(model).suffix == SUFFIX:
+        net, cfg = load_safe(model)
+    else:
+        learn = load_model(model, cpu=True)
+        net, cfg = learn.model, learner_config(learn)
+    dest = run(net, cfg, out or Path(model).with_suffix(".onnx"))
+    typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB); predict with `shopee-fastai predict --model {dest} IMAGES`")
 
 
 @command

@@ -15,8 +15,7 @@ from .errors import ShopeeError
 from .images import load_rgb
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-CHUNK = 256  # images decoded and held at once: bounds memory however many are asked for
-DECODE_THREADS = 4
+from .infer import CHUNK, DECODE_THREADS
 DEFAULT_BS = 64
 
 
@@ -133,16 +132,19 @@ def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress:
 
 
 def top_k(probs, vocab: Sequence, k: int) -> list[list[dict]]:
-    """Best-first `{"label_group", "probability"}` lists, one per row of `probs`."""
+    """Best-first `{"label_group", "probability"}` lists, one per row of `probs` (numpy or torch)."""
+    import numpy as np
+
+    probs = np.asarray(probs)
     k = max(1, min(k, len(vocab)))
-    values, idx = probs.topk(k, dim=1)
-    return [[{"label_group": str(vocab[i]), "probability": round(float(p), 6)} for p, i in zip(pv, iv)]
-            for pv, iv in zip(values.tolist(), idx.tolist())]
+    idx = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[{"label_group": str(vocab[i]), "probability": round(float(row[i]), 6)} for i in ids]
+            for row, ids in zip(probs, idx)]
 
 
 @dataclass
 class LearnerModel:
-    """A fastai learner behind the same two members as `safe.SafeModel`."""
+    """A fastai learner behind the same two members as `infer.FastModel`."""
 
     learn: Any
 
@@ -151,11 +153,63 @@ class LearnerModel:
         return [str(v) for v in self.learn.dls.vocab]
 
     def probs(self, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Predictions:
-        return predict_probs(self.learn, images, bs, progress)
+        preds = predict_probs(self.learn, images, bs, progress)
+        return Predictions(preds.paths, preds.probs.numpy(), preds.failures)
 
 
-def load_predictor(path: Path):
-    """A `.safetensors` export (no unpickling) or a fastai `.pkl`, chosen by the file's suffix."""
+def _onnx_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def load_predictor(path: Path, backend: str = "auto", precision: str = "fp32"):
+    """A predictor for a `.pkl` learner, a `.safetensors` (no unpickling) or an `.onnx` export.
+
+    `auto` runs ONNX Runtime where it is installed (the graph exported once per model file and cached,
+    so later runs skip fastai and torch), else PyTorch channels-last; `fastai` is the learner's own
+    `get_preds`. An explicit backend that cannot run is an error, never a silent switch.
+    """
+    from . import infer
     from .safe import SUFFIX, load_safe
 
-    return load_safe(path) if Path(path).suffix == SUFFIX else LearnerModel(load_model(path))
+    path = Path(path)
+    if backend not in infer.BACKENDS:
+        raise ShopeeError(f"--backend {backend!r}: choose one of {', '.join(infer.BACKENDS)}")
+    if precision not in infer.PRECISIONS:
+        raise ShopeeError(f"--precision {precision!r}: choose one of {', '.join(infer.PRECISIONS)}")
+    if not path.is_file():
+        raise ShopeeError(f"{path}: model file not found; train one with `shopee-fastai train` or pass --model")
+    if path.suffix == infer.ONNX_SUFFIX:
+        if backend not in ("auto", "onnx"):
+            raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
+        session = infer.onnx_session(path)
+        return infer.FastModel(infer.OnnxBackend(session), infer.onnx_config(session, path))
+    safe = path.suffix == SUFFIX
+    if backend == "fastai":
+        if safe:
+            raise ShopeeError(f"{path}: --backend fastai needs the .pkl learner; a .safetensors runs on onnx or torch")
+        return LearnerModel(load_model(path))
+
+    def network():
+        if safe:
+            return load_safe(path)
+        from .safe import learner_config
+
+        learn = load_model(path, cpu=True if backend != "torch" else None)
+        return learn.model, learner_config(learn)
+
+    if backend == "onnx" or (backend == "auto" and precision == "fp32" and _onnx_available()):
+        try:
+            onnx_file = infer.cached_onnx(path, network)
+        except ShopeeError:
+            raise
+        except Exception as e:  # an architecture the ONNX exporter cannot trace
+            if backend == "onnx":
+                raise ShopeeError(f"{path}: cannot be exported to ONNX ({type(e).__name__}: {str(e)[:160]}); use --backend torch") from e
+            warnings.warn(f"{path}: ONNX export failed ({type(e).__name__}); predicting with PyTorch instead")
+        else:
+            session = infer.onnx_session(onnx_file)
+            return infer.FastModel(infer.OnnxBackend(session), infer.onnx_config(session, onnx_file))
+    model, cfg = network()
+    return infer.FastModel(infer.TorchBackend(model, cfg, precision), cfg)

@@ -61,6 +61,7 @@ class TrainConfig:
     keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
     resume: bool = False  # continue from the checkpoint of the same --name, with the same schedule
     score_train: bool = False  # also score the training images (compare reports it: a gap shows overfitting)
+    precision: str = "auto"  # accel.PRECISIONS: mixed precision on CUDA, fp32 on CPU unless bf16 is asked for
 
     @property
     def n_epochs(self) -> int:
@@ -94,6 +95,11 @@ class TrainConfig:
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
+        import torch
+
+        from .accel import resolve_precision
+
+        resolve_precision(self.precision, torch.cuda.is_available())
         try:  # fail before training, not at export time
             Path(self.models_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -152,6 +158,8 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
     from fastai.torch_core import set_seed
     from fastai.vision.learner import vision_learner
 
+    from .accel import configure
+
     set_seed(cfg.seed, reproducible=True)
     opt_func = Adam if cfg.opt == "adam" else partial(SGD, mom=SGD_MOMENTUM)
     common: dict[str, Any] = dict(loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=opt_func,
@@ -159,14 +167,17 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
     if cfg.wd is not None:
         common["wd"] = cfg.wd
     if cfg.arch == CNN_ARCH:
-        return Learner(dls, HandCNN(len(dls.vocab), cfg.size), **common)
-    try:
-        # Normalize is already in the DataBlock for every arch, so vision_learner must not add a second one.
-        return vision_learner(dls, cfg.arch, pretrained=choice.pretrained, normalize=False, **common, **choice.timm_kwargs)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        if choice.pretrained:
-            raise weights_load_error(cfg.arch, choice, e) from e
-        raise
+        learn = Learner(dls, HandCNN(len(dls.vocab), cfg.size), **common)
+    else:
+        try:
+            # Normalize is already in the DataBlock for every arch, so vision_learner must not add a second one.
+            learn = vision_learner(dls, cfg.arch, pretrained=choice.pretrained, normalize=False, **common, **choice.timm_kwargs)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            if choice.pretrained:
+                raise weights_load_error(cfg.arch, choice, e) from e
+            raise
+    learn.precision = configure(learn, cfg.precision)
+    return learn
 
 
 def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[WeightsChoice, Prepared, Any]:
@@ -340,7 +351,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         "split": {"mode": cfg.split, "seed": cfg.seed, "holdout": cfg.holdout, "file": paths["split"].name,
                   **{s: int((prep.split == s).sum()) for s in D.SPLITS}},
         "leaks": asdict(prep.leaks) if prep.leaks else None,
-        "skipped_images": len(prep.skipped), "cached_images": prep.cached, "history": history,
+        "precision": learn.precision, "skipped_images": len(prep.skipped), "cached_images": prep.cached, "history": history,
         "params": int(sum(p.numel() for p in learn.model.parameters())),
         "images_per_s": round(len(learn.dls.train_ds) * sum(1 for _ in history) / max(sum(times.values()), 1e-9), 1),
         "train_accuracy": accuracy_on(learn, prep.rows(D.TRAIN)) if cfg.score_train else None,
@@ -364,6 +375,9 @@ def export(trained: Trained) -> None:
 
     from .checkpoint import remove_checkpoint
 
+    from .accel import strip
+
+    strip(trained.learn)
     D.write_split(trained.prep.split, trained.paths["split"])
     training_curves(trained.paths["curves"], trained.card["history"], f"{trained.card['name']}: training curves")
     with atomic_path(trained.paths["pkl"]) as tmp:

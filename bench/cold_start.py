@@ -1,0 +1,94 @@
+"""Cold start: `--help`, and `predict` of one photo from a fresh process, for each kind of model file and backend.
+
+Each case runs in a new Python process (best of `--repeat`, after one warm-up run that fills the OS
+file cache and the ONNX cache); a second table splits the fastai path into its parts (imports,
+unpickling, first forward) to show what dominates.
+
+    python bench/cold_start.py            # trains a small model on the bundled sample first
+    python bench/cold_start.py --model models/x.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shopee_fastai.data import SAMPLE_DIR  # noqa: E402
+
+PARTS = r"""
+import sys, time
+t = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import fastai.vision.all
+t2 = time.perf_counter()
+from shopee_fastai.predict import load_model, predict_probs
+learn = load_model(sys.argv[1], cpu=True)
+t3 = time.perf_counter()
+predict_probs(learn, [sys.argv[2]], progress=False)
+t4 = time.perf_counter()
+predict_probs(learn, [sys.argv[2]], progress=False)
+t5 = time.perf_counter()
+print(f"{t1-t:.2f} {t2-t1:.2f} {t3-t2:.2f} {t4-t3:.2f} {t5-t4:.2f}")
+"""
+
+
+def seconds(cmd: list[str], repeat: int) -> float:
+    subprocess.run(cmd, capture_output=True, check=True)  # warm-up: file cache, ONNX cache
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="an exported .pkl (default: train one on the bundled sample)")
+    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+
+    image = sorted((SAMPLE_DIR / "train_images").glob("*.jpg"))[0]
+    cli = [sys.executable, "-m", "shopee_fastai"]
+    with tempfile.TemporaryDirectory() as tmp:
+        pkl = args.model
+        if pkl is None:
+            from shopee_fastai.train import TrainConfig, train
+
+            train(TrainConfig(data=SAMPLE_DIR, arch=args.arch, pretrained=True, top_groups=0, split="random",
+                              models_dir=Path(tmp)))
+            pkl = Path(tmp) / f"{args.arch}-pretrained.pkl"
+        onnx = Path(tmp) / "model.onnx"
+        subprocess.run([*cli, "export-onnx", "--model", str(pkl), "--out", str(onnx)], capture_output=True, check=True)
+        cases = [("shopee-fastai --help", [*cli, "--help"])]
+        for label, model, backend in (("predict 1 photo, .pkl, --backend fastai", pkl, "fastai"),
+                                      ("predict 1 photo, .pkl, --backend torch", pkl, "torch"),
+                                      ("predict 1 photo, .safetensors, --backend torch", pkl.with_suffix(".safetensors"), "torch"),
+                                      ("predict 1 photo, .pkl, auto (cached ONNX)", pkl, "auto"),
+                                      ("predict 1 photo, .onnx", onnx, "auto")):
+            cases.append((label, [*cli, "predict", str(image), "--model", str(model), "--backend", backend]))
+        print("| cold process | seconds (best) |")
+        print("|---|---|")
+        base = None
+        for label, cmd in cases:
+            s = seconds(cmd, args.repeat)
+            base = base or (s if "fastai" in label else None)
+            print(f"| {label} | {s:.2f} |", flush=True)
+        out = subprocess.run([sys.executable, "-c", PARTS, str(pkl), str(image)], capture_output=True, text=True, check=True)
+        parts = [float(v) for v in out.stdout.split()]
+        print("\n| fastai path, in one cold process | seconds |")
+        print("|---|---|")
+        for name, v in zip(("import torch", "import fastai.vision", "unpickle the learner", "first prediction", "second prediction"), parts):
+            print(f"| {name} | {v:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

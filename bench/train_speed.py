@@ -1,0 +1,133 @@
+"""Training-loop overhead: `train`'s fastai loop against a plain PyTorch loop over the same tensors, side by side.
+
+Both train the same network (same architecture and initial weights, batch size and image size,
+augmentation off) with Adam and a one-cycle schedule. The plain loop iterates over batches already
+in memory; fastai's loop decodes the prepared cache through its DataLoader as `train` does, so the
+ratio includes everything `train` adds: data loading, transforms, callbacks, optimizer. A callback
+times how long each batch waited for data, which gives the data loader's share of the epoch.
+
+    python bench/train_speed.py --data ../shared/data/grocery-store --images 320 --size 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from yardstick import forward_gflops, fraction, peak_gflops  # noqa: E402
+
+from shopee_fastai import data as D  # noqa: E402
+
+GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
+LR = 1e-3
+TRAIN_STEP_FLOPS = 3  # forward + backward ≈ 3 forwards
+
+
+def learner(data: Path, arch: str, n: int, size: int, bs: int, workers: int | None):
+    from fastai.callback.core import Callback
+
+    from shopee_fastai.cache import prepare, use_cache
+    from shopee_fastai.models import input_stats
+    from shopee_fastai.train import TrainConfig, build_learner
+    from shopee_fastai.weights import WeightsChoice
+
+    table = D.clean(D.read_table(data), 0).sample(frac=1, random_state=0).head(n + bs).reset_index(drop=True)
+    prepare(list(table[D.PATH]), size, progress=False)  # "data already cached", as after `shopee-fastai prepare`
+    table[D.PATH] = use_cache(table[D.PATH], size)[0]
+    table[D.SPLIT] = [D.TRAIN] * n + [D.VALID] * bs
+    dls = D.make_dataloaders(table, input_stats(arch), D.LoaderConfig(size, bs, "none", workers))
+    learn = build_learner(dls, TrainConfig(data=data, arch=arch, size=size, bs=bs), WeightsChoice(False, "random init"))
+
+    class Waits(Callback):
+        """Time spent waiting for each batch (between one step's end and the next batch's arrival)."""
+
+        order = -10
+
+        def before_train(self):
+            self.wait, self.start = 0.0, time.perf_counter()
+            self.mark = self.start
+
+        def before_batch(self):
+            self.wait += time.perf_counter() - self.mark
+
+        def after_batch(self):
+            self.mark = time.perf_counter()
+
+        def after_train(self):
+            self.seconds = time.perf_counter() - self.start
+
+    learn.add_cb(Waits())
+    return learn
+
+
+def fastai_epoch(learn) -> tuple[float, float]:
+    """(images/s, data-wait share) of one training epoch of fastai's fit_one_cycle (validation excluded)."""
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(1, LR)
+    cb = learn.waits
+    return len(learn.dls.train) * learn.dls.bs / cb.seconds, cb.wait / cb.seconds
+
+
+def plain_epoch(model, batches, lr: float = LR) -> float:
+    """Images/s of a hand-written loop: Adam, one-cycle, cross-entropy, tensors already in memory."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(batches))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return sum(len(x) for x, _ in batches) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=GROCERY if GROCERY.is_dir() else D.SAMPLE_DIR)
+    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--images", type=int, default=320)
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--bs", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: fastai's)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side is kept")
+    args = ap.parse_args()
+
+    learn = learner(args.data, args.arch, args.images, args.size, args.bs, args.workers)
+    batches = [(x.as_subclass(torch.Tensor).clone(), y.as_subclass(torch.Tensor).clone()) for x, y in learn.dls.train]
+    start_state = copy.deepcopy(learn.model.state_dict())
+    plain_model = copy.deepcopy(learn.model)
+    print(f"{args.arch}, {len(batches)} batches of {args.bs} at {args.size} px, {torch.get_num_threads()} threads, "
+          f"DataLoader workers {learn.dls.train.num_workers}")
+    fast, plain, waits = [], [], []
+    for _ in range(args.rounds):
+        learn.model.load_state_dict(start_state)
+        learn.create_opt()
+        rate, wait = fastai_epoch(learn)
+        fast.append(rate)
+        waits.append(wait)
+        plain_model.load_state_dict(start_state)
+        plain.append(plain_epoch(plain_model, batches))
+    best_fast, best_plain = max(fast), max(plain)
+    peak = peak_gflops()
+    step = TRAIN_STEP_FLOPS * forward_gflops(copy.deepcopy(plain_model), args.size)
+    print(f"\nyardstick: fp32 matmul peak {peak:.0f} GFLOP/s; a training step ≈ {step:.2f} GFLOP per image\n")
+    print("| training loop | images/s (best of rounds) | × plain | data-wait share | share of fp32 peak |")
+    print("|---|---|---|---|---|")
+    print(f"| plain PyTorch, tensors in memory | {best_plain:.1f} | 1.00 | 0 % | {fraction(best_plain, step, peak)} |")
+    print(f"| shopee-fastai train (fastai fit_one_cycle, cached JPEGs) | {best_fast:.1f} | {best_fast / best_plain:.2f} | "
+          f"{100 * min(waits):.1f} % | {fraction(best_fast, step, peak)} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shopee_fastai import data as D
+from shopee_fastai import infer
+from shopee_fastai.errors import ShopeeError
+from shopee_fastai.predict import load_predictor, predict_probs
+from shopee_fastai.safe import learner_config
+from shopee_fastai.weights import cache_dir
+
+
+@pytest.fixture(scope="module")
+def test_images(trained_cnn):
+    return list(D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST)[D.PATH])
+
+
+@pytest.fixture(scope="module")
+def reference(trained_cnn, test_images):
+    return predict_probs(trained_cnn.learn, test_images, progress=False).probs.numpy()
+
+
+def test_crop_resize_is_fastais_validation_resize(tmp_path):
+    from fastai.vision.augment import Resize
+    from fastai.vision.core import PILImage
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8))
+    expected = np.asarray(Resize(24)(PILImage(im), split_idx=1))
+    assert np.array_equal(np.asarray(infer.crop_resize(im, 24)), expected)
+
+
+def test_torch_backend_predicts_like_the_learner(trained_cnn, test_images, reference):
+    cfg = learner_config(trained_cnn.learn)
+    model = infer.FastModel(infer.TorchBackend(trained_cnn.learn.model, cfg), cfg, draft=False)
+    got = model.probs(test_images, bs=3, progress=False)
+    assert [str(p) for p in got.paths] == test_images
+    assert np.allclose(got.probs, reference, atol=1e-4)
+
+
+def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cnn, test_images, reference, tmp_path):
+    cfg = learner_config(trained_cnn.learn)
+    dest = infer.export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
+    model = load_predictor(dest)
+    assert model.backend.name == "onnx" and model.cfg == cfg and model.vocab == cfg["classes"]
+    assert np.allclose(model.probs(test_images, progress=False).probs, reference, atol=1e-4)  # these are small: no draft
+
+
+def test_auto_backend_caches_the_onnx_graph_once_per_model_file(trained_cnn, test_images, reference):
+    first = load_predictor(trained_cnn.paths["pkl"])
+    assert first.backend.name == "onnx"
+    graphs = list((cache_dir() / "onnx").glob("*.onnx"))
+    assert graphs
+    stamps = {g: g.stat().st_mtime_ns for g in graphs}
+    second = load_predictor(trained_cnn.paths["pkl"])
+    assert {g: g.stat().st_mtime_ns for g in graphs} == stamps  # reused, not re-exported
+    assert np.allclose(second.probs(test_images, progress=False).probs, reference, atol=1e-4)
+
+
+def test_every_backend_agrees_and_lists_bad_images(trained_cnn, test_images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    images = [test_images[0], str(bad), *test_images[1:]]
+    results = {b: load_predictor(trained_cnn.paths["pkl"], backend=b).probs(images, progress=False)
+               for b in ("fastai", "torch", "onnx")}
+    for b, preds in results.items():
+        assert [str(p) for p in preds.paths] == test_images, b
+        assert len(preds.failures) == 1 and "bad.jpg" in preds.failures[0], b
+        assert np.allclose(preds.probs, results["fastai"].probs, atol=1e-4), b
+
+
+@pytest.mark.skipif(not infer.cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_bf16_keeps_the_top_prediction(trained_cnn, test_images, reference):
+    got = load_predictor(trained_cnn.paths["pkl"], backend="torch", precision="bf16").probs(test_images, progress=False)
+    assert (got.probs.argmax(1) == reference.argmax(1)).mean() >= 0.9
+    assert np.allclose(got.probs, reference, atol=0.05)
+
+
+def test_draft_decoding_keeps_large_photos_close(tmp_path):
+    big = tmp_path / "big.jpg"
+    yy, xx = np.mgrid[0:800, 0:1000]
+    Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)).save(big, quality=95)
+    full, fast = infer.decode(big, 100, draft=False), infer.decode(big, 100, draft=True)
+    assert full.shape == fast.shape == (100, 100, 3)
+    assert np.abs(full.astype(int) - fast.astype(int)).mean() < 8
+
+
+@pytest.mark.parametrize("backend, suffix, message", [
+    ("fastai", "safe", "needs the .pkl learner"),
+    ("torch", "onnx", "runs on --backend onnx only"),
+    ("cuda", "pkl", "choose one of"),
+])
+def test_backend_mismatches_are_one_line_errors(trained_cnn, tmp_path, backend, suffix, message):
+    path = trained_cnn.paths[suffix] if suffix != "onnx" else tmp_path / "m.onnx"
+    if suffix == "onnx":
+        infer.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
+    with pytest.raises(ShopeeError, match=message):
+        load_predictor(path, backend=backend)
+
+
+def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
+    cut = tmp_path / "cut.onnx"
+    infer.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
+    cut.write_bytes(cut.read_bytes()[:1000])
+    with pytest.raises(ShopeeError, match="not a readable ONNX model"):
+        load_predictor(cut)
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(foreign), dynamo=False)
+    with pytest.raises(ShopeeError, match="without a shopee-fastai config"):
+        load_predictor(foreign)
