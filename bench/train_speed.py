@@ -31,7 +31,7 @@ LR = 1e-3
 TRAIN_STEP_FLOPS = 3  # forward + backward ≈ 3 forwards
 
 
-def learner(data: Path, arch: str, n: int, size: int, bs: int, workers: int | None):
+def learner(data: Path, arch: str, n: int, size: int, bs: int, workers: int | None, precision: str = "auto"):
     from fastai.callback.core import Callback
 
     from shopee_fastai.cache import prepare, use_cache
@@ -44,7 +44,7 @@ def learner(data: Path, arch: str, n: int, size: int, bs: int, workers: int | No
     table[D.PATH] = use_cache(table[D.PATH], size)[0]
     table[D.SPLIT] = [D.TRAIN] * n + [D.VALID] * bs
     dls = D.make_dataloaders(table, input_stats(arch), D.LoaderConfig(size, bs, "none", workers))
-    learn = build_learner(dls, TrainConfig(data=data, arch=arch, size=size, bs=bs), WeightsChoice(False, "random init"))
+    learn = build_learner(dls, TrainConfig(data=data, arch=arch, size=size, bs=bs, precision=precision), WeightsChoice(False, "random init"))
 
     class Waits(Callback):
         """Time spent waiting for each batch (between one step's end and the next batch's arrival)."""
@@ -76,8 +76,11 @@ def fastai_epoch(learn) -> tuple[float, float]:
     return len(learn.dls.train) * learn.dls.bs / cb.seconds, cb.wait / cb.seconds
 
 
-def plain_epoch(model, batches, lr: float = LR) -> float:
+def plain_epoch(model, batches, lr: float = LR, channels_last: bool = False) -> float:
     """Images/s of a hand-written loop: Adam, one-cycle, cross-entropy, tensors already in memory."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    batches = [(x.contiguous(memory_format=fmt), y) for x, y in batches]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=len(batches))
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -100,33 +103,37 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: fastai's)")
+    ap.add_argument("--precision", default="auto", help="train's --precision (auto: fp32 on CPU)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side is kept")
     args = ap.parse_args()
 
-    learn = learner(args.data, args.arch, args.images, args.size, args.bs, args.workers)
+    learn = learner(args.data, args.arch, args.images, args.size, args.bs, args.workers, args.precision)
     batches = [(x.as_subclass(torch.Tensor).clone(), y.as_subclass(torch.Tensor).clone()) for x, y in learn.dls.train]
     start_state = copy.deepcopy(learn.model.state_dict())
     plain_model = copy.deepcopy(learn.model)
     print(f"{args.arch}, {len(batches)} batches of {args.bs} at {args.size} px, {torch.get_num_threads()} threads, "
-          f"DataLoader workers {learn.dls.train.num_workers}")
-    fast, plain, waits = [], [], []
+          f"DataLoader workers {learn.dls.train.num_workers}, train precision {learn.precision}")
+    fast, plain, plain_cl, waits = [], [], [], []
     for _ in range(args.rounds):
         learn.model.load_state_dict(start_state)
         learn.create_opt()
         rate, wait = fastai_epoch(learn)
         fast.append(rate)
         waits.append(wait)
-        plain_model.load_state_dict(start_state)
-        plain.append(plain_epoch(plain_model, batches))
-    best_fast, best_plain = max(fast), max(plain)
+        for out, cl in ((plain, False), (plain_cl, True)):
+            plain_model.load_state_dict(start_state)
+            out.append(plain_epoch(plain_model, batches, channels_last=cl))
+    best_fast, best_plain, best_cl = max(fast), max(plain), max(plain_cl)
     peak = peak_gflops()
     step = TRAIN_STEP_FLOPS * forward_gflops(copy.deepcopy(plain_model), args.size)
     print(f"\nyardstick: fp32 matmul peak {peak:.0f} GFLOP/s; a training step ≈ {step:.2f} GFLOP per image\n")
-    print("| training loop | images/s (best of rounds) | × plain | data-wait share | share of fp32 peak |")
-    print("|---|---|---|---|---|")
-    print(f"| plain PyTorch, tensors in memory | {best_plain:.1f} | 1.00 | 0 % | {fraction(best_plain, step, peak)} |")
-    print(f"| shopee-fastai train (fastai fit_one_cycle, cached JPEGs) | {best_fast:.1f} | {best_fast / best_plain:.2f} | "
-          f"{100 * min(waits):.1f} % | {fraction(best_fast, step, peak)} |")
+    print("| training loop | images/s (best of rounds) | × plain | × plain channels-last | data-wait share | share of fp32 peak |")
+    print("|---|---|---|---|---|---|")
+    for label, rate, wait in (("plain PyTorch, NCHW, tensors in memory", best_plain, 0.0),
+                              ("plain PyTorch, channels-last, tensors in memory", best_cl, 0.0),
+                              (f"shopee-fastai train ({learn.precision}, fastai fit_one_cycle, cached JPEGs)", best_fast, min(waits))):
+        print(f"| {label} | {rate:.1f} | {rate / best_plain:.2f} | {rate / best_cl:.2f} | {100 * wait:.1f} % | "
+              f"{fraction(rate, step, peak)} |")
 
 
 if __name__ == "__main__":

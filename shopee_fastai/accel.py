@@ -18,25 +18,8 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
-from .errors import ShopeeError
+from .infer import PRECISIONS, resolve_precision  # noqa: F401  (one definition for train and predict)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """The precision `precision` means on this device (`auto` resolved), or a one-line error."""
-    if precision not in PRECISIONS:
-        raise ShopeeError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if not cuda and precision == "fp16":
-        raise ShopeeError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
-    if not cuda and precision == "bf16":
-        from .infer import cpu_has_bf16
-
-        if not cpu_has_bf16():
-            raise ShopeeError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); use fp32")
-    return precision
 
 
 class CPUAutocast(Callback):

@@ -195,7 +195,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
     bs: int = typer.Option(32, help="Batch size."),
     backend: str = typer.Option("auto", help="auto (onnx where onnxruntime is installed, else torch) | onnx | torch | fastai (the learner's get_preds)."),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 (torch backend: bfloat16 autocast; on CPU only with native bf16)."),
+    precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CPU: only with native bf16) | fp16 (CUDA)."),
 ) -> None:
     """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
     from .predict import collect_images, load_predictor, top_k as best

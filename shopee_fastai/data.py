@@ -234,6 +234,10 @@ def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Se
         batch_tfms=[*batch_augmentations(cfg.aug), Normalize.from_stats(*stats)],
     )
     frame = train_valid.assign(**{IS_VALID: train_valid[SPLIT].eq(VALID)})
+    import torch
+
     kwargs = {} if cfg.workers is None else {"num_workers": cfg.workers}
+    if torch.cuda.is_available():
+        kwargs["pin_memory"] = True  # page-locked batches copy to the GPU asynchronously
     return block.dataloaders(frame, bs=cfg.bs, seed=cfg.seed, **kwargs)
 

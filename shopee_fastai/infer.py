@@ -32,7 +32,7 @@ from .errors import ShopeeError
 from .images import load_rgb
 
 BACKENDS = ("auto", "onnx", "torch", "fastai")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 (else fp16) autocast on CUDA, fp32 on CPU
 ONNX_SUFFIX = ".onnx"
 ONNX_OPSET = 17
 ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"
@@ -128,11 +128,35 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def resolve_precision(precision: str, cuda: bool) -> str:
+    """What `precision` means on this device (`auto` resolved), or a one-line error (training and predicting)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ShopeeError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if not cuda and precision == "fp16":
+        raise ShopeeError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
+    if not cuda and precision == "bf16" and not cpu_has_bf16():
+        raise ShopeeError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); use fp32")
+    return precision
+
+
+def gpu_present() -> bool:
+    """A usable CUDA GPU; looks for the driver's device node first, so CPU-only runs never pay for importing torch."""
+    if not Path("/dev/nvidiactl").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @dataclass
 class TorchBackend:
     model: Any
     cfg: dict[str, Any]
-    precision: str = "fp32"
+    precision: str = "auto"
     name: str = "torch"
 
     def __post_init__(self) -> None:
@@ -140,14 +164,14 @@ class TorchBackend:
 
         self.device = next(self.model.parameters()).device
         self.model = self.model.eval().to(memory_format=torch.channels_last)
-        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_bf16():
-            raise ShopeeError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); use fp32")
+        self.precision = resolve_precision(self.precision, self.device.type == "cuda")
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
 
-        x = normalised(torch.from_numpy(images).to(self.device), self.cfg["mean"], self.cfg["std"])
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+        x = normalised(torch.from_numpy(images).to(self.device, non_blocking=True), self.cfg["mean"], self.cfg["std"])
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype or torch.float32, enabled=dtype is not None):
             return self.model(x).float().softmax(1).cpu().numpy()
 
 

@@ -126,7 +126,7 @@ def predict_probs(learn, images: Sequence[Path], bs: int = DEFAULT_BS, progress:
             if dl is not None:
                 probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
                 done += paths
-                out.append(probs)
+                out.append(probs.float())  # bf16 when trained under CPU autocast
     probs = torch.cat(out) if out else torch.empty(0, len(learn.dls.vocab))
     return Predictions(done, probs, failures)
 
@@ -163,12 +163,13 @@ def _onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def load_predictor(path: Path, backend: str = "auto", precision: str = "fp32"):
+def load_predictor(path: Path, backend: str = "auto", precision: str = "auto"):
     """A predictor for a `.pkl` learner, a `.safetensors` (no unpickling) or an `.onnx` export.
 
-    `auto` runs ONNX Runtime where it is installed (the graph exported once per model file and cached,
-    so later runs skip fastai and torch), else PyTorch channels-last; `fastai` is the learner's own
-    `get_preds`. An explicit backend that cannot run is an error, never a silent switch.
+    `auto` runs PyTorch with mixed precision on a CUDA GPU; on CPU, ONNX Runtime where it is installed
+    (the graph exported once per model file and cached, so later runs skip fastai and torch), else
+    PyTorch channels-last; `fastai` is the learner's own `get_preds`. An explicit backend that cannot
+    run is an error, never a silent switch.
     """
     from . import infer
     from .safe import SUFFIX, load_safe
@@ -180,6 +181,8 @@ def load_predictor(path: Path, backend: str = "auto", precision: str = "fp32"):
         raise ShopeeError(f"--precision {precision!r}: choose one of {', '.join(infer.PRECISIONS)}")
     if not path.is_file():
         raise ShopeeError(f"{path}: model file not found; train one with `shopee-fastai train` or pass --model")
+    if backend in ("onnx", "fastai") and precision not in ("auto", "fp32"):
+        raise ShopeeError(f"--precision {precision}: the {backend} backend runs fp32; use --backend torch for {precision}")
     if path.suffix == infer.ONNX_SUFFIX:
         if backend not in ("auto", "onnx"):
             raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
@@ -191,15 +194,18 @@ def load_predictor(path: Path, backend: str = "auto", precision: str = "fp32"):
             raise ShopeeError(f"{path}: --backend fastai needs the .pkl learner; a .safetensors runs on onnx or torch")
         return LearnerModel(load_model(path))
 
+    gpu = backend in ("auto", "torch") and infer.gpu_present()
+
     def network():
         if safe:
-            return load_safe(path)
+            model, cfg = load_safe(path)
+            return model.to("cuda" if gpu else "cpu"), cfg
         from .safe import learner_config
 
-        learn = load_model(path, cpu=True if backend != "torch" else None)
+        learn = load_model(path, cpu=not gpu)
         return learn.model, learner_config(learn)
 
-    if backend == "onnx" or (backend == "auto" and precision == "fp32" and _onnx_available()):
+    if backend == "onnx" or (backend == "auto" and not gpu and precision in ("auto", "fp32") and _onnx_available()):
         try:
             onnx_file = infer.cached_onnx(path, network)
         except ShopeeError:

@@ -97,7 +97,7 @@ class TrainConfig:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
         import torch
 
-        from .accel import resolve_precision
+        from .infer import resolve_precision
 
         resolve_precision(self.precision, torch.cuda.is_available())
         try:  # fail before training, not at export time

@@ -18,8 +18,29 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     ("matching_grocery.py", ["--data", str(SAMPLE_DIR), "--trained-groups", "2", "--seeds", "1"], "held-out F1"),
 ])
 def test_bench_script_runs(script, args, expect):
+    run_bench(script, args, expect)
+
+
+def run_bench(script, args, expect):
     out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert expect in out.stdout
     if script == "match_speed.py":
         assert out.stdout.count("True") == 3  # every method found the same matches
+    return out.stdout
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("predict_speed.py", ["--photos", str(SAMPLE_DIR / "train_images"), "--n", "8", "--bs", "4"], "ONNX Runtime fp32"),
+    ("cold_start.py", ["--repeat", "0"], "predict 1 photo, .onnx"),
+])
+def test_speed_bench_runs_on_a_trained_model(trained_cnn, script, args, expect):
+    out = run_bench(script, [*args, "--model", str(trained_cnn.paths["pkl"])], expect)
+    if script == "predict_speed.py":
+        assert "| 100.0 % |" in out  # the ONNX and torch backends agree with the plain loop here
+
+
+def test_train_and_denormal_benches_run():
+    run_bench("train_speed.py", ["--data", str(SAMPLE_DIR), "--images", "16", "--bs", "8", "--size", "32", "--rounds", "1"], "× plain")
+    run_bench("denormals.py", ["--arch", "cnn", "--size", "32", "--num-it", "12", "--rounds", "1"], "flushed to zero")
+    run_bench("yardstick.py", [], "GFLOP/s")

@@ -108,3 +108,13 @@ def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), str(foreign), dynamo=False)
     with pytest.raises(ShopeeError, match="without a shopee-fastai config"):
         load_predictor(foreign)
+
+
+def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, test_images, reference, monkeypatch):
+    import shopee_fastai.predict as P
+
+    monkeypatch.setattr(P, "_onnx_available", lambda: False)  # as on a machine without the package
+    model = load_predictor(trained_cnn.paths["safe"])
+    assert model.backend.name == "torch" and model.backend.precision == "fp32"
+    with pytest.raises(ShopeeError, match="runs fp32"):
+        load_predictor(trained_cnn.paths["pkl"], backend="onnx", precision="bf16")
