@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--top-groups", type=int, nargs="+", default=[21, 0])
     ap.add_argument("--holdout", default="^val_")
+    ap.add_argument("--only", type=int, nargs="+", help="run only these variants (0-based rows of the table per group set)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/recipe_study"))
     args = ap.parse_args()
 
@@ -127,7 +128,7 @@ def main() -> None:
       + [("linear", 30, 2e-3, 0.01, 0.1, (s,), True) for s in args.sizes if s != 224] \
       + [("fastai", 30, 2e-3, 0.01, 0.1, tuple(args.sizes), True),
          ("linear", 30, 2e-3, 0.01, 0.1, tuple(args.sizes), True)]
-    variants = [v for v in variants if set(v[5]) <= set(args.sizes)]
+    variants = [v for i, v in enumerate(variants) if set(v[5]) <= set(args.sizes) and (args.only is None or i in args.only)]
     print("| groups | head | epochs | lr | wd | label smoothing | sizes | mirror TTA | val_ accuracy (mean ± sd) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for top in args.top_groups:

@@ -193,7 +193,7 @@ class LoaderConfig:
     size: int = 224
     bs: int = 32
     aug: str = "fastai"
-    workers: int | None = None  # None: fastai's default (one per core)
+    workers: int | None = None  # None: 0 on CPU (measured faster), fastai's default (one per core) with CUDA
     seed: int = 42
 
 
@@ -239,5 +239,9 @@ def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Se
     kwargs = {} if cfg.workers is None else {"num_workers": cfg.workers}
     if torch.cuda.is_available():
         kwargs["pin_memory"] = True  # page-locked batches copy to the GPU asynchronously
+    elif cfg.workers is None:
+        # On CPU, loader processes take cores from the network, which already uses them all; loading in
+        # the main process was faster at every size measured (bench/train_speed.py --workers).
+        kwargs["num_workers"] = 0
     return block.dataloaders(frame, bs=cfg.bs, seed=cfg.seed, **kwargs)
 
