@@ -83,6 +83,7 @@ def train(
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
     recipe: str = typer.Option("features", help="features: head on cached frozen-body features, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen."),
     head_epochs: int = typer.Option(30, help="Head epochs on cached features (--recipe features)."),
+    label_smoothing: float = typer.Option(0.1, help="Label smoothing of the head phase (--recipe features)."),
     checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
     early_stop: int = typer.Option(0, help="Stop after N epochs without a lower valid loss (0: never)."),
@@ -99,7 +100,7 @@ def train(
     cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
-                        models_dir=models_dir, recipe=recipe, head_epochs=head_epochs,
+                        models_dir=models_dir, recipe=recipe, head_epochs=head_epochs, label_smoothing=label_smoothing,
                         checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best,
                         precision=precision)
     card = run(cfg)

@@ -13,6 +13,7 @@ import pandas as pd
 from . import data as D
 from .errors import ShopeeError
 from .embed import DEFAULT_EMBED_ARCH
+from .head import LABEL_SMOOTHING
 from .neardup import DEFAULT_THRESHOLD
 from .models import CNN_ARCH, DEFAULT_ARCH, HandCNN, check_arch, input_stats
 from .weights import WeightsChoice, resolve_weights, weights_load_error
@@ -56,6 +57,7 @@ class TrainConfig:
     dup_arch: str = DEFAULT_EMBED_ARCH
     recipe: str = "features"  # head on cached frozen-body features (then --epochs unfrozen), or "fine-tune" (fastai's)
     head_epochs: int = 30
+    label_smoothing: float = LABEL_SMOOTHING  # of the features recipe's head phase
     checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
     early_stop: int = 0  # stop a fastai phase after N epochs without a lower valid loss (0: never)
     keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ShopeeError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
         if self.aug not in D.AUGMENTATIONS:
             raise ShopeeError(f"--aug {self.aug!r}: choose one of {', '.join(D.AUGMENTATIONS)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ShopeeError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.n_epochs, 0),
                                 ("--early-stop", self.early_stop, 0), ("--checkpoint-every", self.checkpoint_every, 0),
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
@@ -295,7 +299,7 @@ def _run_phases(learn, cfg: TrainConfig, phases, names: list[str], resumed, hist
         if phase == "head":
             from .head import fit_head
 
-            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed)
+            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed, cfg.label_smoothing)
         else:
             cbs = [Checkpoint(cfg.models_dir, cfg.model_name, phase, cfg.checkpoint_every, list(history), start_epoch)] \
                 if cfg.checkpoint_every else []

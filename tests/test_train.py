@@ -41,8 +41,8 @@ def test_export_reloads_in_a_fresh_process_with_same_probabilities(trained_cnn):
 
 
 def test_small_timm_model_from_scratch_beats_chance(synthetic, tmp_path):
-    cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", size=SIZE, bs=8, epochs=6, aug="none",
-                      workers=0, models_dir=tmp_path, lr=1e-2)
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", size=SIZE, bs=8, epochs=10, aug="none",
+                      workers=0, models_dir=tmp_path, lr=3e-3)  # steady on every seed tried (0-3)
     trained = fit_learner(cfg)
     assert trained.card["weights"] == "random init"
     assert trained.card["test_accuracy"] >= 0.8 > CHANCE
@@ -92,6 +92,7 @@ def test_lr_find_prints_suggestions_and_writes_png(synthetic, tmp_path):
     (dict(aug="heavy"), "--aug"),
     (dict(arch="cnn", pretrained=True), "no pretrained weights"),
     (dict(size=4), "--size"),
+    (dict(label_smoothing=1.0), "--label-smoothing"),
 ])
 def test_bad_options_fail_before_any_work(synthetic, tmp_path, change, message):
     cfg = TrainConfig(data=synthetic, split="random", models_dir=tmp_path, **change)
