@@ -26,9 +26,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shopee_fastai import data as D  # noqa: E402
-from shopee_fastai.images import load_rgb  # noqa: E402
+from shopee_fastai.infer import decode, normalised  # noqa: E402
 from shopee_fastai.models import input_stats  # noqa: E402
-from shopee_fastai.safe import preprocess  # noqa: E402
 from shopee_fastai.weights import LITE0_ARCH, resolve_weights  # noqa: E402
 
 BS = 32
@@ -48,9 +47,8 @@ def features(model, paths: list[str], size: int, mean, std) -> tuple[torch.Tenso
 
     plain, flipped = [], []
     with ThreadPoolExecutor(2) as pool, torch.inference_mode():
-        load = lambda p: preprocess(load_rgb(p), size, mean, std)  # noqa: E731
         for b in progress_bar(range(0, len(paths), BS)):
-            x = torch.from_numpy(np.stack(list(pool.map(load, paths[b : b + BS])))).contiguous(memory_format=torch.channels_last)
+            x = normalised(np.stack(list(pool.map(lambda p: decode(p, size, draft=False), paths[b : b + BS]))), mean, std)
             for out, xx in ((plain, x), (flipped, x.flip(-1))):
                 f = model.forward_features(xx)
                 out.append(torch.cat([f.amax((2, 3)), f.mean((2, 3))], 1))

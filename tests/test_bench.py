@@ -44,3 +44,9 @@ def test_train_and_denormal_benches_run():
     run_bench("train_speed.py", ["--data", str(SAMPLE_DIR), "--images", "16", "--bs", "8", "--size", "32", "--rounds", "1"], "× plain")
     run_bench("denormals.py", ["--arch", "cnn", "--size", "32", "--num-it", "12", "--rounds", "1"], "flushed to zero")
     run_bench("yardstick.py", [], "GFLOP/s")
+
+
+def test_accuracy_studies_run(tmp_path):
+    held_out = ["--data", str(SAMPLE_DIR), "--holdout", "_00[1-3]$", "--top-groups", "0", "--seeds", "1"]
+    run_bench("recipe_study.py", [*held_out, "--sizes", "224", "--only", "0", "--cache", str(tmp_path / "r")], "| all (6) | fastai |")
+    run_bench("partial_study.py", [*held_out, "--epochs", "1", "--cache", str(tmp_path / "p")], "| all (6) | 6 |")
