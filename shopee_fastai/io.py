@@ -32,9 +32,10 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         raise ShopeeError(f"{dest.parent}: cannot write here ({e.strerror}); choose a writable output folder") from e
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like any other file
     try:
         yield tmp_path
+        # mkstemp makes 0600 (and writers such as safetensors recreate the file): set the mode any new file gets
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except OSError as e:
         raise ShopeeError(f"{dest}: writing failed ({e.strerror}); free disk space or choose another folder") from e

@@ -26,3 +26,17 @@ def test_unwritable_output_folder_is_one_clear_error(tmp_path):
 def test_new_files_get_normal_permissions(tmp_path):
     write_text(tmp_path / "a.txt", "x")
     assert (tmp_path / "a.txt").stat().st_mode & 0o044  # readable by others, not mkstemp's 0600
+
+
+def test_atomic_files_get_the_usual_mode_whoever_writes_them(tmp_path):
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from shopee_fastai.io import _umask, atomic_path
+
+    dest = tmp_path / "w.safetensors"
+    with atomic_path(dest) as tmp:
+        save_file({"x": torch.zeros(2)}, str(tmp))  # recreates the file itself
+    assert os.stat(dest).st_mode & 0o777 == 0o666 & ~_umask()
