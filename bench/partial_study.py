@@ -15,7 +15,6 @@ import argparse
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,34 +23,21 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from recipe_study import mirrored, pretrained_body  # noqa: E402
 
 from shopee_fastai import data as D  # noqa: E402
-from shopee_fastai.infer import decode, normalised  # noqa: E402
 from shopee_fastai.models import input_stats  # noqa: E402
-from shopee_fastai.weights import LITE0_ARCH, resolve_weights  # noqa: E402
+from shopee_fastai.weights import LITE0_ARCH  # noqa: E402
 
 BS = 32
 STEM_STAGES = 6  # maps are cached after blocks[:6] (192 x 7 x 7 at 224 px); the last stage and conv_head can train
 
 
-def lite0(arch: str):
-    import timm
-
-    m = timm.create_model(arch, pretrained=True, num_classes=0, **resolve_weights(arch, True).timm_kwargs)
-    return m.eval().to(memory_format=torch.channels_last)
-
-
 def stem_maps(model, paths: list[str], size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    from fastprogress.fastprogress import progress_bar
-
-    plain, flipped = [], []
-    with ThreadPoolExecutor(2) as pool, torch.inference_mode():
-        for b in progress_bar(range(0, len(paths), BS)):
-            x = normalised(np.stack(list(pool.map(lambda p: decode(p, size, draft=False), paths[b : b + BS]))), mean, std)
-            for out, xx in ((plain, x), (flipped, x.flip(-1))):
-                h = model.bn1(model.conv_stem(xx))
-                out.append(model.blocks[:STEM_STAGES](h).half())  # fp16 storage halves memory; computed in fp32
-    return torch.cat(plain), torch.cat(flipped)
+    """Output maps of the first STEM_STAGES stages for each photo and its mirror image (fp16 storage; computed in fp32)."""
+    return mirrored(lambda x: model.blocks[:STEM_STAGES](model.bn1(model.conv_stem(x))).half(), paths, size, mean, std)
 
 
 class Top(nn.Module):
@@ -126,7 +112,7 @@ def main() -> None:
 
     table = D.clean(D.read_table(args.data), 0)
     paths = list(table[D.PATH])
-    model = lite0(args.arch)
+    model = pretrained_body(args.arch)
     args.cache.mkdir(parents=True, exist_ok=True)
     f = args.cache / f"{args.arch}-{args.size}-{len(paths)}-stem{STEM_STAGES}.pt"
     if not f.is_file():

@@ -11,7 +11,6 @@ epochs, input size, several sizes at once, and mirror TTA. Trained on the `train
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 import time
@@ -33,26 +32,35 @@ from shopee_fastai.weights import LITE0_ARCH, resolve_weights  # noqa: E402
 BS = 32
 
 
-def body(arch: str):
+def pretrained_body(arch: str, **timm_kwargs):
+    """The pretrained timm network without its classifier, eval mode, channels-last (the studies share it)."""
     import timm
 
-    choice = resolve_weights(arch, True)
-    m = timm.create_model(arch, pretrained=True, num_classes=0, global_pool="", **choice.timm_kwargs)
+    m = timm.create_model(arch, pretrained=True, num_classes=0, **resolve_weights(arch, True).timm_kwargs, **timm_kwargs)
     return m.eval().to(memory_format=torch.channels_last)
 
 
-def features(model, paths: list[str], size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """[n, 2c] (max and average pooled, as fastai's head sees them) for each photo and for its mirror image."""
+def mirrored(fn, paths: list[str], size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fn` of every photo and of its mirror image, from one full decoding of each batch (fastai's validation preprocessing)."""
     from fastprogress.fastprogress import progress_bar
 
     plain, flipped = [], []
     with ThreadPoolExecutor(2) as pool, torch.inference_mode():
         for b in progress_bar(range(0, len(paths), BS)):
             x = normalised(np.stack(list(pool.map(lambda p: decode(p, size, draft=False), paths[b : b + BS]))), mean, std)
-            for out, xx in ((plain, x), (flipped, x.flip(-1))):
-                f = model.forward_features(xx)
-                out.append(torch.cat([f.amax((2, 3)), f.mean((2, 3))], 1))
+            plain.append(fn(x))
+            flipped.append(fn(x.flip(-1)))
     return torch.cat(plain), torch.cat(flipped)
+
+
+def features(model, paths: list[str], size: int, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, 2c] (max and average pooled, as fastai's head sees them) for each photo and for its mirror image."""
+
+    def pooled(x):
+        f = model.forward_features(x)
+        return torch.cat([f.amax((2, 3)), f.mean((2, 3))], 1)
+
+    return mirrored(pooled, paths, size, mean, std)
 
 
 def fastai_head(n_in: int, n_out: int) -> nn.Module:
@@ -101,9 +109,9 @@ def main() -> None:
     table = D.clean(D.read_table(args.data), 0)
     paths = list(table[D.PATH])
     mean, std = input_stats(args.arch)
-    model = body(args.arch)
+    model = pretrained_body(args.arch, global_pool="")
     args.cache.mkdir(parents=True, exist_ok=True)
-    feats, secs = {}, {}
+    feats = {}
     for size in args.sizes:
         f = args.cache / f"{args.arch}-{size}-{len(paths)}.pt"
         if not f.is_file():

@@ -281,3 +281,9 @@ class FastModel:
             done += batch.paths
         probs = np.concatenate(out) if out else np.zeros((0, len(self.vocab)), np.float32)
         return Predictions(done, probs, failures)
+
+
+def onnx_model(path: Path) -> FastModel:
+    """An `.onnx` export behind ONNX Runtime, with the config from its metadata."""
+    session = onnx_session(path)
+    return FastModel(OnnxBackend(session), onnx_config(session, path))

@@ -186,8 +186,7 @@ def load_predictor(path: Path, backend: str = "auto", precision: str = "auto"):
     if path.suffix == infer.ONNX_SUFFIX:
         if backend not in ("auto", "onnx"):
             raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
-        session = infer.onnx_session(path)
-        return infer.FastModel(infer.OnnxBackend(session), infer.onnx_config(session, path))
+        return infer.onnx_model(path)
     safe = path.suffix == SUFFIX
     if backend == "fastai":
         if safe:
@@ -215,7 +214,6 @@ def load_predictor(path: Path, backend: str = "auto", precision: str = "auto"):
                 raise ShopeeError(f"{path}: cannot be exported to ONNX ({type(e).__name__}: {str(e)[:160]}); use --backend torch") from e
             warnings.warn(f"{path}: ONNX export failed ({type(e).__name__}); predicting with PyTorch instead")
         else:
-            session = infer.onnx_session(onnx_file)
-            return infer.FastModel(infer.OnnxBackend(session), infer.onnx_config(session, onnx_file))
+            return infer.onnx_model(onnx_file)
     model, cfg = network()
     return infer.FastModel(infer.TorchBackend(model, cfg, precision), cfg)
