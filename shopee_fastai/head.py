@@ -1,89 +1,170 @@
-"""Train a pretrained learner's head on frozen-body features computed once, instead of every epoch.
+"""Train a pretrained learner's head (and the top of its body) on frozen-body outputs computed once.
 
 With the body frozen, every epoch of fastai's frozen phase runs the whole body forward (and, since
-fastai keeps BatchNorm trainable, backward) for the same images. Here the pooled features of each
-training image and its mirror image (as real a product photo as the original) are computed once, in eval mode (BatchNorm keeps its ImageNet
-statistics, so the body cannot drift towards one photo session), and the head trains on them in
-seconds. The model is the same fastai learner, so export, predict and fine-tuning work unchanged.
+fastai keeps BatchNorm trainable, backward) for the same images. Here the frozen part's output for each
+training image and its mirror image (as real a product photo as the original) is computed once, in eval
+mode (BatchNorm keeps its ImageNet statistics, so the body cannot drift towards one photo session), and
+the trained part learns on it in seconds to minutes. With `top_stages` 0 the frozen part is the whole body
+and the head learns on pooled features; with N > 0 the last N stages of an EfficientNet-style timm body
+and its final 1x1 convolution learn too (at 1/32 of the input side, so they cost little), at a lower
+learning rate. The model is the same fastai learner, so export, predict and fine-tuning work unchanged.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import data as D
+from .errors import ShopeeError
 
 HEAD_BS = 64
 LABEL_SMOOTHING = 0.1  # on photos from another occasion: top-21 0.851 -> 0.879, 81 groups 0.691 -> 0.697 (bench/recipe_study.py)
+TOP_STAGES = 1  # last body stages trained with the head where the body allows: README "Training recipes" has the measurements
+BODY_LR = 1e-3  # learning rate of those stages (the head's is --lr); 2e-4: 0.718, 3e-3 diverges (bench/partial_study.py)
+HEAD_EPOCHS = {False: 30, True: 10}  # epochs of the head phase, without / with body stages training (bench/*_study.py)
+_TIMM_TOP = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")  # EfficientNet / MobileNet layout in timm
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
-def pooled_features(learn, paths: list[str], mirror: bool = False, progress: bool = True):
-    """Pooled body features (what the head's first layer sees), eval mode, training preprocessing.
+@dataclass
+class Split:
+    """A learner's model cut in two: `frozen` (image -> cached input) and `trained` (cached input -> logits)."""
 
-    Returns ([n, d] features, the readable paths); with `mirror`, [2n, d]: each image, then every mirror
-    image, from one decoding pass.
+    frozen: nn.Module
+    trained: nn.Module
+    body: nn.Module | None  # the body stages inside `trained`, whose BatchNorm keeps its ImageNet statistics
+
+
+def _timm_stages(model: nn.Module) -> nn.Module | None:
+    """The timm network inside a fastai vision_learner model if it has EfficientNet's layout, else None."""
+    net = getattr(model[0], "model", None)  # fastai's TimmBody wraps the timm model
+    return net if net is not None and all(hasattr(net, a) for a in _TIMM_TOP) else None
+
+
+def resolve(model: nn.Module, top_stages: int | None, epochs: int | None) -> dict[str, int]:
+    """The head phase's `top_stages` and `head_epochs` where the user left them to their defaults.
+
+    top_stages None: TOP_STAGES where the body has EfficientNet's layout, else the head alone.
+    """
+    if top_stages is None:
+        top_stages = TOP_STAGES if _timm_stages(model) is not None else 0
+    return {"top_stages": top_stages, "head_epochs": HEAD_EPOCHS[top_stages > 0] if epochs is None else epochs}
+
+
+def split_model(model: nn.Module, top_stages: int) -> Split:
+    """Cut a fastai vision_learner model so that the last `top_stages` body stages train with the head."""
+    from torch import nn
+
+    from .models import feature_extractor
+
+    net = _timm_stages(model)
+    if top_stages == 0:
+        return Split(feature_extractor(model).eval(), model[1][2:], None)  # head layers after concat pool + flatten
+    if net is None:
+        raise ShopeeError(f"--top-stages {top_stages}: only EfficientNet/MobileNet-style timm bodies (conv_stem, blocks, "
+                          "conv_head) can train their top stages here; use --top-stages 0")
+    n = len(net.blocks)
+    if top_stages > n:
+        raise ShopeeError(f"--top-stages {top_stages}: the body has {n} stages; choose 0 to {n}")
+    frozen = nn.Sequential(net.conv_stem, net.bn1, *net.blocks[: n - top_stages]).eval()
+    body = nn.Sequential(*net.blocks[n - top_stages :], net.conv_head, net.bn2)
+    return Split(frozen, nn.Sequential(body, model[1]), body)
+
+
+def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = False, progress: bool = True,
+                   half: bool = False):
+    """`frozen` of every image (eval mode, the learner's validation preprocessing), and its readable paths.
+
+    With `mirror`, [2n, ...]: each image, then every mirror image, from one decoding pass. `half` stores
+    fp16 (feature maps are large; they are computed in fp32 and trained on in fp32).
     """
     import torch
 
-    from .models import feature_extractor
     from .predict import test_dls
 
-    body = feature_extractor(learn.model).eval().to(memory_format=torch.channels_last)  # 2-3x faster on CPU too
+    frozen = frozen.eval().to(memory_format=torch.channels_last)  # 2-3x faster on CPU too
     plain, flipped, done = [], [], []
+    store = (lambda t: t.half()) if half else (lambda t: t)
     with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
         for ok, dl, _ in test_dls(learn, [Path(p) for p in paths], progress=progress):
             for (x,) in dl if dl is not None else []:
-                x = x.contiguous(memory_format=torch.channels_last)
-                plain.append(body(x))
+                x = x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)
+                plain.append(store(frozen(x)))
                 if mirror:
-                    flipped.append(body(x.flip(-1)))
+                    flipped.append(store(frozen(x.flip(-1))))
             done += [str(p) for p in ok]
-    feats = torch.cat(plain + flipped) if plain else torch.empty(0)
-    return feats, done
+    return (torch.cat(plain + flipped) if plain else torch.empty(0)), done
 
 
-def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42,
-             smoothing: float = LABEL_SMOOTHING) -> list[dict[str, Any]]:
-    """One-cycle AdamW with label smoothing on the head layers after pooling, over cached features; per-epoch history."""
+def pooled_features(learn, paths: list[str], mirror: bool = False, progress: bool = True):
+    """Pooled body features (what the head's first layer sees); see `frozen_outputs`."""
+    return frozen_outputs(learn, split_model(learn.model, 0).frozen, paths, mirror, progress)
+
+
+def _train_mode(split: Split) -> None:
+    from torch import nn
+
+    split.trained.train()
+    for m in split.body.modules() if split.body is not None else []:
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()  # ImageNet statistics stay; the head's BatchNorm1d learns its own, as in fastai
+
+
+def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, smoothing: float = LABEL_SMOOTHING,
+             top_stages: int = 0, body_lr: float = BODY_LR) -> list[dict[str, Any]]:
+    """One-cycle AdamW with label smoothing on the trained part, over cached frozen outputs; per-epoch history."""
     import torch
     from torch.nn import functional as F
 
     from fastai.torch_core import set_seed
 
+    from . import data as D
+
+    split = split_model(learn.model, top_stages)
+    maps = split.body is not None
     set_seed(seed, reproducible=True)
     vocab = {str(v): i for i, v in enumerate(learn.dls.vocab)}
     sets = {}
     for name, ds, mirror in (("train", learn.dls.train_ds, True), ("valid", learn.dls.valid_ds, False)):
         items = ds.items
         label = dict(zip(items[D.PATH].map(lambda p: str(Path(p))), items[D.LABEL].astype(str)))
-        x, kept = pooled_features(learn, list(items[D.PATH]), mirror=mirror)
+        x, kept = frozen_outputs(learn, split.frozen, list(items[D.PATH]), mirror=mirror, half=maps)
         y = torch.tensor([vocab[label[p]] for p in kept], dtype=torch.long)
         sets[name] = (x, y.repeat(2) if mirror else y)
-    head = learn.model[1][2:]  # after AdaptiveConcatPool2d and Flatten
+
+    def batch(x: torch.Tensor) -> torch.Tensor:
+        return x.float().contiguous(memory_format=torch.channels_last) if maps else x
+
+    groups = [{"params": list(learn.model[1].parameters()), "lr": lr}]
+    if maps:
+        split.body.requires_grad_(True)
+        groups.append({"params": list(split.body.parameters()), "lr": body_lr})
     x_train, y_train = sets["train"]
     steps = max(1, -(-len(x_train) // HEAD_BS))
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    opt = torch.optim.AdamW(groups, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=epochs * steps)
     history = []
     for epoch in range(epochs):
-        head.train()
+        _train_mode(split)
         order = torch.randperm(len(x_train))
         total = 0.0
         for s in range(steps):
             idx = order[s * HEAD_BS : (s + 1) * HEAD_BS]
-            loss = F.cross_entropy(head(x_train[idx]), y_train[idx], label_smoothing=smoothing)
+            loss = F.cross_entropy(split.trained(batch(x_train[idx])), y_train[idx], label_smoothing=smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        head.eval()
-        with torch.no_grad():
-            x_valid, y_valid = sets["valid"]
-            out = head(x_valid) if len(x_valid) else None
+        split.trained.eval()
         row = {"phase": "head", "epoch": epoch, "train_loss": total / len(x_train)}
-        if out is not None:
+        x_valid, y_valid = sets["valid"]
+        if len(x_valid):
+            with torch.no_grad():
+                out = torch.cat([split.trained(batch(x_valid[b : b + 256])) for b in range(0, len(x_valid), 256)])
             row.update(valid_loss=float(F.cross_entropy(out, y_valid)), accuracy=float((out.argmax(1) == y_valid).float().mean()))
         history.append(row)
     return history

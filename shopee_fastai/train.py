@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pandas as pd
 from . import data as D
 from .errors import ShopeeError
 from .embed import DEFAULT_EMBED_ARCH
-from .head import LABEL_SMOOTHING
+from .head import BODY_LR, LABEL_SMOOTHING
 from .neardup import DEFAULT_THRESHOLD
 from .models import CNN_ARCH, DEFAULT_ARCH, HandCNN, check_arch, input_stats
 from .weights import WeightsChoice, resolve_weights, weights_load_error
@@ -56,8 +56,10 @@ class TrainConfig:
     dup_threshold: float = DEFAULT_THRESHOLD
     dup_arch: str = DEFAULT_EMBED_ARCH
     recipe: str = "features"  # head on cached frozen-body features (then --epochs unfrozen), or "fine-tune" (fastai's)
-    head_epochs: int = 30
+    head_epochs: int | None = None  # None: head.HEAD_EPOCHS (30 for the head alone, 10 with body stages)
     label_smoothing: float = LABEL_SMOOTHING  # of the features recipe's head phase
+    top_stages: int | None = None  # last body stages trained with the head on cached maps (None: head.TOP_STAGES where the body allows)
+    body_lr: float = BODY_LR  # their learning rate
     checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
     early_stop: int = 0  # stop a fastai phase after N epochs without a lower valid loss (0: never)
     keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
@@ -96,7 +98,8 @@ class TrainConfig:
             raise ShopeeError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.n_epochs, 0),
                                 ("--early-stop", self.early_stop, 0), ("--checkpoint-every", self.checkpoint_every, 0),
-                                ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0)):
+                                ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0),
+                                ("--top-stages", self.top_stages or 0, 0), ("--head-epochs", self.head_epochs or 0, 0)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
         import torch
@@ -299,7 +302,7 @@ def _run_phases(learn, cfg: TrainConfig, phases, names: list[str], resumed, hist
         if phase == "head":
             from .head import fit_head
 
-            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed, cfg.label_smoothing)
+            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed, cfg.label_smoothing, cfg.top_stages, cfg.body_lr)
         else:
             cbs = [Checkpoint(cfg.models_dir, cfg.model_name, phase, cfg.checkpoint_every, list(history), start_epoch)] \
                 if cfg.checkpoint_every else []
@@ -345,6 +348,10 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     paths = model_paths(cfg.models_dir, cfg.model_name)
     started = time.perf_counter()
     choice, prep, learn = setup(cfg, paths["skipped"])
+    if choice.pretrained and cfg.recipe == "features":
+        from .head import resolve
+
+        cfg = replace(cfg, **resolve(learn.model, cfg.top_stages, cfg.head_epochs))  # the card records what ran
     mean, std = input_stats(cfg.arch)
     dls = learn.dls
     history, times = fit(learn, cfg, choice.pretrained)

