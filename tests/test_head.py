@@ -4,6 +4,7 @@ import torch
 from safetensors.torch import save_file
 
 from shopee_fastai.errors import ShopeeError
+from shopee_fastai.head import TOP_STAGES
 from shopee_fastai.train import TrainConfig, export, fit_learner
 
 from .conftest import COLOURS, SIZE
@@ -49,12 +50,13 @@ def test_top_stages_train_with_the_head_and_keep_imagenet_batchnorm(synthetic, t
                       size=SIZE, workers=0, models_dir=tmp_path, name="top")  # top_stages: the default
     trained = fit_learner(cfg)
     body = {k.removeprefix("model."): v for k, v in trained.learn.model[0].state_dict().items()}
-    last = f"blocks.{len(trained.learn.model[0].model.blocks) - 1}."
-    trainable = [k for k in body if k.startswith((last, "conv_head.", "bn2."))
+    n = len(trained.learn.model[0].model.blocks)
+    top = tuple(f"blocks.{i}." for i in range(n - TOP_STAGES, n))
+    trainable = [k for k in body if k.startswith((*top, "conv_head.", "bn2."))
                  and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     frozen = [k for k in body if k not in trainable]
     assert trainable and all(torch.equal(body[k], source[k]) for k in frozen)  # lower stages and every BN statistic
-    assert any(not torch.equal(body[k], source[k]) for k in trainable if k.endswith("weight"))  # the top stage learnt
+    assert all(any(not torch.equal(body[k], source[k]) for k in trainable if k.startswith(t)) for t in top)  # each top stage learnt
     history = trained.card["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert trained.card["test_accuracy"] > 1 / len(COLOURS)
