@@ -62,9 +62,9 @@ def split_model(model: nn.Module, top_stages: int) -> Split:
 
     from .models import feature_extractor
 
-    net = _timm_stages(model)
     if top_stages == 0:
         return Split(feature_extractor(model).eval(), model[1][2:], None)  # head layers after concat pool + flatten
+    net = _timm_stages(model)
     if net is None:
         raise ShopeeError(f"--top-stages {top_stages}: only EfficientNet/MobileNet-style timm bodies (conv_stem, blocks, "
                           "conv_head) can train their top stages here; use --top-stages 0")
@@ -99,11 +99,6 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
                     flipped.append(store(frozen(x.flip(-1))))
             done += [str(p) for p in ok]
     return (torch.cat(plain + flipped) if plain else torch.empty(0)), done
-
-
-def pooled_features(learn, paths: list[str], mirror: bool = False, progress: bool = True):
-    """Pooled body features (what the head's first layer sees); see `frozen_outputs`."""
-    return frozen_outputs(learn, split_model(learn.model, 0).frozen, paths, mirror, progress)
 
 
 def _train_mode(split: Split) -> None:

@@ -44,7 +44,6 @@ OFFLINE = {
                                             (1, 3, 3, 4, 4, 5, 1)),
 }
 LITE0_ARCH = "tf_efficientnet_lite0"
-LITE0_STAGE_REPEATS = OFFLINE[LITE0_ARCH].stage_repeats
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 CACHE_ENV = "SHOPEE_FASTAI_CACHE"
 
@@ -69,7 +68,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "shopee-fastai")
 
 
-def lukemelas_to_timm(state: dict, stage_repeats: tuple[int, ...] = LITE0_STAGE_REPEATS) -> dict:
+def lukemelas_to_timm(state: dict, stage_repeats: tuple[int, ...] = OFFLINE[LITE0_ARCH].stage_repeats) -> dict:
     """Rename an EfficientNet-PyTorch state dict to timm's key names (values untouched)."""
     where = [(s, i) for s, n in enumerate(stage_repeats) for i in range(n)]
     out = {}
