@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .errors import ShopeeError
-from .head import BODY_LR, HEAD_EPOCHS, TOP_STAGES
+from .head import BODY_LR, HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sort product photos into their label group with fastai + timm (Kaggle Shopee layout).")
@@ -87,6 +87,7 @@ def train(
     label_smoothing: float = typer.Option(0.1, help="Label smoothing of the head phase (--recipe features)."),
     top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head on cached maps (--recipe features; default {TOP_STAGES} for EfficientNet-style bodies, else 0: head only)."),
     body_lr: float = typer.Option(BODY_LR, help="Learning rate of those stages."),
+    head_views: int = typer.Option(HEAD_VIEWS, help="Cached views of each training image in the head phase: 1 itself, 2 and its mirror, more add random augmentations (--aug)."),
     checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
     early_stop: int = typer.Option(0, help="Stop after N epochs without a lower valid loss (0: never)."),
@@ -104,7 +105,7 @@ def train(
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
                         models_dir=models_dir, recipe=recipe, head_epochs=head_epochs, label_smoothing=label_smoothing,
-                        top_stages=top_stages, body_lr=body_lr,
+                        top_stages=top_stages, body_lr=body_lr, head_views=head_views,
                         checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best,
                         precision=precision)
     card = run(cfg)

@@ -2,12 +2,12 @@
 
 With the body frozen, every epoch of fastai's frozen phase runs the whole body forward (and, since
 fastai keeps BatchNorm trainable, backward) for the same images. Here the frozen part's output for each
-training image and its mirror image (as real a product photo as the original) is computed once, in eval
-mode (BatchNorm keeps its ImageNet statistics, so the body cannot drift towards one photo session), and
-the trained part learns on it in seconds to minutes. With `top_stages` 0 the frozen part is the whole body
-and the head learns on pooled features; with N > 0 the last N stages of an EfficientNet-style timm body
-and its final 1x1 convolution learn too (at 1/32 of the input side, so they cost little), at a lower
-learning rate. The model is the same fastai learner, so export, predict and fine-tuning work unchanged.
+training image, its mirror image (as real a product photo as the original) and optionally more randomly
+augmented views is computed once, in eval mode (BatchNorm keeps its ImageNet statistics, so the body
+cannot drift towards one photo session), and the trained part learns on it in seconds to minutes. With
+`top_stages` 0 the frozen part is the whole body and the head learns on pooled features; with N > 0 the
+last N stages of an EfficientNet-style timm body and its final 1x1 convolution learn too (at 1/16 to 1/32
+of the input side, so they cost a fraction of full fine-tuning), at a lower learning rate. The model is the same fastai learner, so export, predict and fine-tuning work unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ BODY_LR = 2e-4  # learning rate of those stages (the head's is --lr); 1e-3 score
 # fastai initialises the head kaiming-normal; PyTorch's default init (smaller weights) generalised better to photos
 # from another occasion: 81 groups, last stage trained, seed 1: 0.669 -> 0.710 (README "Results").
 HEAD_EPOCHS = {False: 30, True: 10}  # epochs of the head phase, without / with body stages training (bench/*_study.py)
+HEAD_VIEWS = 2  # cached views of each training image: itself and its mirror; more add the training pipeline's random augmentations
 _TIMM_TOP = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")  # EfficientNet / MobileNet layout in timm
 
 if TYPE_CHECKING:
@@ -101,6 +102,24 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
     return (torch.cat(plain + flipped) if plain else torch.empty(0)), done
 
 
+def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, progress: bool = True):
+    """`frozen` of `n` randomly augmented passes over the training images (the learner's training pipeline:
+    random crop and `aug_transforms`), in the training set's order, with their labels."""
+    import torch
+    from fastprogress.fastprogress import progress_bar
+
+    dl = learn.dls.train.new(shuffle=False, drop_last=False)
+    xs, ys = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            for x, y in progress_bar(dl, display=progress, leave=False):
+                x = x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)
+                out = frozen(x)
+                xs.append(out.half() if half else out)
+                ys.append(y.as_subclass(torch.Tensor))
+    return (torch.cat(xs), torch.cat(ys)) if xs else (torch.empty(0), torch.empty(0, dtype=torch.long))
+
+
 def _train_mode(split: Split) -> None:
     from torch import nn
 
@@ -111,12 +130,17 @@ def _train_mode(split: Split) -> None:
 
 
 def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, smoothing: float = LABEL_SMOOTHING,
-             top_stages: int = 0, body_lr: float = BODY_LR) -> list[dict[str, Any]]:
-    """One-cycle AdamW with label smoothing on the trained part, over cached frozen outputs; per-epoch history."""
+             top_stages: int = 0, body_lr: float = BODY_LR, views: int = HEAD_VIEWS) -> list[dict[str, Any]]:
+    """One-cycle AdamW with label smoothing on the trained part, over cached frozen outputs; per-epoch history.
+
+    `views` per training image are cached: 1 the image, 2 and its mirror, more add random augmentations.
+    An epoch is one pass over all of them.
+    """
     import torch
     from torch.nn import functional as F
 
     from fastai.torch_core import set_seed
+    from fastprogress.fastprogress import master_bar, progress_bar
 
     from . import data as D
 
@@ -125,12 +149,15 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
     set_seed(seed, reproducible=True)
     vocab = {str(v): i for i, v in enumerate(learn.dls.vocab)}
     sets = {}
-    for name, ds, mirror in (("train", learn.dls.train_ds, True), ("valid", learn.dls.valid_ds, False)):
+    for name, ds, mirror in (("train", learn.dls.train_ds, views > 1), ("valid", learn.dls.valid_ds, False)):
         items = ds.items
         label = dict(zip(items[D.PATH].map(lambda p: str(Path(p))), items[D.LABEL].astype(str)))
         x, kept = frozen_outputs(learn, split.frozen, list(items[D.PATH]), mirror=mirror, half=maps)
         y = torch.tensor([vocab[label[p]] for p in kept], dtype=torch.long)
         sets[name] = (x, y.repeat(2) if mirror else y)
+    if views > 2:
+        x_aug, y_aug = augmented_outputs(learn, split.frozen, views - 2, half=maps)
+        sets["train"] = (torch.cat([sets["train"][0], x_aug]), torch.cat([sets["train"][1], y_aug]))
 
     def batch(x: torch.Tensor) -> torch.Tensor:
         return x.float().contiguous(memory_format=torch.channels_last) if maps else x
@@ -147,11 +174,12 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
     opt = torch.optim.AdamW(groups, weight_decay=wd)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=epochs * steps)
     history = []
-    for epoch in range(epochs):
+    bar = master_bar(range(epochs))
+    for epoch in bar:
         _train_mode(split)
         order = torch.randperm(len(x_train))
         total = 0.0
-        for s in range(steps):
+        for s in progress_bar(range(steps), parent=bar):
             idx = order[s * HEAD_BS : (s + 1) * HEAD_BS]
             loss = F.cross_entropy(split.trained(batch(x_train[idx])), y_train[idx], label_smoothing=smoothing)
             opt.zero_grad()
@@ -167,4 +195,5 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
                 out = torch.cat([split.trained(batch(x_valid[b : b + 256])) for b in range(0, len(x_valid), 256)])
             row.update(valid_loss=float(F.cross_entropy(out, y_valid)), accuracy=float((out.argmax(1) == y_valid).float().mean()))
         history.append(row)
+        bar.write("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     return history

@@ -13,7 +13,7 @@ import pandas as pd
 from . import data as D
 from .errors import ShopeeError
 from .embed import DEFAULT_EMBED_ARCH
-from .head import BODY_LR, LABEL_SMOOTHING
+from .head import BODY_LR, HEAD_VIEWS, LABEL_SMOOTHING
 from .neardup import DEFAULT_THRESHOLD
 from .models import CNN_ARCH, DEFAULT_ARCH, HandCNN, check_arch, input_stats
 from .weights import WeightsChoice, resolve_weights, weights_load_error
@@ -60,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = LABEL_SMOOTHING  # of the features recipe's head phase
     top_stages: int | None = None  # last body stages trained with the head on cached maps (None: head.TOP_STAGES where the body allows)
     body_lr: float = BODY_LR  # their learning rate
+    head_views: int = HEAD_VIEWS  # cached views of each training image in the head phase (plain, mirror, then augmented)
     checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
     early_stop: int = 0  # stop a fastai phase after N epochs without a lower valid loss (0: never)
     keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
@@ -99,7 +100,8 @@ class TrainConfig:
         for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.n_epochs, 0),
                                 ("--early-stop", self.early_stop, 0), ("--checkpoint-every", self.checkpoint_every, 0),
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0),
-                                ("--top-stages", self.top_stages or 0, 0), ("--head-epochs", self.head_epochs or 0, 0)):
+                                ("--top-stages", self.top_stages or 0, 0), ("--head-epochs", self.head_epochs or 0, 0),
+                                ("--head-views", self.head_views, 1)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
         import torch
@@ -302,7 +304,8 @@ def _run_phases(learn, cfg: TrainConfig, phases, names: list[str], resumed, hist
         if phase == "head":
             from .head import fit_head
 
-            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed, cfg.label_smoothing, cfg.top_stages, cfg.body_lr)
+            history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed, cfg.label_smoothing, cfg.top_stages, cfg.body_lr,
+                                cfg.head_views)
         else:
             cbs = [Checkpoint(cfg.models_dir, cfg.model_name, phase, cfg.checkpoint_every, list(history), start_epoch)] \
                 if cfg.checkpoint_every else []

@@ -4,8 +4,8 @@ import torch
 from safetensors.torch import save_file
 
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.head import TOP_STAGES
-from shopee_fastai.train import TrainConfig, export, fit_learner
+from shopee_fastai.head import TOP_STAGES, augmented_outputs, frozen_outputs, split_model
+from shopee_fastai.train import TrainConfig, export, fit_learner, setup
 
 from .conftest import COLOURS, SIZE
 
@@ -34,6 +34,23 @@ def test_features_recipe_then_unfrozen_epochs(synthetic, tmp_path):
                       head_epochs=3, epochs=1, size=SIZE, bs=8, workers=0, models_dir=tmp_path)
     phases = [h["phase"] for h in fit_learner(cfg).card["history"]]
     assert phases == ["head"] * 3 + ["unfrozen"]
+
+
+def test_head_views_are_augmented_passes_over_the_training_images_in_order(synthetic, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), str(weights))
+    cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, size=SIZE, bs=8, workers=0,
+                      models_dir=tmp_path)
+    _, _, learn = setup(cfg)
+    frozen = split_model(learn.model, 0).frozen
+    x, y = augmented_outputs(learn, frozen, 2, progress=False)
+    n = len(learn.dls.train_ds)
+    labels = torch.tensor([int(t) for _, t in learn.dls.train_ds])
+    assert x.shape[0] == 2 * n and torch.equal(y, labels.repeat(2))
+    plain, _ = frozen_outputs(learn, frozen, list(learn.dls.train_ds.items["path"]), progress=False)
+    assert not torch.allclose(x[:n], x[n:]) and not torch.allclose(x[:n], plain)  # random, and not the plain view
+    trained = fit_learner(TrainConfig(**{**cfg.__dict__, "head_views": 4, "head_epochs": 20, "lr": 1e-2, "epochs": 0}))
+    assert trained.card["config"]["head_views"] == 4 and trained.card["test_accuracy"] > 1 / len(COLOURS)
 
 
 def _lite0():
