@@ -202,12 +202,13 @@ def predict(
     bs: int = typer.Option(32, help="Batch size."),
     backend: str = typer.Option("auto", help="auto (onnx where onnxruntime is installed, else torch) | onnx | torch | fastai (the learner's get_preds)."),
     precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CPU: only with native bf16) | fp16 (CUDA)."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (fastai's, 5 passes: slower, usually more accurate; .pkl only)."),
 ) -> None:
     """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
     from .predict import collect_images, load_predictor, top_k as best
 
     files = collect_images(images)
-    predictor = load_predictor(model, backend, precision)
+    predictor = load_predictor(model, backend, precision, tta)
     preds = predictor.probs(files, bs=bs, progress=not as_json)
     for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k)):
         if as_json:

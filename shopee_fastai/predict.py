@@ -147,13 +147,14 @@ class LearnerModel:
     """A fastai learner behind the same two members as `infer.FastModel`."""
 
     learn: Any
+    tta: bool = False
 
     @property
     def vocab(self) -> list[str]:
         return [str(v) for v in self.learn.dls.vocab]
 
     def probs(self, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True) -> Predictions:
-        preds = predict_probs(self.learn, images, bs, progress)
+        preds = predict_probs(self.learn, images, bs, progress, tta=self.tta)
         return Predictions(preds.paths, preds.probs.numpy(), preds.failures)
 
 
@@ -163,13 +164,14 @@ def _onnx_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def load_predictor(path: Path, backend: str = "auto", precision: str = "auto"):
+def load_predictor(path: Path, backend: str = "auto", precision: str = "auto", tta: bool = False):
     """A predictor for a `.pkl` learner, a `.safetensors` (no unpickling) or an `.onnx` export.
 
     `auto` runs PyTorch with mixed precision on a CUDA GPU; on CPU, ONNX Runtime where it is installed
     (the graph exported once per model file and cached, so later runs skip fastai and torch), else
     PyTorch channels-last; `fastai` is the learner's own `get_preds`. An explicit backend that cannot
-    run is an error, never a silent switch.
+    run is an error, never a silent switch. `tta` (fastai's test-time augmentation: the training
+    pipeline's augmentations, 5 passes) needs the `.pkl` learner and runs on the fastai backend.
     """
     from . import infer
     from .safe import SUFFIX, load_safe
@@ -188,10 +190,12 @@ def load_predictor(path: Path, backend: str = "auto", precision: str = "auto"):
             raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
         return infer.onnx_model(path)
     safe = path.suffix == SUFFIX
-    if backend == "fastai":
+    if tta and (backend not in ("auto", "fastai") or path.suffix != ".pkl"):
+        raise ShopeeError(f"{path}: --tta runs the fastai learner's augmentations; pass the .pkl with --backend auto or fastai")
+    if backend == "fastai" or tta:
         if safe:
             raise ShopeeError(f"{path}: --backend fastai needs the .pkl learner; a .safetensors runs on onnx or torch")
-        return LearnerModel(load_model(path))
+        return LearnerModel(load_model(path), tta)
 
     gpu = backend in ("auto", "torch") and infer.gpu_present()
 

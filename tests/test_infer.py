@@ -118,3 +118,20 @@ def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, test_images, 
     assert model.backend.name == "torch" and model.backend.precision == "fp32"
     with pytest.raises(ShopeeError, match="runs fp32"):
         load_predictor(trained_cnn.paths["pkl"], backend="onnx", precision="bf16")
+
+
+def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_cnn, test_images):
+    from fastai.torch_core import set_seed
+
+    from shopee_fastai.predict import predict_probs
+
+    model = load_predictor(trained_cnn.paths["pkl"], tta=True)
+    set_seed(0)
+    got = model.probs(test_images, progress=False)
+    set_seed(0)
+    want = predict_probs(model.learn, test_images, progress=False, tta=True)
+    plain = predict_probs(model.learn, test_images, progress=False)
+    assert np.allclose(got.probs, want.probs.numpy(), atol=1e-5) and not np.allclose(got.probs, plain.probs.numpy())
+    for path, backend in ((trained_cnn.paths["safe"], "auto"), (trained_cnn.paths["pkl"], "torch")):
+        with pytest.raises(ShopeeError, match="--tta runs the fastai learner"):
+            load_predictor(path, backend=backend, tta=True)
