@@ -7,7 +7,8 @@ augmented views is computed once, in eval mode (BatchNorm keeps its ImageNet sta
 cannot drift towards one photo session), and the trained part learns on it in seconds to minutes. With
 `top_stages` 0 the frozen part is the whole body and the head learns on pooled features; with N > 0 the
 last N stages of an EfficientNet-style timm body and its final 1x1 convolution learn too (at 1/16 to 1/32
-of the input side, so they cost a fraction of full fine-tuning), at a lower learning rate. The model is the same fastai learner, so export, predict and fine-tuning work unchanged.
+of the input side, so they cost a fraction of full fine-tuning), at a lower learning rate. The model is
+the same fastai learner, so export, predict and fine-tuning work unchanged.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from .errors import ShopeeError
 
 HEAD_BS = 64
 LABEL_SMOOTHING = 0.1  # on photos from another occasion: top-21 0.851 -> 0.879, 81 groups 0.691 -> 0.697 (bench/recipe_study.py)
-TOP_STAGES = 2  # last body stages trained with the head where the body allows; 81 groups, 3 seeds: 0 / 1 / 2 stages 0.662 / 0.714 / 0.801 (README "Results")
+TOP_STAGES = 3  # last body stages trained with the head where the body allows; 81 groups: 0 / 1 / 2 stages 0.662 / 0.714 / 0.801 (3 seeds), 3 / 4 stages 0.845 / 0.824 (seed 1, 4 views) (README "Results")
 BODY_LR = 2e-4  # learning rate of those stages (the head's is --lr); 1e-3 scored higher in bench/partial_study.py but diverged mid-run in train
 # fastai initialises the head kaiming-normal; PyTorch's default init (smaller weights) generalised better to photos
 # from another occasion: 81 groups, last stage trained, seed 1: 0.669 -> 0.710 (README "Results").
-HEAD_EPOCHS = {False: 30, True: 10}  # epochs of the head phase, without / with body stages training (bench/*_study.py)
-HEAD_VIEWS = 2  # cached views of each training image: itself and its mirror; more add the training pipeline's random augmentations
+HEAD_EPOCHS = {False: 15, True: 5}  # epochs over all views, without / with body stages training: 60 / 20 passes per image (bench/*_study.py, README "Results")
+HEAD_VIEWS = 4  # cached views of each training image: itself, its mirror, then random augmentations; 81 groups, 3 stages, seed 1: 2 views x 10 epochs 0.821, 4 x 5 0.845
 _TIMM_TOP = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")  # EfficientNet / MobileNet layout in timm
 
 if TYPE_CHECKING:
