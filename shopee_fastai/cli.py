@@ -87,7 +87,7 @@ def train(
     label_smoothing: float = typer.Option(0.1, help="Label smoothing of the head phase (--recipe features)."),
     top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head on cached maps (--recipe features; default {TOP_STAGES} for EfficientNet-style bodies, else 0: head only)."),
     body_lr: float = typer.Option(BODY_LR, help="Learning rate of those stages."),
-    head_views: int = typer.Option(HEAD_VIEWS, help="Cached views of each training image in the head phase: 1 itself, 2 and its mirror, more add random augmentations (--aug)."),
+    head_views: Optional[int] = typer.Option(None, help=f"Cached views of each training image in the head phase: 1 itself, 2 and its mirror, more add random passes through the training augmentations (--aug; with none, only random crops) (default {HEAD_VIEWS[True]} when body stages train, else {HEAD_VIEWS[False]})."),
     checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
     early_stop: int = typer.Option(0, help="Stop after N epochs without a lower valid loss (0: never)."),

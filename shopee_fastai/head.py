@@ -25,8 +25,10 @@ TOP_STAGES = 3  # last body stages trained with the head where the body allows; 
 BODY_LR = 2e-4  # learning rate of those stages (the head's is --lr); 1e-3 scored higher in bench/partial_study.py but diverged mid-run in train
 # fastai initialises the head kaiming-normal; PyTorch's default init (smaller weights) generalised better to photos
 # from another occasion: 81 groups, last stage trained, seed 1: 0.669 -> 0.710 (README "Results").
-HEAD_EPOCHS = {False: 15, True: 5}  # epochs over all views, without / with body stages training: 60 / 20 passes per image (bench/*_study.py, README "Results")
-HEAD_VIEWS = 4  # cached views of each training image: itself, its mirror, then random augmentations; 81 groups, 3 stages, seed 1: 2 views x 10 epochs 0.821, 4 x 5 0.845
+HEAD_EPOCHS = {False: 30, True: 5}  # epochs over all views, without / with body stages training: 60 / 20 passes per image (bench/*_study.py, README "Results")
+# Cached views of each training image (itself, its mirror, then random augmentations), without / with body stages
+# training; 81 groups, 3 stages, seed 1: 2 views x 10 epochs 0.821, 4 x 5 0.845. The head alone keeps its measured 2 x 30.
+HEAD_VIEWS = {False: 2, True: 4}
 _TIMM_TOP = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")  # EfficientNet / MobileNet layout in timm
 
 if TYPE_CHECKING:
@@ -48,14 +50,16 @@ def _timm_stages(model: nn.Module) -> nn.Module | None:
     return net if net is not None and all(hasattr(net, a) for a in _TIMM_TOP) else None
 
 
-def resolve(model: nn.Module, top_stages: int | None, epochs: int | None) -> dict[str, int]:
-    """The head phase's `top_stages` and `head_epochs` where the user left them to their defaults.
+def resolve(model: nn.Module, top_stages: int | None, epochs: int | None, views: int | None = None) -> dict[str, int]:
+    """The head phase's `top_stages`, `head_epochs` and `head_views` where the user left them to their defaults.
 
     top_stages None: TOP_STAGES where the body has EfficientNet's layout, else the head alone.
     """
     if top_stages is None:
         top_stages = TOP_STAGES if _timm_stages(model) is not None else 0
-    return {"top_stages": top_stages, "head_epochs": HEAD_EPOCHS[top_stages > 0] if epochs is None else epochs}
+    body = top_stages > 0
+    return {"top_stages": top_stages, "head_epochs": HEAD_EPOCHS[body] if epochs is None else epochs,
+            "head_views": HEAD_VIEWS[body] if views is None else views}
 
 
 def split_model(model: nn.Module, top_stages: int) -> Split:
@@ -96,9 +100,9 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
         for ok, dl, _ in test_dls(learn, [Path(p) for p in paths], progress=progress):
             for (x,) in dl if dl is not None else []:
                 x = x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)
-                plain.append(store(frozen(x)))
+                plain.append(store(frozen(x).cpu()))  # the cache lives in main memory, batches go to the device
                 if mirror:
-                    flipped.append(store(frozen(x.flip(-1))))
+                    flipped.append(store(frozen(x.flip(-1)).cpu()))
             done += [str(p) for p in ok]
     return (torch.cat(plain + flipped) if plain else torch.empty(0)), done
 
@@ -115,9 +119,9 @@ def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, prog
         for _ in range(n):
             for x, y in progress_bar(dl, display=progress, leave=False):
                 x = x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)
-                out = frozen(x)
+                out = frozen(x).cpu()
                 xs.append(out.half() if half else out)
-                ys.append(y.as_subclass(torch.Tensor))
+                ys.append(y.as_subclass(torch.Tensor).cpu())
     return (torch.cat(xs), torch.cat(ys)) if xs else (torch.empty(0), torch.empty(0, dtype=torch.long))
 
 
@@ -131,7 +135,7 @@ def _train_mode(split: Split) -> None:
 
 
 def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, smoothing: float = LABEL_SMOOTHING,
-             top_stages: int = 0, body_lr: float = BODY_LR, views: int = HEAD_VIEWS) -> list[dict[str, Any]]:
+             top_stages: int = 0, body_lr: float = BODY_LR, views: int = HEAD_VIEWS[False]) -> list[dict[str, Any]]:
     """One-cycle AdamW with label smoothing on the trained part, over cached frozen outputs; per-epoch history.
 
     `views` per training image are cached: 1 the image, 2 and its mirror, more add random augmentations.
@@ -145,6 +149,8 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
 
     from . import data as D
 
+    device = learn.dls.device
+    learn.model.to(device)  # fastai moves it only when a fit starts; the head phase comes first
     split = split_model(learn.model, top_stages)
     maps = split.body is not None
     set_seed(seed, reproducible=True)
@@ -161,7 +167,8 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
         sets["train"] = (torch.cat([sets["train"][0], x_aug]), torch.cat([sets["train"][1], y_aug]))
 
     def batch(x: torch.Tensor) -> torch.Tensor:
-        return x.float().contiguous(memory_format=torch.channels_last) if maps else x
+        x = x.to(device, non_blocking=True).float()
+        return x.contiguous(memory_format=torch.channels_last) if maps else x
 
     for m in learn.model[1].modules():  # PyTorch's default init, not fastai's kaiming-normal: see the note above HEAD_EPOCHS
         if hasattr(m, "reset_parameters"):
@@ -182,7 +189,7 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
         total = 0.0
         for s in progress_bar(range(steps), parent=bar):
             idx = order[s * HEAD_BS : (s + 1) * HEAD_BS]
-            loss = F.cross_entropy(split.trained(batch(x_train[idx])), y_train[idx], label_smoothing=smoothing)
+            loss = F.cross_entropy(split.trained(batch(x_train[idx])), y_train[idx].to(device), label_smoothing=smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -194,6 +201,7 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
         if len(x_valid):
             with torch.no_grad():
                 out = torch.cat([split.trained(batch(x_valid[b : b + 256])) for b in range(0, len(x_valid), 256)])
+            out = out.cpu()
             row.update(valid_loss=float(F.cross_entropy(out, y_valid)), accuracy=float((out.argmax(1) == y_valid).float().mean()))
         history.append(row)
         bar.write("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))

@@ -183,15 +183,15 @@ def load_predictor(path: Path, backend: str = "auto", precision: str = "auto", t
         raise ShopeeError(f"--precision {precision!r}: choose one of {', '.join(infer.PRECISIONS)}")
     if not path.is_file():
         raise ShopeeError(f"{path}: model file not found; train one with `shopee-fastai train` or pass --model")
-    if backend in ("onnx", "fastai") and precision not in ("auto", "fp32"):
-        raise ShopeeError(f"--precision {precision}: the {backend} backend runs fp32; use --backend torch for {precision}")
+    if tta and (backend not in ("auto", "fastai") or path.suffix != ".pkl"):
+        raise ShopeeError(f"{path}: --tta runs the fastai learner's augmentations; pass the .pkl with --backend auto or fastai")
+    if (backend in ("onnx", "fastai") or tta) and precision not in ("auto", "fp32"):
+        raise ShopeeError(f"--precision {precision}: the {'fastai (--tta)' if tta else backend} backend runs fp32; use --backend torch for {precision}")
     if path.suffix == infer.ONNX_SUFFIX:
         if backend not in ("auto", "onnx"):
             raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
         return infer.onnx_model(path)
     safe = path.suffix == SUFFIX
-    if tta and (backend not in ("auto", "fastai") or path.suffix != ".pkl"):
-        raise ShopeeError(f"{path}: --tta runs the fastai learner's augmentations; pass the .pkl with --backend auto or fastai")
     if backend == "fastai" or tta:
         if safe:
             raise ShopeeError(f"{path}: --backend fastai needs the .pkl learner; a .safetensors runs on onnx or torch")

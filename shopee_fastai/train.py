@@ -13,7 +13,7 @@ import pandas as pd
 from . import data as D
 from .errors import ShopeeError
 from .embed import DEFAULT_EMBED_ARCH
-from .head import BODY_LR, HEAD_VIEWS, LABEL_SMOOTHING
+from .head import BODY_LR, LABEL_SMOOTHING
 from .neardup import DEFAULT_THRESHOLD
 from .models import CNN_ARCH, DEFAULT_ARCH, HandCNN, check_arch, input_stats
 from .weights import WeightsChoice, resolve_weights, weights_load_error
@@ -56,11 +56,11 @@ class TrainConfig:
     dup_threshold: float = DEFAULT_THRESHOLD
     dup_arch: str = DEFAULT_EMBED_ARCH
     recipe: str = "features"  # head on cached frozen-body features (then --epochs unfrozen), or "fine-tune" (fastai's)
-    head_epochs: int | None = None  # None: head.HEAD_EPOCHS (30 for the head alone, 10 with body stages)
+    head_epochs: int | None = None  # None: head.HEAD_EPOCHS (30 for the head alone, 5 with body stages)
     label_smoothing: float = LABEL_SMOOTHING  # of the features recipe's head phase
     top_stages: int | None = None  # last body stages trained with the head on cached maps (None: head.TOP_STAGES where the body allows)
     body_lr: float = BODY_LR  # their learning rate
-    head_views: int = HEAD_VIEWS  # cached views of each training image in the head phase (plain, mirror, then augmented)
+    head_views: int | None = None  # cached views of each training image in the head phase (None: head.HEAD_VIEWS)
     checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
     early_stop: int = 0  # stop a fastai phase after N epochs without a lower valid loss (0: never)
     keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
@@ -101,7 +101,7 @@ class TrainConfig:
                                 ("--early-stop", self.early_stop, 0), ("--checkpoint-every", self.checkpoint_every, 0),
                                 ("--freeze-epochs", self.freeze_epochs, 0), ("--top-groups", self.top_groups, 0),
                                 ("--top-stages", self.top_stages or 0, 0), ("--head-epochs", self.head_epochs or 0, 0),
-                                ("--head-views", self.head_views, 1)):
+                                ("--head-views", 1 if self.head_views is None else self.head_views, 1)):
             if value < low:
                 raise ShopeeError(f"{opt} {value}: must be at least {low}")
         import torch
@@ -354,7 +354,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     if choice.pretrained and cfg.recipe == "features":
         from .head import resolve
 
-        cfg = replace(cfg, **resolve(learn.model, cfg.top_stages, cfg.head_epochs))  # the card records what ran
+        cfg = replace(cfg, **resolve(learn.model, cfg.top_stages, cfg.head_epochs, cfg.head_views))  # the card records what ran
     mean, std = input_stats(cfg.arch)
     dls = learn.dls
     history, times = fit(learn, cfg, choice.pretrained)
@@ -367,7 +367,8 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         "leaks": asdict(prep.leaks) if prep.leaks else None,
         "precision": learn.precision, "skipped_images": len(prep.skipped), "cached_images": prep.cached, "history": history,
         "params": int(sum(p.numel() for p in learn.model.parameters())),
-        "images_per_s": round(len(learn.dls.train_ds) * sum(1 for _ in history) / max(sum(times.values()), 1e-9), 1),
+        "images_per_s": round(len(learn.dls.train_ds) * sum(cfg.head_views if h["phase"] == "head" else 1 for h in history)
+                               / max(sum(times.values()), 1e-9), 1),  # a head epoch passes every cached view
         "train_accuracy": accuracy_on(learn, prep.rows(D.TRAIN)) if cfg.score_train else None,
         "valid_accuracy": accuracy_on(learn, prep.rows(D.VALID)),
         "test_accuracy": accuracy_on(learn, prep.rows(D.TEST)),

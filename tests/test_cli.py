@@ -65,6 +65,7 @@ def test_predict_goes_on_past_a_bad_image_and_exits_2(cli_model, synthetic, tmp_
 @pytest.mark.parametrize("args, fragments", [
     (["train", "--data", "/no/such/dir"], ["/no/such/dir", "no such data folder"]),
     (["train", "--data", "{synthetic}", "--arch", "resnet_nope"], ["resnet_nope", "not a timm model"]),
+    (["train", "--data", "{synthetic}", "--arch", "cnn", "--head-views", "0"], ["--head-views 0", "at least 1"]),
     (["lr-find", "--data", "{synthetic}", "--arch", "cnn", "--opt", "rmsprop"], ["--opt"]),
     (["evaluate", "--model", "/no/model.pkl"], ["/no/model.pkl", "not found"]),
     (["predict", "/no/image.jpg", "--model", "/no/model.pkl"], ["/no/image.jpg"]),

@@ -120,10 +120,8 @@ def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, test_images, 
         load_predictor(trained_cnn.paths["pkl"], backend="onnx", precision="bf16")
 
 
-def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_cnn, test_images):
+def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_cnn, test_images, tmp_path):
     from fastai.torch_core import set_seed
-
-    from shopee_fastai.predict import predict_probs
 
     model = load_predictor(trained_cnn.paths["pkl"], tta=True)
     set_seed(0)
@@ -132,6 +130,10 @@ def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_
     want = predict_probs(model.learn, test_images, progress=False, tta=True)
     plain = predict_probs(model.learn, test_images, progress=False)
     assert np.allclose(got.probs, want.probs.numpy(), atol=1e-5) and not np.allclose(got.probs, plain.probs.numpy())
-    for path, backend in ((trained_cnn.paths["safe"], "auto"), (trained_cnn.paths["pkl"], "torch")):
+    onnx = tmp_path / "m.onnx"
+    infer.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
+    for path, backend in ((trained_cnn.paths["safe"], "auto"), (trained_cnn.paths["pkl"], "torch"), (onnx, "auto")):
         with pytest.raises(ShopeeError, match="--tta runs the fastai learner"):
             load_predictor(path, backend=backend, tta=True)
+    with pytest.raises(ShopeeError, match="runs fp32"):
+        load_predictor(trained_cnn.paths["pkl"], precision="bf16", tta=True)
