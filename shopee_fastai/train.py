@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -268,7 +269,10 @@ def distributed(learn):
     with learn.distrib_ctx(sync_bn=False, cpu=not torch.cuda.is_available()):  # gloo on CPU-only machines
         yield
     total = sum(float(p.detach().double().sum()) for p in learn.model.parameters())
-    print(f"rank {rank}/{n}: weights checksum {total:.10e}")  # equal on every rank when gradients were synchronised
+    # Equal on every rank when gradients were synchronised. The ranks share one stdout: flush what is buffered first,
+    # so that this line goes out in one write of its own (atomic on a pipe) and is never cut by the other rank's output.
+    sys.stdout.flush()
+    print(f"rank {rank}/{n}: weights checksum {total:.10e}", flush=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 
