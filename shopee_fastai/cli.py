@@ -67,7 +67,7 @@ ThresholdOpt = typer.Option(0.85, help="Cosine similarity from which two photos 
 SeedOpt = typer.Option(42, help="Seed for the split and initialisation.")
 SizeOpt = typer.Option(224, help="Image side in pixels.")
 BsOpt = typer.Option(32, help="Batch size.")
-AugOpt = typer.Option("fastai", help="Batch augmentation: fastai | study | none.")
+AugOpt = typer.Option("fastai", help="Batch augmentation: fastai | strong | study | none.")
 WorkersOpt = typer.Option(None, help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).")
 ModelsDirOpt = typer.Option(Path("models"), help="Where the exported model and its files go.")
 NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).")
@@ -87,6 +87,7 @@ def train(
     label_smoothing: float = typer.Option(0.1, help="Label smoothing of the head phase (--recipe features)."),
     top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head on cached maps (--recipe features; default {TOP_STAGES} for EfficientNet-style bodies, else 0: head only)."),
     body_lr: float = typer.Option(BODY_LR, help="Learning rate of those stages."),
+    mixup: float = typer.Option(0.0, help="Mixup of the head phase's cached inputs: Beta(a, a) mixing weight (0: off)."),
     head_views: Optional[int] = typer.Option(None, help=f"Cached views of each training image in the head phase: 1 itself, 2 and its mirror, more add random passes through the training augmentations (--aug; with none, only random crops) (default {HEAD_VIEWS[True]} when body stages train, else {HEAD_VIEWS[False]})."),
     checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
@@ -105,7 +106,7 @@ def train(
                         aug, workers,
                         epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
                         models_dir=models_dir, recipe=recipe, head_epochs=head_epochs, label_smoothing=label_smoothing,
-                        top_stages=top_stages, body_lr=body_lr, head_views=head_views,
+                        top_stages=top_stages, body_lr=body_lr, head_views=head_views, mixup=mixup,
                         checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best,
                         precision=precision)
     card = run(cfg)

@@ -25,7 +25,10 @@ DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 DEFAULT_TOP_GROUPS = 21
 MIN_TRAIN_IMAGES = 2  # below this many readable training images there is nothing to learn from
 SAMPLE_DIR = Path(__file__).parent / "sample"
-AUGMENTATIONS = ("fastai", "study", "none")
+AUGMENTATIONS = ("fastai", "strong", "study", "none")
+# "strong": wider zoom, rotation and warp, stronger lighting, plus saturation and hue, for photos from other occasions
+STRONG_AUG = {"max_rotate": 15.0, "max_zoom": 1.3, "max_warp": 0.3, "max_lighting": 0.4, "p_lighting": 0.9}
+STRONG_COLOUR = {"saturation": 0.3, "hue": 0.05}
 
 
 def images_dir(data: Path, csv_name: str = "train.csv") -> Path:
@@ -198,13 +201,16 @@ class LoaderConfig:
 
 
 def batch_augmentations(aug: str) -> list:
-    """The batch transforms for `--aug`: fastai's `aug_transforms`, the study's flips and grayscale, or none."""
-    from fastai.vision.augment import aug_transforms
+    """The batch transforms for `--aug`: fastai's `aug_transforms` (default or stronger), the study's flips and
+    grayscale, or none."""
+    from fastai.vision.augment import Hue, Saturation, aug_transforms
 
     from .transforms import StudyAugment
 
     if aug == "fastai":
         return aug_transforms()
+    if aug == "strong":
+        return aug_transforms(**STRONG_AUG, xtra_tfms=[Saturation(STRONG_COLOUR["saturation"]), Hue(STRONG_COLOUR["hue"])])
     if aug == "study":
         return [StudyAugment()]
     if aug == "none":

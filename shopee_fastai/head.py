@@ -146,11 +146,13 @@ def _train_mode(split: Split) -> None:
 
 
 def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, smoothing: float = LABEL_SMOOTHING,
-             top_stages: int = 0, body_lr: float = BODY_LR, views: int = HEAD_VIEWS[False]) -> list[dict[str, Any]]:
+             top_stages: int = 0, body_lr: float = BODY_LR, views: int = HEAD_VIEWS[False],
+             mixup: float = 0.0) -> list[dict[str, Any]]:
     """One-cycle AdamW with label smoothing on the trained part, over cached frozen outputs; per-epoch history.
 
     `views` per training image are cached: 1 the image, 2 and its mirror, more add random augmentations.
-    An epoch is one pass over all of them.
+    An epoch is one pass over all of them. `mixup` > 0 mixes each batch's inputs and targets with a shuffled
+    copy of itself, weight drawn from Beta(mixup, mixup).
     """
     import torch
     from torch.nn import functional as F
@@ -200,7 +202,15 @@ def fit_head(learn, epochs: int, lr: float, wd: float = 0.01, seed: int = 42, sm
         total = 0.0
         for s in progress_bar(range(steps), parent=bar):
             idx = order[s * HEAD_BS : (s + 1) * HEAD_BS]
-            loss = F.cross_entropy(split.trained(batch(x_train[idx])), y_train[idx].to(device), label_smoothing=smoothing)
+            xb, yb = batch(x_train[idx]), y_train[idx].to(device)
+            if mixup > 0:
+                lam = float(torch.distributions.Beta(mixup, mixup).sample())
+                perm = torch.randperm(len(idx), device=device)
+                out = split.trained(lam * xb + (1 - lam) * xb[perm])
+                loss = lam * F.cross_entropy(out, yb, label_smoothing=smoothing) + \
+                    (1 - lam) * F.cross_entropy(out, yb[perm], label_smoothing=smoothing)
+            else:
+                loss = F.cross_entropy(split.trained(xb), yb, label_smoothing=smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()

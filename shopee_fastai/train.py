@@ -62,6 +62,7 @@ class TrainConfig:
     top_stages: int | None = None  # last body stages trained with the head on cached maps (None: head.TOP_STAGES where the body allows)
     body_lr: float = BODY_LR  # their learning rate
     head_views: int | None = None  # cached views of each training image in the head phase (None: head.HEAD_VIEWS)
+    mixup: float = 0.0  # Beta(a, a) mixup of the head phase's cached inputs (0: off)
     checkpoint_every: int = 0  # save model + optimizer every N epochs of a fastai phase (0: never)
     early_stop: int = 0  # stop a fastai phase after N epochs without a lower valid loss (0: never)
     keep_best: bool = False  # end each fastai phase with the weights of its lowest valid loss
@@ -96,6 +97,8 @@ class TrainConfig:
             raise ShopeeError(f"--split {self.split!r}: choose one of {', '.join(SPLIT_MODES)}")
         if self.aug not in D.AUGMENTATIONS:
             raise ShopeeError(f"--aug {self.aug!r}: choose one of {', '.join(D.AUGMENTATIONS)}")
+        if self.mixup < 0:
+            raise ShopeeError(f"--mixup {self.mixup}: must be 0 (off) or positive")
         if not 0 <= self.label_smoothing < 1:
             raise ShopeeError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         for opt, value, low in (("--size", self.size, 8), ("--bs", self.bs, 1), ("--epochs", self.n_epochs, 0),
@@ -309,7 +312,7 @@ def _run_phases(learn, cfg: TrainConfig, phases, names: list[str], resumed, hist
             from .head import fit_head
 
             history += fit_head(learn, n, lr, cfg.wd or HEAD_WD, cfg.seed, cfg.label_smoothing, cfg.top_stages, cfg.body_lr,
-                                cfg.head_views)
+                                cfg.head_views, cfg.mixup)
         else:
             cbs = [Checkpoint(cfg.models_dir, cfg.model_name, phase, cfg.checkpoint_every, list(history), start_epoch)] \
                 if cfg.checkpoint_every else []

@@ -111,3 +111,18 @@ def test_dataloaders_normalise_with_given_stats(synthetic):
     assert tuple(x.shape) == (4, 3, 16, 16)
     assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 + 1e-6 and x.min() < -0.2  # (v - 0.5) / 0.5 of [0, 1] pixels
     assert len(dls.valid_ds) == 9
+
+
+@pytest.mark.parametrize("aug, colour", [("fastai", False), ("strong", True)])
+def test_augmentations_change_training_batches_only(aug, colour):
+    import torch
+    from fastai.vision.augment import Hue, Saturation
+    from fastai.vision.core import TensorImage
+    from fasttransform import Pipeline
+
+    tfms = D.batch_augmentations(aug)
+    assert any(isinstance(t, (Hue, Saturation)) for t in tfms) == colour
+    torch.manual_seed(0)
+    x = TensorImage(torch.rand(16, 3, 32, 32))
+    assert not torch.allclose(Pipeline(tfms, split_idx=0)(x.clone()), x)
+    assert torch.allclose(Pipeline(tfms, split_idx=1)(x.clone()), x, atol=1e-5)  # lighting's logit round trip

@@ -10,12 +10,14 @@ from shopee_fastai.train import TrainConfig, export, fit_learner, setup
 from .conftest import COLOURS, SIZE
 
 
-def test_head_on_cached_features_leaves_the_body_untouched_and_learns(synthetic, tmp_path):
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_head_on_cached_features_leaves_the_body_untouched_and_learns(synthetic, tmp_path, mixup):
     weights = tmp_path / "w.safetensors"
     source = timm.create_model("test_resnet").state_dict()
     save_file(source, str(weights))
     cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, recipe="features",
-                      head_epochs=80, lr=1e-2, epochs=0, size=SIZE, workers=0, models_dir=tmp_path, name="feat")
+                      head_epochs=80, lr=1e-2, epochs=0, size=SIZE, workers=0, models_dir=tmp_path, name="feat",
+                      mixup=mixup)
     trained = fit_learner(cfg)
     history = trained.card["history"]
     assert [h["phase"] for h in history] == ["head"] * 80

@@ -93,6 +93,7 @@ def test_lr_find_prints_suggestions_and_writes_png(synthetic, tmp_path):
     (dict(arch="cnn", pretrained=True), "no pretrained weights"),
     (dict(size=4), "--size"),
     (dict(label_smoothing=1.0), "--label-smoothing"),
+    (dict(mixup=-1.0), "--mixup"),
 ])
 def test_bad_options_fail_before_any_work(synthetic, tmp_path, change, message):
     cfg = TrainConfig(data=synthetic, split="random", models_dir=tmp_path, **change)
