@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .errors import ShopeeError
-from .head import BODY_LR, HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES
+from .head import BODY_LR, HEAD_EPOCHS, HEAD_VIEWS, LABEL_SMOOTHING, TOP_STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sort product photos into their label group with fastai + timm (Kaggle Shopee layout).")
@@ -84,7 +84,7 @@ def train(
     opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
     recipe: str = typer.Option("features", help="features: head on cached frozen-body features, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen."),
     head_epochs: Optional[int] = typer.Option(None, help=f"Epochs of the head phase (--recipe features; default {HEAD_EPOCHS[False]}, or {HEAD_EPOCHS[True]} when body stages train with it)."),
-    label_smoothing: float = typer.Option(0.1, help="Label smoothing of the head phase (--recipe features)."),
+    label_smoothing: float = typer.Option(LABEL_SMOOTHING, help="Label smoothing of the head phase (--recipe features)."),
     top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head on cached maps (--recipe features; default {TOP_STAGES} for EfficientNet-style bodies, else 0: head only)."),
     body_lr: float = typer.Option(BODY_LR, help="Learning rate of those stages."),
     mixup: float = typer.Option(0.0, help="Mixup of the head phase's cached inputs: Beta(a, a) mixing weight (0: off)."),
