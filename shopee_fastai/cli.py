@@ -1,4 +1,7 @@
-"""The `shopee-fastai` command: a thin typer layer over the library. Heavy imports happen inside commands."""
+"""The `shopee-fastai` command: parses options and prints results; the work happens in the library.
+
+Defaults and choices come from config.py. Heavy imports (torch, fastai) happen inside commands.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,14 @@ from typing import Callable, List, Optional
 
 import typer
 
+from . import config as C
+from .config import Aug, Backend, Optimizer, Precision, Recipe, Split
 from .errors import ShopeeError
-from .head import BODY_LR, HEAD_EPOCHS, HEAD_VIEWS, LABEL_SMOOTHING, TOP_STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Sort product photos into their label group with fastai + timm (Kaggle Shopee layout).")
+                  help="Sort product photos into their label group and match listings, with fastai + timm (Kaggle Shopee layout).")
 
-DataOpt = typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).")
-ModelOpt = typer.Option(..., "--model", help="An exported learner, models/<name>.pkl.")
+DATA, MODEL, RECIPE, SCHEDULE, RUN = "Data", "Model", "Recipe", "Schedule", "Run"
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -46,142 +49,122 @@ def command(fn: Callable) -> Callable:
     return app.command(fn.__name__.replace("_", "-"))(wrapper)
 
 
-def _train_config(data: Path, arch: str, pretrained: bool, weights: Optional[Path], top_groups: int,
-                  holdout: Optional[str], split: str, dup_threshold: float, seed: int, size: int, bs: int, aug: str,
-                  workers: Optional[int], **extra):
-    from .train import TrainConfig
+# Options that several commands share, declared once.
+DataOpt = typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).", rich_help_panel=DATA)
+TopOpt = typer.Option(C.TOP_GROUPS, help="Keep the N largest label groups (0 keeps all).", rich_help_panel=DATA)
+HoldoutOpt = typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)
+SplitOpt = typer.Option(Split.leak_free, help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)
+DupOpt = typer.Option(C.DUP_THRESHOLD, help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)
+SeedOpt = typer.Option(C.SEED, help="Seed for the split and initialisation.", rich_help_panel=DATA)
+SizeOpt = typer.Option(C.SIZE, help="Image side in pixels.", rich_help_panel=DATA)
+BsOpt = typer.Option(C.BS, help="Batch size.", rich_help_panel=DATA)
+AugOpt = typer.Option(Aug.fastai, help="Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.", rich_help_panel=DATA)
+WorkersOpt = typer.Option(None, help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).", rich_help_panel=DATA)
+ArchOpt = typer.Option(C.DEFAULT_ARCH, help="'cnn' (the study's hand-written CNN) or any timm model name.", rich_help_panel=MODEL)
+PretrainedOpt = typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)
+WeightsOpt = typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)
+OptOpt = typer.Option(Optimizer.adam, help="Optimizer.", rich_help_panel=SCHEDULE)
+WdOpt = typer.Option(None, help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)
+ModelsDirOpt = typer.Option(C.MODELS_DIR, help="Where the exported model and its files go.", rich_help_panel=RUN)
+NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).", rich_help_panel=RUN)
+PrecisionOpt = typer.Option(Precision.auto, help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)
+CsvOpt = typer.Option("train.csv", help="The CSV inside --data (test.csv for Kaggle's test set).")
 
-    return TrainConfig(data=data, arch=arch, pretrained=pretrained, weights=weights, top_groups=top_groups,
-                       holdout=holdout, split=split, dup_threshold=dup_threshold, seed=seed, size=size, bs=bs,
-                       aug=aug, workers=workers, **extra)
 
+def _report_card(card, files) -> None:
+    typer.echo(f"weights: {card.weights}")
+    if card.leaks:
+        from .data.neardup import LeakReport
 
-# Options shared by train and lr-find, declared once.
-ArchOpt = typer.Option("efficientnet_b0", help="'cnn' (the study's hand-written CNN) or any timm model name.")
-PretrainedOpt = typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).")
-WeightsOpt = typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.")
-TopOpt = typer.Option(21, help="Keep the N largest label groups (0 keeps all).")
-HoldoutOpt = typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').")
-SplitOpt = typer.Option("leak-free", help="leak-free: near-duplicate clusters stay in one split; random: the study's split.")
-ThresholdOpt = typer.Option(0.85, help="Cosine similarity from which two photos of a group count as near-duplicates.")
-SeedOpt = typer.Option(42, help="Seed for the split and initialisation.")
-SizeOpt = typer.Option(224, help="Image side in pixels.")
-BsOpt = typer.Option(32, help="Batch size.")
-AugOpt = typer.Option("fastai", help="Batch augmentation: fastai | strong | study | none.")
-WorkersOpt = typer.Option(None, help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).")
-ModelsDirOpt = typer.Option(Path("models"), help="Where the exported model and its files go.")
-NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).")
-PrecisionOpt = typer.Option("auto", help="auto (mixed bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA only).")
+        typer.echo(f"split: leak-free; {LeakReport(**card.leaks).line()}")
+    typer.echo(f"valid accuracy {card.valid_accuracy}  test accuracy {card.test_accuracy}  "
+               f"({card.split['test']} test images, {card.wall_time_s['total']} s)")
+    typer.echo(f"exported {files.pkl} (card {files.card}, split {files.split})")
 
 
 @command
 def train(
-    data: Path = DataOpt, arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
-    epochs: Optional[int] = typer.Option(None, help="Epochs; unfrozen epochs when pretrained (default 5; 0 after --recipe features)."),
-    freeze_epochs: int = typer.Option(1, help="Epochs with the pretrained body frozen first."),
-    lr: Optional[float] = typer.Option(None, help="Base learning rate (default 2e-3 Adam, 1e-2 SGD)."),
-    wd: Optional[float] = typer.Option(None, help="Weight decay (default: fastai's 0.01)."),
-    opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
-    recipe: str = typer.Option("features", help="features: head on cached frozen-body features, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen."),
-    head_epochs: Optional[int] = typer.Option(None, help=f"Epochs of the head phase (--recipe features; default {HEAD_EPOCHS[False]}, or {HEAD_EPOCHS[True]} when body stages train with it)."),
-    label_smoothing: float = typer.Option(LABEL_SMOOTHING, help="Label smoothing of the head phase (--recipe features)."),
-    top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head on cached maps (--recipe features; default {TOP_STAGES} for EfficientNet-style bodies, else 0: head only)."),
-    body_lr: float = typer.Option(BODY_LR, help="Learning rate of those stages."),
-    mixup: float = typer.Option(0.0, help="Mixup of the head phase's cached inputs: Beta(a, a) mixing weight (0: off)."),
-    head_views: Optional[int] = typer.Option(None, help=f"Cached views of each training image in the head phase: 1 itself, 2 and its mirror, more add random passes through the training augmentations (--aug; with none, only random crops) (default {HEAD_VIEWS[True]} when body stages train, else {HEAD_VIEWS[False]})."),
-    checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs (0: never)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options."),
-    early_stop: int = typer.Option(0, help="Stop after N epochs without a lower valid loss (0: never)."),
-    keep_best: bool = typer.Option(False, "--keep-best", help="Keep the epoch with the lowest valid loss."),
-    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
-    dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
-    bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
-    models_dir: Path = ModelsDirOpt, precision: str = PrecisionOpt,
+    data: Path = DataOpt, top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: Split = SplitOpt,
+    dup_threshold: float = DupOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt, aug: Aug = AugOpt,
+    workers: Optional[int] = WorkersOpt,
+    arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
+    recipe: Recipe = typer.Option(Recipe.features, help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE),
+    head_epochs: Optional[int] = typer.Option(None, help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}).", rich_help_panel=RECIPE),
+    top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, else 0: head only).", rich_help_panel=RECIPE),
+    head_views: Optional[int] = typer.Option(None, help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}).", rich_help_panel=RECIPE),
+    body_lr: float = typer.Option(C.BODY_LR, help="Learning rate of those body stages.", rich_help_panel=RECIPE),
+    label_smoothing: float = typer.Option(C.LABEL_SMOOTHING, help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE),
+    mixup: float = typer.Option(0.0, help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE),
+    freeze_epochs: int = typer.Option(1, help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE),
+    lr: Optional[float] = typer.Option(None, help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE),
+    wd: Optional[float] = WdOpt, opt: Optimizer = OptOpt,
+    name: Optional[str] = NameOpt, models_dir: Path = ModelsDirOpt,
+    checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN),
+    early_stop: int = typer.Option(0, help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN),
+    keep_best: bool = typer.Option(False, "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN),
+    precision: Precision = PrecisionOpt,
 ) -> None:
     """Fine-tune (or train from scratch) and export models/<name>.pkl with its split and model card."""
-    from .train import model_paths, world
-    from .train import train as run
+    options = dict(locals())
+    from .artifacts import ModelFiles
+    from .device import world
+    from .training import train as run
 
-    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
-                        aug, workers,
-                        epochs=epochs, freeze_epochs=freeze_epochs, lr=lr, wd=wd, opt=opt, name=name,
-                        models_dir=models_dir, recipe=recipe, head_epochs=head_epochs, label_smoothing=label_smoothing,
-                        top_stages=top_stages, body_lr=body_lr, head_views=head_views, mixup=mixup,
-                        checkpoint_every=checkpoint_every, resume=resume, early_stop=early_stop, keep_best=keep_best,
-                        precision=precision)
+    cfg = C.TrainConfig(**options)
     card = run(cfg)
     if world()[0]:
         return  # data-parallel: rank 0 reports and exports
-    paths = model_paths(models_dir, card["name"])
-    typer.echo(f"weights: {card['weights']}")
-    if card["leaks"]:
-        from .neardup import LeakReport
-
-        typer.echo(f"split: leak-free; {LeakReport(**card['leaks']).line()}")
-    typer.echo(f"valid accuracy {card['valid_accuracy']}  test accuracy {card['test_accuracy']}  "
-               f"({card['split']['test']} test images, {card['wall_time_s']['total']} s)")
-    typer.echo(f"exported {paths['pkl']} (card {paths['card']}, split {paths['split']})")
+    _report_card(card, ModelFiles.of(models_dir, card.name))
 
 
 @command
 def lr_find(
-    data: Path = DataOpt, arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
-    opt: str = typer.Option("adam", help="Optimizer: adam | sgd."),
-    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
-    dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt,
-    bs: int = BsOpt, aug: str = AugOpt, workers: Optional[int] = WorkersOpt, name: Optional[str] = NameOpt,
-    models_dir: Path = ModelsDirOpt, precision: str = PrecisionOpt,
-    plot: Optional[Path] = typer.Option(None, help="PNG to write (default models/<name>.lr_find.png)."),
+    data: Path = DataOpt, top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: Split = SplitOpt,
+    dup_threshold: float = DupOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt, aug: Aug = AugOpt,
+    workers: Optional[int] = WorkersOpt,
+    arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
+    wd: Optional[float] = WdOpt, opt: Optimizer = OptOpt,
+    name: Optional[str] = NameOpt, models_dir: Path = ModelsDirOpt, precision: Precision = PrecisionOpt,
+    plot: Optional[Path] = typer.Option(None, help="PNG to write (default models/<name>.lr_find.png).", rich_help_panel=RUN),
 ) -> None:
-    """Run fastai's learning-rate range test; print the valley/slide/minimum/steep suggestions and save the plot."""
-    from .train import lr_find as run
-    from .train import model_paths
+    """fastai's learning-rate range test on the phase train starts with; prints valley/slide/minimum/steep, saves the plot."""
+    options = {k: v for k, v in locals().items() if k != "plot"}
+    from .artifacts import ModelFiles
+    from .training import lr_find as run
 
-    cfg = _train_config(data, arch, pretrained, weights, top_groups, holdout, split, dup_threshold, seed, size, bs,
-                        aug, workers,
-                        opt=opt, name=name, models_dir=models_dir, precision=precision)
-    found = run(cfg, plot)
-    for k, v in found.items():
+    cfg = C.TrainConfig(**options)
+    for k, v in run(cfg, plot).items():
         typer.echo(f"{k:8s} {v:.2e}")
-    typer.echo(f"plot: {plot or model_paths(models_dir, cfg.model_name)['lr_find']}")
+    typer.echo(f"plot: {plot or ModelFiles.of(models_dir, cfg.model_name).lr_find}")
 
 
 @command
 def compare(
-    data: Path = DataOpt, seeds: int = typer.Option(1, help="Repeat over this many seeds; mean ± sd."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per model (default 5; unfrozen epochs of the pretrained row, 0 after --recipe features)."),
-    freeze_epochs: int = typer.Option(1, help="Frozen epochs for the pretrained model."),
-    recipe: str = typer.Option("features", help="Recipe of the pretrained row: features | fine-tune."),
-    weights: Optional[Path] = typer.Option(None, help="Local EfficientNet-B0 weights for the pretrained row."),
-    top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: str = SplitOpt,
-    dup_threshold: float = ThresholdOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt,
-    aug: str = AugOpt, workers: Optional[int] = WorkersOpt, models_dir: Path = ModelsDirOpt,
-    out: Path = typer.Option(Path("reports/compare"), help="Folder for table.md, runs.csv and accuracy.png."),
+    data: Path = DataOpt, top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: Split = SplitOpt,
+    dup_threshold: float = DupOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt, aug: Aug = AugOpt,
+    workers: Optional[int] = WorkersOpt,
+    weights: Optional[Path] = typer.Option(None, help="Local EfficientNet-B0 weights for the pretrained row.", rich_help_panel=MODEL),
+    recipe: Recipe = typer.Option(Recipe.features, help="Recipe of the pretrained row.", rich_help_panel=RECIPE),
+    epochs: Optional[int] = typer.Option(None, help=f"Epochs per model (default {C.EPOCHS}; unfrozen epochs of the pretrained row, 0 after --recipe features).", rich_help_panel=SCHEDULE),
+    freeze_epochs: int = typer.Option(1, help="Frozen epochs for the pretrained row (--recipe fine-tune).", rich_help_panel=SCHEDULE),
+    seeds: int = typer.Option(1, help="Repeat over this many seeds; mean ± sd.", rich_help_panel=RUN),
+    models_dir: Path = ModelsDirOpt,
+    out: Path = typer.Option(Path("reports/compare"), help="Folder for table.md, runs.csv and accuracy.png.", rich_help_panel=RUN),
 ) -> None:
     """Hand CNN (with/without augmentation), EfficientNet-B0 from scratch and pretrained, on one split; table + chart."""
-    from .compare import compare as run
+    options = {k: v for k, v in locals().items() if k not in ("seeds", "out")}
+    from .training.compare import compare as run
 
-    cfg = _train_config(data, "efficientnet_b0", False, weights, top_groups, holdout, split, dup_threshold, seed, size,
-                        bs, aug, workers, epochs=epochs, freeze_epochs=freeze_epochs, models_dir=models_dir,
-                        recipe=recipe)
+    cfg = C.TrainConfig(**options)
     table = run(cfg, seeds, out)
     for r in table.itertuples():
         typer.echo(f"{r.model:36s} test {r.test:15s} valid {r.valid:15s} {r.params / 1e6:5.2f} M params  {r.wall_s:6.0f} s")
     typer.echo(f"table: {out / 'table.md'}  chart: {out / 'accuracy.png'}")
 
 
-@command
-def evaluate(
-    model: Path = ModelOpt,
-    data: Optional[Path] = typer.Option(None, "--data", help="Score every row of this Kaggle-layout folder instead of the saved test split (labels optional)."),
-    csv: str = typer.Option("train.csv", help="The CSV inside --data."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation."),
-    out: Optional[Path] = typer.Option(None, help="Report folder (default reports/<model>-test or reports/<model>-<data>)."),
-) -> None:
-    """Top-1/top-5 accuracy, per-class precision/recall/F1, confusion and top-losses PNGs, predictions CSV."""
-    from .evaluate import evaluate as run
-
-    r = run(model, data, csv, tta, out)
+def _print_evaluation(r: dict, data: Optional[Path], tta: bool) -> None:
     if r.get("valid_accuracy") is not None:
         typer.echo(f"valid accuracy {r['valid_accuracy']}")
     if "top1" in r:
@@ -195,21 +178,22 @@ def evaluate(
 
 
 @command
-def predict(
-    images: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
-    model: Path = typer.Option(..., "--model", help="models/<name>.pkl (fastai learner), .safetensors (weights only, no pickle) or .onnx (from export-onnx)."),
-    top_k: int = typer.Option(5, "--top-k", help="How many label groups to show per image."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
-    bs: int = typer.Option(32, help="Batch size."),
-    backend: str = typer.Option("auto", help="auto (onnx where onnxruntime is installed, else torch) | onnx | torch | fastai (the learner's get_preds)."),
-    precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (CPU: only with native bf16) | fp16 (CUDA)."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (fastai's, 5 passes: slower, usually more accurate; .pkl only)."),
+def evaluate(
+    model: Path = typer.Option(..., "--model", help="An exported learner, models/<name>.pkl."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Score every row of this Kaggle-layout folder instead of the saved test split (labels optional)."),
+    csv: str = typer.Option("train.csv", help="The CSV inside --data."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default reports/<model>-test or reports/<model>-<data>)."),
 ) -> None:
-    """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
-    from .predict import collect_images, load_predictor, top_k as best
+    """Top-1/top-5 accuracy, per-class precision/recall/F1, confusion and top-losses PNGs, predictions CSV."""
+    from .evaluation import evaluate as run
 
-    files = collect_images(images)
-    predictor = load_predictor(model, backend, precision, tta)
+    _print_evaluation(run(model, data, csv, tta, out), data, tta)
+
+
+def _print_predictions(predictor, files: list[Path], top_k: int, as_json: bool, bs: int) -> None:
+    from .inference.predictions import top_k as best
+
     preds = predictor.probs(files, bs=bs, progress=not as_json)
     for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k)):
         if as_json:
@@ -223,21 +207,34 @@ def predict(
 
 
 @command
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders of images."),
+    model: Path = typer.Option(..., "--model", help="models/<name>.pkl (fastai learner), .safetensors (weights only, no pickle) or .onnx (from export-onnx)."),
+    top_k: int = typer.Option(C.TOP_K, "--top-k", help="How many label groups to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
+    bs: int = typer.Option(C.PREDICT_BS, help="Batch size."),
+    backend: Backend = typer.Option(Backend.auto, help="auto: onnx on CPU where onnxruntime is installed, torch on a GPU; fastai: the learner's get_preds."),
+    precision: Precision = typer.Option(Precision.auto, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU; bf16 on CPU needs native bf16."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (fastai's, 5 passes: slower, usually more accurate; .pkl only)."),
+) -> None:
+    """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
+    from .data.images import collect_images
+    from .inference.predictor import load_predictor
+
+    files = collect_images(images)
+    _print_predictions(load_predictor(model, backend, precision, tta), files, top_k, as_json, bs)
+
+
+@command
 def export_onnx(
     model: Path = typer.Option(..., "--model", help="models/<name>.pkl or .safetensors."),
     out: Optional[Path] = typer.Option(None, help="Where to write (default: the model's path with .onnx)."),
 ) -> None:
     """Write the model as ONNX (uint8 NHWC images in, probabilities out, config in its metadata) for onnxruntime."""
-    from .infer import export_onnx as run
-    from .predict import load_model
-    from .safe import SUFFIX, learner_config, load_safe
+    from .artifacts import ModelFiles, load_network
+    from .inference.backends import export_onnx as run
 
-    if Path(model).suffix == SUFFIX:
-        net, cfg = load_safe(model)
-    else:
-        learn = load_model(model, cpu=True)
-        net, cfg = learn.model, learner_config(learn)
-    dest = run(net, cfg, out or Path(model).with_suffix(".onnx"))
+    dest = run(*load_network(model, cpu=True), out or ModelFiles.beside(model).onnx)
     typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB); predict with `shopee-fastai predict --model {dest} IMAGES`")
 
 
@@ -260,12 +257,11 @@ def prepare(
     top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every image in the CSV)."),
 ) -> None:
     """Pre-resize every image once (shorter side to --size) into the cache that train, lr-find and predict use."""
-    from .cache import images_root
-    from .cache import prepare as run
-    from .data import PATH, clean, read_table
+    from .data.cache import images_root
+    from .data.cache import prepare as run
+    from .data.table import PATH, clean, read_table
 
-    table = clean(read_table(data), top_groups)
-    result = run(list(table[PATH]), size)
+    result = run(list(clean(read_table(data), top_groups)[PATH]), size)
     typer.echo(f"{result.written} written, {result.reused} already prepared, {len(result.failed)} unreadable; "
                f"cache {images_root() / f's{size}'}")
     for line in list(result.failed.values())[:20]:
@@ -274,38 +270,38 @@ def prepare(
 
 @command
 def split(
-    data: Path = DataOpt, top_groups: int = TopOpt, dup_threshold: float = ThresholdOpt, seed: int = SeedOpt,
+    data: Path = DataOpt, top_groups: int = TopOpt, dup_threshold: float = DupOpt, seed: int = SeedOpt,
     holdout: Optional[str] = HoldoutOpt,
     out: Optional[Path] = typer.Option(None, help="Write the leak-free split (posting_id,split) to this CSV."),
 ) -> None:
     """Find near-duplicate clusters and report what a plain random split would leak; optionally save the leak-free split."""
-    from . import data as D
-    from .neardup import DEFAULT_EMBED_ARCH, clusters, embeddings_for, leak_report, leaked
+    from .data import split as S
+    from .data import table as D
+    from .data.neardup import clusters, leak_report, leaked
+    from .inference.embed import embeddings_for
 
-    table = D.clean(D.read_table(data), top_groups)
-    table = D.drop_unreadable(table)[0]
-    ids = clusters(table, embeddings_for(list(table[D.PATH]), DEFAULT_EMBED_ARCH), dup_threshold)
+    table = D.drop_unreadable(D.clean(D.read_table(data), top_groups))[0]
+    ids = clusters(table, embeddings_for(list(table[D.PATH])), dup_threshold)
     typer.echo(leak_report(table, ids, seed).line())
-    safe = D.make_split(table, seed, holdout=holdout, clusters=ids)
-    sizes = ", ".join(f"{n} {int((safe == n).sum())}" for n in D.SPLITS)
+    safe = S.make_split(table, seed, holdout=holdout, clusters=ids)
+    sizes = ", ".join(f"{n} {int((safe == n).sum())}" for n in S.SPLITS)
     typer.echo(f"leak-free split: {sizes}; test images beside a twin in training: {leaked(safe, table, ids)}")
     if out:
-        D.write_split(safe, out)
+        S.write_split(safe, out)
         typer.echo(f"written {out}")
 
 
 def _embeddings(table, model: Optional[Path], arch: str, weights: Optional[Path]):
-    from .data import PATH
-    from .embed import embed_paths, learner_embed
-    from .predict import load_model
+    from .artifacts import load_learner
+    from .data.table import PATH
+    from .inference.embed import embed_paths, learner_embed
 
     paths = list(table[PATH])
-    return learner_embed(load_model(model), paths) if model else embed_paths(paths, arch, weights)
+    return learner_embed(load_learner(model), paths) if model else embed_paths(paths, arch, weights)
 
 
 EmbedModelOpt = typer.Option(None, "--model", help="Embed with this trained learner's body (default: a pretrained backbone).")
-EmbedArchOpt = typer.Option("tf_efficientnet_lite0", help="Pretrained backbone when no --model is given.")
-CsvOpt = typer.Option("train.csv", help="The CSV inside --data (test.csv for Kaggle's test set).")
+EmbedArchOpt = typer.Option(C.OFFLINE_ARCH, help="Pretrained backbone when no --model is given.")
 
 
 @command
@@ -317,11 +313,10 @@ def embed(
     """L2-normalised image embeddings of every row of the CSV, from a trained learner or a pretrained backbone."""
     import numpy as np
 
-    from .data import read_table
+    from .data.table import read_table
     from .io import atomic_path
 
-    table = read_table(data, csv, labels=False)
-    emb = _embeddings(table, model, arch, weights)
+    emb = _embeddings(read_table(data, csv, labels=False), model, arch, weights)
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     typer.echo(f"{emb.shape[0]} embeddings of {emb.shape[1]} dims written to {out}")
@@ -332,21 +327,21 @@ def match(
     data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
     weights: Optional[Path] = WeightsOpt,
     embeddings: Optional[Path] = typer.Option(None, help="Use embeddings saved by `embed` instead of computing them."),
-    threshold: float = typer.Option(0.6, help="Cosine similarity from which two postings match."),
+    threshold: float = typer.Option(C.MATCH_THRESHOLD, help="Cosine similarity from which two postings match."),
     tune: bool = typer.Option(False, "--tune", help="Pick the threshold on half the label groups; report F1 on the rest."),
     min2: bool = typer.Option(False, "--min2", help="Keep the nearest neighbour when nothing else passes."),
     phash: bool = typer.Option(False, "--phash", help="Also match postings with identical image_phash."),
     titles: bool = typer.Option(False, "--titles", help="Also match title TF-IDF neighbours."),
-    title_threshold: float = typer.Option(0.75, help="Cosine similarity for title matches."),
+    title_threshold: float = typer.Option(C.TITLE_THRESHOLD, help="Cosine similarity for title matches."),
     k: int = typer.Option(50, help="Neighbours searched per posting (at most 50)."),
-    seed: int = SeedOpt,
+    seed: int = typer.Option(C.SEED, help="Seed for --tune's split of the label groups."),
     out: Path = typer.Option(Path("submission.csv"), help="posting_id,matches as the competition's submission."),
 ) -> None:
     """Match postings of the same product; write the submission file; print F1 when label_group is known."""
     import numpy as np
 
-    from .data import ID, read_table
-    from .match import match_table, write_submission
+    from .data.table import ID, read_table
+    from .matching import match_table, write_submission
 
     table = read_table(data, csv, labels=False)
     if embeddings:
@@ -365,21 +360,54 @@ def match(
     typer.echo(f"submission: {out}")
 
 
-@command
-def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to create.")) -> None:
-    """Copy the bundled sample (real grocery photos, MIT licence) to DEST, in Kaggle layout."""
-    from .data import SAMPLE_DIR
+def _copy_sample(dest: Path) -> bool:
+    """Copy the bundled sample to `dest`, all or nothing; False when it is already there."""
+    from .data.table import SAMPLE_DIR
 
     if (dest / "train.csv").is_file() and (dest / "train.csv").read_bytes() == (SAMPLE_DIR / "train.csv").read_bytes():
-        typer.echo(f"sample already in {dest}")
-        return
+        return False
     if dest.exists():
         raise ShopeeError(f"{dest}: already exists and is not the sample; choose a new folder")
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(SAMPLE_DIR, tmp, ignore=shutil.ignore_patterns("__pycache__"))
-    tmp.rename(dest)  # all or nothing
-    typer.echo(f"sample copied to {dest}: train with `shopee-fastai train --data {dest} --arch tf_efficientnet_lite0 --pretrained`")
+    tmp.rename(dest)
+    return True
+
+
+@command
+def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to create.")) -> None:
+    """Copy the bundled sample (real grocery photos, MIT licence) to DEST, in Kaggle layout."""
+    if not _copy_sample(dest):
+        typer.echo(f"sample already in {dest}")
+        return
+    typer.echo(f"sample copied to {dest}: train with `shopee-fastai train --data {dest} --arch {C.OFFLINE_ARCH} --pretrained`")
+
+
+@command
+def demo(
+    dest: Path = typer.Argument(Path("shopee-sample"), help="Folder for the sample (created if missing)."),
+    models_dir: Path = ModelsDirOpt,
+) -> None:
+    """The whole job on the bundled sample: copy it, train the default recipe offline, evaluate, predict one photo."""
+    from .artifacts import ModelFiles
+    from .data.table import IMAGE, read_table
+    from .evaluation import evaluate as run_evaluation
+    from .inference.predictor import load_predictor
+    from .training import train as run_training
+
+    typer.echo(f"1/4 sample: {dest} ({'copied' if _copy_sample(dest) else 'already there'})")
+    typer.echo(f"2/4 train: --arch {C.OFFLINE_ARCH} --pretrained (ImageNet weights installed with the package)")
+    card = run_training(C.TrainConfig(data=dest, arch=C.OFFLINE_ARCH, pretrained=True, models_dir=models_dir))
+    files = ModelFiles.of(models_dir, card.name)
+    _report_card(card, files)
+    typer.echo("3/4 evaluate on the held-out test split")
+    _print_evaluation(run_evaluation(files.pkl), None, False)
+    photo = dest / "train_images" / read_table(dest)[IMAGE].iloc[0]
+    typer.echo(f"4/4 predict {photo}")
+    _print_predictions(load_predictor(files.pkl), [photo], 3, False, C.PREDICT_BS)
+    typer.echo(f"done: model {files.pkl}, card {files.card}, curves {files.curves}, ONNX-ready weights {files.safetensors}; "
+               f"next: `shopee-fastai predict --model {files.pkl} PHOTO.jpg`")
 
 
 def main() -> None:

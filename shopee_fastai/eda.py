@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import data as D
+from .data import table as D
 from .errors import ShopeeError
 from .io import write_json, write_text
 from .plots import GRID_MAX, figure, image_grid

@@ -1,8 +1,9 @@
-"""Atomic writes: a crash or Ctrl-C leaves either the old file or the new one, never half of one."""
+"""Files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never half of one) and file identity."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -56,3 +57,9 @@ def write_text(dest: Path, text: str) -> None:
 
 def write_json(dest: Path, obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def file_key(src: Path) -> str:
+    """Identity of a file's current content for caches: absolute path, size, modification time."""
+    st = Path(src).stat()
+    return hashlib.sha1(f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]

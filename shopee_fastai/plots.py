@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .errors import ShopeeError
-from .images import load_rgb
+from .data.images import decode_all, load_rgb
 from .io import atomic_path
 
 GRID_MAX, GRID_COLS = 16, 4  # images per figure grid, and per grid row
 THUMB = 160  # thumbnail side in pixels: JPEGs are decoded at reduced scale down to this
 DPI = 110
-DECODE_THREADS = 8
 
 
 @contextlib.contextmanager
@@ -34,19 +31,15 @@ def figure(dest: Path, figsize: tuple[float, float]) -> Iterator[Any]:
         fig.savefig(tmp, format="png", dpi=DPI)
 
 
-def _thumbnail(path: str) -> Image.Image | None:
-    try:
-        im = load_rgb(path, draft_size=THUMB)
-    except ShopeeError:
-        return None
+def _thumbnail(path: str) -> Image.Image:
+    im = load_rgb(path, draft_size=THUMB)
     im.thumbnail((THUMB, THUMB))
     return im
 
 
 def image_grid(dest: Path, paths: Sequence[str], captions: Sequence[str], title: str) -> None:
     """Thumbnails of up to GRID_MAX images with captions; unreadable images are left out."""
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        thumbs = list(pool.map(_thumbnail, list(paths)[:GRID_MAX]))
+    thumbs = [im for im, _ in decode_all(list(paths)[:GRID_MAX], _thumbnail)]
     shown = [(t, c) for t, c in zip(thumbs, captions) if t is not None]
     cols = max(1, min(GRID_COLS, len(shown)))
     nrows = max(1, math.ceil(len(shown) / cols))

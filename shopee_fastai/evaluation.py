@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import data as D
+from .artifacts import ModelCard, load_learner
+from .config import TOP_K
+from .data import split as S
+from .data import table as D
 from .errors import ShopeeError
 
-TOP_K = 5
 MOST_CONFUSED = 20  # pairs listed in the report and drawn in confusion.png
 TOP_LOSSES = 16
 UNKNOWN = "(not a class of this model)"
@@ -34,14 +35,14 @@ def _targets(rows: pd.DataFrame, learn) -> np.ndarray:
 
 def _probs_for(learn, rows: pd.DataFrame, tta: bool = False, progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """[len(rows), n_classes] probabilities in row order; an unreadable image's row is all zeros (always wrong)."""
-    from .predict import predict_probs
+    from .inference.backends import predict_probs
 
     preds = predict_probs(learn, [Path(p) for p in rows[D.PATH]], tta=tta, progress=progress)
     out = np.zeros((len(rows), len(learn.dls.vocab)), np.float32)
     at = {str(p): i for i, p in enumerate(preds.paths)}
     for r, p in enumerate(rows[D.PATH]):
         if str(p) in at:
-            out[r] = preds.probs[at[str(p)]].numpy()
+            out[r] = preds.probs[at[str(p)]]
     return out, preds.failures
 
 
@@ -84,16 +85,6 @@ def most_confused(cm: np.ndarray, classes: Sequence[str], top: int = MOST_CONFUS
     return [p for p in pairs if p[2] > 0]
 
 
-def model_card(model: Path) -> dict[str, Any]:
-    card = Path(model).with_suffix(".json")
-    if not card.is_file():
-        raise ShopeeError(f"{card}: model card not found beside {model}; it is written by `shopee-fastai train`")
-    try:
-        return json.loads(card.read_text())
-    except json.JSONDecodeError as e:
-        raise ShopeeError(f"{card}: not valid JSON ({e.msg} at line {e.lineno}); retrain to rewrite it") from e
-
-
 def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metrics: dict | None, title: str) -> None:
     from .io import write_json, write_text
     from .plots import confusion_figure, image_grid
@@ -127,27 +118,25 @@ def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv",
 
     Labels are optional with `data`: without a `label_group` column only predictions are written.
     """
-    from .predict import load_model
-
-    card = model_card(model)
-    learn = load_model(model)
+    card = ModelCard.read(model)
+    learn = load_learner(model)
     result: dict[str, Any] = {"model": str(model), "tta": tta}
     if data is None:
-        split = D.read_split(Path(model).parent / card["split"]["file"])
-        table = D.read_table(Path(card["data"]))
-        rows = D.rows_in_split(table, split, D.TEST)
-        result["valid_accuracy"] = accuracy_on(learn, D.rows_in_split(table, split, D.VALID))
-        where = f"{card['name']}-test"
+        split = S.read_split(Path(model).parent / card.split["file"])
+        table = D.read_table(Path(card.data))
+        rows = S.rows_in_split(table, split, S.TEST)
+        result["valid_accuracy"] = accuracy_on(learn, S.rows_in_split(table, split, S.VALID))
+        where = f"{card.name}-test"
     else:
         rows = D.read_table(Path(data), csv_name, labels=False)
-        where = f"{card['name']}-{Path(data).name}"
+        where = f"{card.name}-{Path(data).name}"
     if rows.empty:
         raise ShopeeError(f"no images to evaluate on (empty test split of {model}); pass --data DIR")
     labelled = D.LABEL in rows.columns and rows[D.LABEL].notna().all()
     probs, failures = _probs_for(learn, rows, tta=tta, progress=progress)
     metrics = classification_metrics(probs, _targets(rows, learn), learn.dls.vocab) if labelled else None
     out = Path(out or Path("reports") / where)
-    _write_report(out, rows, probs, learn, metrics, card["name"])
+    _write_report(out, rows, probs, learn, metrics, card.name)
     result.update({"images": len(rows), "unreadable": len(failures), "report": str(out)})
     if metrics:
         result.update({k: v for k, v in metrics.items() if k not in ("per_class", "confusion")})

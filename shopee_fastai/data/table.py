@@ -1,0 +1,88 @@
+"""Kaggle-layout tables: read and check them, clean them as the study did, and drop rows whose photo cannot be read."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..config import TOP_GROUPS
+from ..errors import ShopeeError
+from .images import decode_all, load_rgb
+
+ID, IMAGE, PHASH, TITLE, LABEL = "posting_id", "image", "image_phash", "title", "label_group"
+KAGGLE_COLUMNS = (ID, IMAGE, PHASH, TITLE, LABEL)
+REQUIRED_COLUMNS = (ID, IMAGE)  # label_group too, where labels are needed
+PATH = "path"  # added to every table: the row's image file
+MIN_TRAIN_IMAGES = 2  # below this many readable training images there is nothing to learn from
+SAMPLE_DIR = Path(__file__).parents[1] / "sample"
+
+
+def images_dir(data: Path, csv_name: str = "train.csv") -> Path:
+    """`train.csv` pairs with `train_images/`, `test.csv` with `test_images/` (Kaggle's layout)."""
+    return Path(data) / f"{Path(csv_name).stem}_images"
+
+
+def read_table(data: Path, csv_name: str = "train.csv", labels: bool = True) -> pd.DataFrame:
+    """Read a Kaggle-layout CSV, checking what later steps rely on, and add each row's image path."""
+    data = Path(data)
+    if not data.is_dir():
+        raise ShopeeError(f"{data}: no such data folder; pass --data a folder holding {csv_name} and {images_dir(data, csv_name).name}/")
+    csv = data / csv_name
+    if not csv.is_file():
+        raise ShopeeError(f"{csv}: file not found; a Kaggle-layout folder holds {csv_name} beside {images_dir(data, csv_name).name}/")
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ShopeeError(f"{csv}: not a readable CSV ({str(e).splitlines()[0]}); it needs a header row with {','.join(KAGGLE_COLUMNS)}") from e
+    needed = REQUIRED_COLUMNS + ((LABEL,) if labels else ())
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ShopeeError(f"{csv}: missing column(s) {', '.join(missing)}; the header must include {','.join(needed)}")
+    if df.empty:
+        raise ShopeeError(f"{csv}: no rows; add at least one posting per label group")
+    for col in needed:
+        empty = df.index[df[col].isna()]
+        if len(empty):
+            raise ShopeeError(f"{csv}: row {empty[0] + 2} has an empty {col} ({len(empty)} such rows); fill or remove them")
+    dup = df[ID].duplicated(keep=False)
+    if dup.any():
+        rows = (df.index[dup][:2] + 2).tolist()
+        raise ShopeeError(f"{csv}: posting_id {df.loc[dup, ID].iloc[0]!r} is repeated (rows {rows[0]} and {rows[1]}); posting_ids must be unique")
+    df[PATH] = [str(images_dir(data, csv_name) / name) for name in df[IMAGE]]
+    return df
+
+
+def clean(df: pd.DataFrame, top_groups: int = TOP_GROUPS) -> pd.DataFrame:
+    """The study's cleaning: keep the `top_groups` largest label groups (0 keeps all), then drop reused image files."""
+    if top_groups:
+        counts = df[LABEL].value_counts()
+        order = sorted(counts.index, key=lambda g: (-counts[g], g))  # ties broken by name, so the choice is stable
+        df = df[df[LABEL].isin(order[:top_groups])]
+    return df.drop_duplicates(subset=IMAGE, keep="first").reset_index(drop=True)
+
+
+def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
+    """Decode every image (reduced-size JPEG decoding keeps this cheap) and return {path: reason} for those that fail."""
+    checks = decode_all(paths, partial(load_rgb, draft_size=64))
+    return {p: err for p, (_, err) in zip(paths, checks) if err is not None}
+
+
+def drop_unreadable(df: pd.DataFrame, report: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Skip images that cannot be decoded, warn once, and return (kept rows, skipped rows with reasons)."""
+    from ..io import write_text
+
+    bad = find_unreadable(df[PATH].tolist())
+    skipped = df[df[PATH].isin(bad)].assign(reason=lambda d: d[PATH].map(bad))[[ID, PATH, "reason"]]
+    if len(skipped):
+        where = ""
+        if report is not None:
+            write_text(report, skipped.to_csv(index=False))
+            where = f"; listed in {report}"
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped['reason'].iloc[0]}{where}", stacklevel=2)
+    return df[~df[PATH].isin(bad)].reset_index(drop=True), skipped
+
+

@@ -1,0 +1,83 @@
+"""The device at hand: which precision it runs, whether a GPU is there, and the data-parallel world.
+
+Precision `auto` is mixed precision on CUDA (bf16 where the GPU has it, else fp16 with loss scaling) and
+fp32 on CPU, where bf16 autocast is opt-in and needs native bf16 (docs/speed.md). The fastai callbacks
+that apply it to a learner live in training/callbacks.py. Nothing here imports torch at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+from .config import Precision
+from .errors import ShopeeError
+
+
+def gpu_present() -> bool:
+    """A usable CUDA GPU; looks for the driver's device node first, so CPU-only runs never pay for importing torch."""
+    if not Path("/dev/nvidiactl").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 matrix units (AVX512-BF16 / AMX): without them bf16 autocast is slower than fp32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, cuda: bool) -> Precision:
+    """What `precision` means on this device (`auto` resolved), or a one-line error."""
+    import torch
+
+    precision = Precision.parse(precision, "--precision")
+    if precision == Precision.auto:
+        return (Precision.bf16 if torch.cuda.is_bf16_supported() else Precision.fp16) if cuda else Precision.fp32
+    if not cuda and precision == Precision.fp16:
+        raise ShopeeError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
+    if not cuda and precision == Precision.bf16 and not cpu_has_bf16():
+        raise ShopeeError("--precision bf16: this CPU has no native bfloat16 (AVX512-BF16/AMX); use fp32")
+    return precision
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes) under `accelerate launch`/torchrun; (0, 1) otherwise."""
+    from fastai.torch_core import num_distrib, rank_distrib
+
+    return rank_distrib(), max(1, num_distrib())
+
+
+@contextlib.contextmanager
+def distributed(learn):
+    """Data-parallel training through fastai's Accelerate integration when launched on several processes."""
+    rank, n = world()
+    if n == 1:
+        yield
+        return
+    import fastai.distributed
+    import torch
+
+    def broadcast(self, t, src):  # fastai's moves this to CUDA, which gloo on a CPU-only machine cannot take
+        t = torch.LongTensor(t).to("cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
+        torch.distributed.broadcast(t, src)
+        return t.cpu().tolist()
+
+    fastai.distributed.DistributedDL._broadcast = broadcast
+
+    with learn.distrib_ctx(sync_bn=False, cpu=not torch.cuda.is_available()):  # gloo on CPU-only machines
+        yield
+    total = sum(float(p.detach().double().sum()) for p in learn.model.parameters())
+    # Equal on every rank when gradients were synchronised. Flush first so this line goes out in one write of
+    # its own (atomic on a pipe) and the other rank's output cannot cut it.
+    sys.stdout.flush()
+    print(f"rank {rank}/{n}: weights checksum {total:.10e}", flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

@@ -1,0 +1,63 @@
+"""Choose and load the predictor for a model file: `.pkl` learner, `.safetensors` weights or `.onnx` graph."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+from ..artifacts import ONNX, PKL, SAFETENSORS, load_learner, load_network, require_file
+from ..config import Backend, Precision
+from ..device import gpu_present
+from ..errors import ShopeeError
+from .predictions import Predictor
+
+
+def _onnx_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Precision.auto, tta: bool = False) -> Predictor:
+    """A predictor for `path`.
+
+    `auto` runs PyTorch with mixed precision on a CUDA GPU; on CPU, ONNX Runtime where it is installed
+    (the graph exported once per model file and cached, so later runs skip fastai and torch), else
+    PyTorch channels-last; `fastai` is the learner's own `get_preds`. An explicit backend that cannot
+    run is an error, never a silent switch. `tta` (fastai's test-time augmentation: the training
+    pipeline's augmentations, 5 passes) needs the `.pkl` learner and runs on the fastai backend.
+    """
+    from . import backends as B
+
+    backend = Backend.parse(backend, "--backend")
+    precision = Precision.parse(precision, "--precision")
+    path = require_file(path)
+    if tta and (backend not in (Backend.auto, Backend.fastai) or path.suffix != PKL):
+        raise ShopeeError(f"{path}: --tta runs the fastai learner's augmentations; pass the .pkl with --backend auto or fastai")
+    if (backend in (Backend.onnx, Backend.fastai) or tta) and precision not in (Precision.auto, Precision.fp32):
+        raise ShopeeError(f"--precision {precision}: the {'fastai (--tta)' if tta else backend} backend runs fp32; "
+                          f"use --backend torch for {precision}")
+    if path.suffix == ONNX:
+        if backend not in (Backend.auto, Backend.onnx):
+            raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
+        return B.onnx_predictor(path)
+    if backend == Backend.fastai or tta:
+        if path.suffix == SAFETENSORS:
+            raise ShopeeError(f"{path}: --backend fastai needs the .pkl learner; a .safetensors runs on onnx or torch")
+        return B.LearnerPredictor(load_learner(path), tta)
+
+    gpu = backend in (Backend.auto, Backend.torch) and gpu_present()
+    network = lambda: load_network(path, cpu=not gpu)  # noqa: E731
+    if backend == Backend.onnx or (backend == Backend.auto and not gpu and precision in (Precision.auto, Precision.fp32)
+                                   and _onnx_available()):
+        try:
+            onnx_file = B.cached_onnx(path, network)
+        except ShopeeError:
+            raise
+        except Exception as e:  # an architecture the ONNX exporter cannot trace
+            if backend == Backend.onnx:
+                raise ShopeeError(f"{path}: cannot be exported to ONNX ({type(e).__name__}: {str(e)[:160]}); use --backend torch") from e
+            warnings.warn(f"{path}: ONNX export failed ({type(e).__name__}); predicting with PyTorch instead")
+        else:
+            return B.onnx_predictor(onnx_file)
+    model, cfg = network()
+    return B.FastPredictor(B.TorchBackend(model, cfg, precision), cfg)

@@ -1,0 +1,159 @@
+"""fastai callbacks that every training phase shares: layout and precision, checkpoints, frozen BatchNorm statistics.
+
+They run inside fastai's one training loop, so the default recipe's phase over cached feature maps and
+fastai's own frozen/unfrozen phases checkpoint, resume, stop early and keep their best epoch alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from fastai.learner import load_model, save_model
+from torch import nn
+
+from ..artifacts import ModelFiles
+from ..config import Precision, TrainConfig
+from ..device import resolve_precision
+from ..errors import ShopeeError
+from ..io import atomic_path, write_json
+
+
+class CPUAutocast(Callback):
+    """bf16 autocast around forward and loss on CPU (fastai's MixedPrecision is CUDA-only)."""
+
+    order = MixedPrecision.order
+
+    def before_batch(self):
+        self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.ctx.__enter__()
+
+    def after_loss(self):
+        self.ctx.__exit__(None, None, None)
+        self.ctx = None
+
+    def after_cancel_batch(self):
+        if getattr(self, "ctx", None) is not None:
+            self.after_loss()
+
+
+class PlainInputs(Callback):
+    """Hand the model plain channels-last tensors instead of fastai's TensorImage.
+
+    Every operation on a TensorImage goes through fastai's Python `__torch_function__`, and an NCHW input
+    makes a channels-last network convert layouts at its first layer: together 1.5x a training step's
+    forward on CPU (docs/speed.md). Losses and metrics work unchanged on plain tensors.
+    """
+
+    order = ChannelsLast.order + 1
+
+    def before_batch(self):
+        self.learn.xb = tuple(x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last) if x.ndim == 4
+                              else x.as_subclass(torch.Tensor) for x in self.xb)
+        self.learn.yb = tuple(y.as_subclass(torch.Tensor) for y in self.yb)
+
+
+SPEED_CALLBACKS = (ChannelsLast, PlainInputs, MixedPrecision, CPUAutocast)
+
+
+def configure(learn: Any, precision: str = Precision.auto, channels_last: bool = True) -> Precision:
+    """Set layout and precision on `learn` for its device; returns the precision used (for the model card)."""
+    cuda = next(learn.model.parameters()).is_cuda or learn.dls.device.type == "cuda"
+    used = resolve_precision(precision, cuda)
+    if channels_last:
+        learn.add_cbs([ChannelsLast(), PlainInputs()])
+    if used in (Precision.bf16, Precision.fp16) and cuda:
+        learn.to_bf16() if used == Precision.bf16 else learn.to_fp16()
+    elif used == Precision.bf16:
+        learn.add_cb(CPUAutocast())
+    return used
+
+
+def strip(learn: Any) -> None:
+    """Remove the speed callbacks before export: the exported learner predicts in plain fp32 anywhere."""
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, SPEED_CALLBACKS)])
+    learn.model.float().to(memory_format=torch.contiguous_format)
+
+
+class FrozenBatchNormStats(Callback):
+    """Keep the running statistics of `module`'s BatchNorm layers (ImageNet's) while their weights train.
+
+    fastai puts the whole model in train mode before each training epoch; this runs after it.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def before_train(self):
+        for m in self.module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
+    """Per-epoch rows of the Recorder for `phase` from epoch `start` (fastai records skipped epochs as empty rows)."""
+    names = learn.recorder.metric_names[1:-1]
+    rows = learn.recorder.values[start:]
+    return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)}} for i, row in enumerate(rows)]
+
+
+class Checkpoint(Callback):
+    """After every `every`-th epoch of a phase (and its last), save the weights of `model` (the whole network,
+    also when the phase trains a part of it) with the optimizer state, then the progress, each atomically."""
+
+    order = 65  # after the Recorder (50) has logged the epoch
+
+    def __init__(self, files: ModelFiles, model: nn.Module, phase: str, every: int, before: list[dict], start: int = 0):
+        self.files, self.model, self.phase, self.every, self.before, self.start = files, model, phase, every, before, start
+
+    def after_epoch(self) -> None:
+        done = self.epoch + 1
+        if self.epoch < self.start or (done % self.every and done != self.n_epoch):
+            return  # an epoch skipped on resume, or not a checkpoint epoch
+        with atomic_path(self.files.checkpoint) as tmp:
+            save_model(tmp, self.model, self.learn.opt, with_opt=True)
+        now = history(self.learn, self.phase, self.start)
+        write_json(self.files.progress, {"phase": self.phase, "epochs_done": done, "history": self.before + now})
+
+
+def read_progress(files: ModelFiles) -> dict[str, Any]:
+    """The saved progress of an interrupted run: phase, epochs done, history so far."""
+    if not (files.checkpoint.is_file() and files.progress.is_file()):
+        raise ShopeeError(f"{files.checkpoint}: no checkpoint to resume from; train with --checkpoint-every N first (same --name)")
+    try:
+        return json.loads(files.progress.read_text())
+    except (OSError, ValueError) as e:
+        raise ShopeeError(f"{files.progress}: unreadable ({e}); train afresh without --resume") from e
+
+
+def load_checkpoint(files: ModelFiles, model: nn.Module, learn=None) -> None:
+    """Put the saved weights into `model` and, given the phase's `learn`, the optimizer state into its optimizer."""
+    try:
+        if learn is not None and learn.opt is None:
+            learn.create_opt()
+        load_model(files.checkpoint, model, learn.opt if learn is not None else None, with_opt=learn is not None)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise ShopeeError(f"{files.checkpoint}: checkpoint unreadable or from other options ({str(e).splitlines()[0][:120]}); "
+                          "resume with the options it was trained with, or train afresh") from e
+
+
+def remove_checkpoint(files: ModelFiles) -> None:
+    for p in (files.checkpoint, files.progress, Path(f"{files.best}.pth")):
+        p.unlink(missing_ok=True)
+
+
+def stopping_callbacks(cfg: TrainConfig, files: ModelFiles) -> list:
+    """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, reloaded at the phase's end)."""
+    from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+
+    cbs: list = []
+    if cfg.early_stop:
+        cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=cfg.early_stop))
+    if cfg.keep_best:
+        cbs.append(SaveModelCallback(monitor="valid_loss", fname=str(files.best), with_opt=False))
+    return cbs

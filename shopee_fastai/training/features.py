@@ -1,0 +1,167 @@
+"""The default recipe's trained phase: a fastai Learner over frozen-part outputs computed once.
+
+With the body frozen, every epoch of fastai's frozen phase runs the whole body forward (and, since fastai
+keeps BatchNorm trainable, backward) for the same images. Here the frozen part's output for each training
+image, its mirror image and random passes through the training augmentations is computed once, in eval
+mode (BatchNorm keeps its ImageNet statistics, so the body cannot drift towards one photo session), and
+cached in memory. The trained part — the last `top_stages` stages of an EfficientNet-style timm body, its
+final 1x1 convolution and fastai's head, or the head alone on pooled features — then trains as an
+ordinary fastai Learner over the cache: `fit_one_cycle`, label smoothing through the loss, mixup through
+fastai's MixUp callback, and every callback of the other phases (checkpoints, resume, early stop,
+keep-best, progress bars, the Recorder). It shares its parameters with the full model, so export,
+predict and further fine-tuning see the trained weights. Why these settings: docs/results.md.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD, TrainConfig
+from ..data.table import LABEL, PATH
+from ..nets.body import Split, n_stages, split_model
+from .callbacks import FrozenBatchNormStats, configure
+
+HEAD_BS = 64
+VALID_BS = 256
+# One-cycle settings of the trained phase: torch's OneCycleLR defaults (warm-up 30 %, final lr max/2.5e5),
+# with Adam's betas (0.9, 0.999) and weight decay on every parameter, as AdamW.
+PCT_START, DIV_FINAL = 0.3, 2.5e5
+
+
+def resolve(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
+    """`top_stages`, `head_epochs` and `head_views` where the user left them to their defaults."""
+    top = cfg.top_stages if cfg.top_stages is not None else (TOP_STAGES if n_stages(model) else 0)
+    body = top > 0
+    return {"top_stages": top, "head_epochs": HEAD_EPOCHS[body] if cfg.head_epochs is None else cfg.head_epochs,
+            "head_views": HEAD_VIEWS[body] if cfg.head_views is None else cfg.head_views}
+
+
+def _cacher(frozen: nn.Module, half: bool):
+    """`frozen` as the caches run it: eval mode and channels-last (2-3x faster on CPU too); each output moves to
+    main memory (batches go back to the device as they train), in fp16 with `half`."""
+    frozen = frozen.eval().to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = frozen(x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)).cpu()
+        return out.half() if half else out
+
+    return run
+
+
+def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = False, progress: bool = True,
+                   half: bool = False):
+    """`frozen` of every image (eval mode, the learner's validation preprocessing), and its readable paths.
+
+    With `mirror`, [2n, ...]: each image, then every mirror image, from one decoding pass. `half` stores
+    fp16 (feature maps are large; they are computed in fp32 and trained on in fp32).
+    """
+    from ..inference.backends import learner_batches
+
+    run = _cacher(frozen, half)
+    plain, flipped, done = [], [], []
+    with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
+        for ok, dl, _ in learner_batches(learn, [Path(p) for p in paths], progress=progress):
+            for (x,) in dl if dl is not None else []:
+                plain.append(run(x))
+                if mirror:
+                    flipped.append(run(x.flip(-1)))
+            done += [str(p) for p in ok]
+    return (torch.cat(plain + flipped) if plain else torch.empty(0)), done
+
+
+def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, progress: bool = True):
+    """`frozen` of `n` randomly augmented passes over the training images (the learner's training pipeline:
+    random crop and `aug_transforms`), in the training set's order, with their labels."""
+    from fastprogress.fastprogress import progress_bar
+
+    run = _cacher(frozen, half)
+    dl = learn.dls.train.new(shuffle=False, drop_last=False)
+    xs, ys = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            for x, y in progress_bar(dl, leave=False) if progress else dl:  # fastprogress draws a bar even with display=False
+                xs.append(run(x))
+                ys.append(y.as_subclass(torch.Tensor).cpu())
+    return (torch.cat(xs), torch.cat(ys)) if xs else (torch.empty(0), torch.empty(0, dtype=torch.long))
+
+
+class _Cached:
+    """A dataset over cached tensors: item i is (x[i], y[i])."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def _float(batch: tuple) -> tuple:
+    """Cached maps are stored fp16; the network trains in fp32."""
+    return tuple(t.float() if t.is_floating_point() else t for t in batch)
+
+
+def cached_views(learn, split: Split, views: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"train", "valid"}: the frozen part's outputs and labels; `views` per training image (1 itself, 2 and its
+    mirror, more add random passes through the training augmentations), one per validation image."""
+    half = split.body is not None  # feature maps are large: stored fp16
+    vocab = {str(v): i for i, v in enumerate(learn.dls.vocab)}
+    sets = {}
+    for name, ds, mirror in (("train", learn.dls.train_ds, views > 1), ("valid", learn.dls.valid_ds, False)):
+        items = ds.items
+        label = dict(zip(items[PATH].map(lambda p: str(Path(p))), items[LABEL].astype(str)))
+        x, kept = frozen_outputs(learn, split.frozen, list(items[PATH]), mirror=mirror, half=half)
+        y = torch.tensor([vocab[label[p]] for p in kept], dtype=torch.long)
+        sets[name] = (x, y.repeat(2) if mirror else y)
+    if views > 2:
+        x_aug, y_aug = augmented_outputs(learn, split.frozen, views - 2, half=half)
+        sets["train"] = (torch.cat([sets["train"][0], x_aug]), torch.cat([sets["train"][1], y_aug]))
+    return sets
+
+
+def features_learner(learn, cfg: TrainConfig):
+    """A Learner that trains `learn.model`'s top part on cached frozen-part outputs (settings resolved in `cfg`)."""
+    from fastai.callback.mixup import MixUp
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.optimizer import Adam
+    from fastai.torch_core import params, set_seed
+
+    device = learn.dls.device
+    learn.model.to(device)  # fastai moves it only when a fit starts; this phase comes first
+    split = split_model(learn.model, cfg.top_stages)
+    set_seed(cfg.seed, reproducible=True)
+    sets = cached_views(learn, split, cfg.head_views)
+    for m in learn.model[1].modules():  # PyTorch's default init, not fastai's kaiming-normal (docs/results.md)
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    dls = DataLoaders(DataLoader(_Cached(*sets["train"]), bs=HEAD_BS, shuffle=True, drop_last=False, after_batch=_float),
+                      DataLoader(_Cached(*sets["valid"]), bs=VALID_BS, after_batch=_float), device=device)
+    body = split.body
+    cbs: list = [FrozenBatchNormStats(body)] if body is not None else []
+    if cfg.mixup:
+        cbs.append(MixUp(cfg.mixup))
+    if body is not None:
+        body.requires_grad_(True)
+    flearn = Learner(dls, split.trained, loss_func=CrossEntropyLossFlat(label_smoothing=cfg.label_smoothing),
+                     opt_func=partial(Adam, sqr_mom=0.999, eps=1e-8), metrics=accuracy, wd=cfg.wd if cfg.wd is not None else WD,
+                     wd_bn_bias=True, splitter=(lambda m: [params(m[0]), params(m[1])]) if body is not None else None,
+                     path=Path("."), model_dir=".", cbs=cbs)
+    configure(flearn, cfg.precision)
+    return flearn
+
+
+def fit_features(flearn, cfg: TrainConfig, n: int, start_epoch: int, cbs: list) -> None:
+    """fastai's one-cycle over the cached views: body stages at `body_lr`, the head at `lr`."""
+    # slice(a, b) over two parameter groups is [a, b]; over the head alone, b
+    flearn.fit_one_cycle(n, lr_max=slice(cfg.body_lr, cfg.base_lr), pct_start=PCT_START, div_final=DIV_FINAL,
+                         start_epoch=start_epoch, cbs=cbs)

@@ -1,0 +1,118 @@
+"""From a TrainConfig to a fastai Learner: check the options, resolve the weights, clean and split the data, build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..config import CNN_ARCH, Optimizer, Split, TrainConfig
+from ..data import split as S
+from ..data import table as D
+from ..errors import ShopeeError
+from ..nets.weights import WeightsChoice, resolve_weights, weights_load_error
+
+SGD_MOMENTUM = 0.9
+
+
+@dataclass
+class Prepared:
+    """The cleaned table (readable images only), its split and what was skipped."""
+
+    table: pd.DataFrame
+    split: pd.Series
+    skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
+    cached: int = 0
+    leaks: Any = None  # neardup.LeakReport for leak-free splits
+
+    def rows(self, name: str) -> pd.DataFrame:
+        return S.rows_in_split(self.table, self.split, name).assign(**{S.SPLIT: name})
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What TrainConfig cannot check by itself: the arch exists, the precision runs here, models_dir is writable."""
+    import torch
+
+    from ..device import resolve_precision
+    from ..nets.body import check_arch
+
+    check_arch(cfg.arch)
+    resolve_precision(cfg.precision, torch.cuda.is_available())
+    try:  # fail before training, not at export time
+        Path(cfg.models_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShopeeError(f"--models-dir {cfg.models_dir}: cannot create it ({e.strerror}); choose a writable folder") from e
+
+
+def prepare(cfg: TrainConfig, skipped_report: Path | None = None) -> Prepared:
+    from ..data.cache import use_cache
+
+    table = D.clean(D.read_table(cfg.data), cfg.top_groups)
+    table[D.PATH], hits = use_cache(table[D.PATH], cfg.size)  # prepared images where `shopee-fastai prepare` made them
+    table, skipped = D.drop_unreadable(table, skipped_report)
+    if len(table) < D.MIN_TRAIN_IMAGES or table[D.LABEL].nunique() < 2:
+        raise ShopeeError(f"{cfg.data}: fewer than 2 label groups with readable images; add images or raise --top-groups")
+    leaks = ids = None
+    if cfg.split == Split.leak_free:
+        from ..data.neardup import clusters, leak_report
+        from ..inference.embed import embeddings_for
+
+        ids = clusters(table, embeddings_for(list(table[D.PATH])), cfg.dup_threshold)
+        leaks = leak_report(table, ids, cfg.seed)
+    split = S.make_split(table, cfg.seed, holdout=cfg.holdout, clusters=ids)
+    for name in (S.VALID, S.TEST):
+        if not (split == name).any():
+            why = (f"each group's photos are near-duplicates of each other at --dup-threshold {cfg.dup_threshold}; "
+                   "raise it, add photos, or use --split random") if ids is not None else "every group has fewer than 3 photos; add photos"
+            raise ShopeeError(f"{cfg.data}: the {cfg.split} split left no {name} images ({why})")
+    return Prepared(table, split, skipped, hits, leaks)
+
+
+def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
+    """A fastai Learner for `cfg.arch`: the hand CNN, or a timm model through `vision_learner` (frozen if pretrained)."""
+    import fastai.callback.progress  # noqa: F401  (registers the progress bars)
+    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+    from fastai.optimizer import SGD, Adam
+    from fastai.torch_core import set_seed
+    from fastai.vision.learner import vision_learner
+
+    from ..nets.cnn import HandCNN
+    from .callbacks import configure
+
+    set_seed(cfg.seed, reproducible=True)
+    opt_func = Adam if cfg.opt == Optimizer.adam else partial(SGD, mom=SGD_MOMENTUM)
+    common: dict[str, Any] = dict(loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=opt_func,
+                                  path=Path("."), model_dir=".")
+    if cfg.wd is not None:
+        common["wd"] = cfg.wd
+    if cfg.arch == CNN_ARCH:
+        learn = Learner(dls, HandCNN(len(dls.vocab), cfg.size), **common)
+    else:
+        try:
+            # Normalize is already in the DataBlock for every arch, so vision_learner must not add a second one.
+            learn = vision_learner(dls, cfg.arch, pretrained=choice.pretrained, normalize=False, **common, **choice.timm_kwargs)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            if choice.pretrained:
+                raise weights_load_error(cfg.arch, choice, e) from e
+            raise
+    learn.precision = configure(learn, cfg.precision)
+    return learn
+
+
+def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[WeightsChoice, Prepared, Any]:
+    """Check the environment, resolve weights (fail fast), prepare and split the data, and build the learner."""
+    from ..data.loaders import LoaderConfig, make_dataloaders
+    from ..nets.body import input_stats
+
+    check_environment(cfg)
+    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
+    prep = prepare(cfg, skipped_report)
+    train_valid = pd.concat([prep.rows(S.TRAIN), prep.rows(S.VALID)], ignore_index=True)
+    dls = make_dataloaders(train_valid, input_stats(cfg.arch), LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
+    return choice, prep, build_learner(dls, cfg, choice)

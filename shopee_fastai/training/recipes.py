@@ -1,0 +1,94 @@
+"""Recipes as lists of phases, and the one loop that runs them with the same callbacks, checkpoints and resume.
+
+A phase is one fastai `fit_one_cycle` on a Learner: the full model (frozen, unfrozen, from scratch) or,
+for the default recipe, its top part over cached frozen-part outputs (training/features.py). Every phase
+gets the same callbacks, so `--checkpoint-every`, `--resume`, `--early-stop` and `--keep-best` work in
+each, and a run killed mid-phase resumes at its last saved epoch with the same schedule.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..artifacts import ModelFiles
+from ..config import Recipe, TrainConfig
+from ..device import distributed
+from ..errors import ShopeeError
+from .callbacks import Checkpoint, history, load_checkpoint, read_progress, stopping_callbacks
+
+LR_MULT = 100  # discriminative learning rates after unfreezing: the stem learns 100x slower than the head
+UNFROZEN_DIV, UNFROZEN_PCT_START = 5, 0.3  # fastai fine_tune's one-cycle settings for the unfrozen phase
+FROZEN_PCT_START = 0.99
+
+
+@dataclass
+class Phase:
+    """One fastai fit: the Learner it trains (built when the phase starts) and how it calls fit_one_cycle."""
+
+    name: str
+    epochs: int
+    learner: Callable[[], Any]
+    fit: Callable[[Any, int, list], None]  # (learner, start epoch, callbacks)
+
+
+def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
+    """The phases `cfg` runs, those with no epochs left out (see README: How the default recipe works)."""
+    lr = cfg.base_lr
+    full = lambda: learn  # noqa: E731
+
+    def unfrozen(lrn, start, cbs):
+        lrn.unfreeze()
+        lrn.fit_one_cycle(cfg.n_epochs, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV,
+                          start_epoch=start, cbs=cbs)
+
+    if pretrained and cfg.recipe == Recipe.features:
+        from .features import features_learner, fit_features
+
+        phases = [Phase("head", cfg.head_epochs, lambda: features_learner(learn, cfg),
+                        lambda lrn, start, cbs: fit_features(lrn, cfg, cfg.head_epochs, start, cbs)),
+                  Phase("unfrozen", cfg.n_epochs, full, unfrozen)]
+    elif pretrained:
+        phases = [Phase("frozen", cfg.freeze_epochs, full,
+                        lambda lrn, start, cbs: lrn.fit_one_cycle(cfg.freeze_epochs, slice(lr), pct_start=FROZEN_PCT_START,
+                                                                  start_epoch=start, cbs=cbs)),
+                  Phase("unfrozen", cfg.n_epochs, full, unfrozen)]
+    else:
+        phases = [Phase("scratch", cfg.n_epochs, full,
+                        lambda lrn, start, cbs: lrn.fit_one_cycle(cfg.n_epochs, lr, start_epoch=start, cbs=cbs))]
+    return [p for p in phases if p.epochs]
+
+
+def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str, float]]:
+    """Run the recipe's phases, checkpointing and resuming where asked; per-epoch history and seconds per phase."""
+    files = ModelFiles.of(cfg.models_dir, cfg.model_name)
+    phases = plan(learn, cfg, pretrained)
+    names = [p.name for p in phases]
+    saved = read_progress(files) if cfg.resume else None
+    if saved and saved["phase"] not in names:
+        raise ShopeeError(f"--resume: the checkpoint is in phase {saved['phase']!r}, which these options do not run; "
+                          "resume with the options it was trained with")
+    if saved:
+        load_checkpoint(files, learn.model)  # phases before the saved one are done: their result is in these weights
+    done: list[dict] = list(saved["history"]) if saved else []
+    times: dict[str, float] = {}
+    with distributed(learn):
+        for phase in phases:
+            start = 0
+            if saved:
+                if names.index(phase.name) < names.index(saved["phase"]):
+                    continue
+                if phase.name == saved["phase"]:
+                    start = saved["epochs_done"]
+                    if start >= phase.epochs:
+                        continue
+            began = time.perf_counter()
+            lrn = phase.learner()
+            if saved and phase.name == saved["phase"]:
+                load_checkpoint(files, learn.model, lrn)  # again, after the phase's set-up, with its optimizer state
+            cbs = [Checkpoint(files, learn.model, phase.name, cfg.checkpoint_every, list(done), start)] if cfg.checkpoint_every else []
+            phase.fit(lrn, start, cbs + stopping_callbacks(cfg, files))
+            done += history(lrn, phase.name, start)
+            times[phase.name] = round(time.perf_counter() - began, 1)
+    return done, times

@@ -1,0 +1,115 @@
+"""Train and export: prepare the data, build the learner, run the recipe's phases, score, write every file."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..artifacts import ModelCard, ModelFiles
+from ..config import Recipe, TrainConfig
+from ..data import split as S
+from ..device import world
+from .learner import Prepared, setup
+from .recipes import fit
+
+
+def versions() -> dict[str, str]:
+    import fastai
+    import timm
+    import torch
+
+    from .. import __version__
+
+    return {"shopee_fastai": __version__, "fastai": fastai.__version__, "timm": timm.__version__, "torch": torch.__version__}
+
+
+@dataclass
+class Trained:
+    """A fitted learner with its model card, before export."""
+
+    learn: Any
+    card: ModelCard
+    prep: Prepared
+    files: ModelFiles
+
+
+def fit_learner(cfg: TrainConfig) -> Trained:
+    """Everything `train` does except writing the model: prepare data, build, fit, score valid and test."""
+    from ..evaluation import accuracy_on
+    from ..nets.body import input_stats
+
+    files = ModelFiles.of(cfg.models_dir, cfg.model_name)
+    started = time.perf_counter()
+    choice, prep, learn = setup(cfg, files.skipped)
+    if choice.pretrained and cfg.recipe == Recipe.features:
+        from .features import resolve
+
+        cfg = replace(cfg, **resolve(learn.model, cfg))  # the card records what ran
+    history, times = fit(learn, cfg, choice.pretrained)
+    mean, std = input_stats(cfg.arch)
+    passes = sum(cfg.head_views if h["phase"] == "head" else 1 for h in history)  # a head epoch passes every cached view
+    card = ModelCard(
+        name=cfg.model_name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
+        input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
+        config={**{k: v for k, v in asdict(cfg).items() if k != "data"}, "epochs": cfg.n_epochs},
+        split={"mode": str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
+               **{s: int((prep.split == s).sum()) for s in S.SPLITS}},
+        leaks=asdict(prep.leaks) if prep.leaks else None, precision=str(learn.precision),
+        skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
+        params=int(sum(p.numel() for p in learn.model.parameters())),
+        images_per_s=round(len(learn.dls.train_ds) * passes / max(sum(times.values()), 1e-9), 1),
+        train_accuracy=accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
+        valid_accuracy=accuracy_on(learn, prep.rows(S.VALID)), test_accuracy=accuracy_on(learn, prep.rows(S.TEST)),
+        wall_time_s={"total": round(time.perf_counter() - started, 1), **times}, versions=versions())
+    return Trained(learn, card, prep, files)
+
+
+def export(trained: Trained) -> None:
+    """Write split, curves, learner, weights and card, each atomically; the card last, so a card always has its model.
+
+    Under data-parallel training only rank 0 writes.
+    """
+    if world()[0]:
+        return
+    from ..artifacts import write_safetensors
+    from ..io import atomic_path
+    from ..plots import training_curves
+    from .callbacks import remove_checkpoint, strip
+
+    files, card = trained.files, trained.card
+    strip(trained.learn)
+    S.write_split(trained.prep.split, files.split)
+    training_curves(files.curves, card.history, f"{card.name}: training curves")
+    with atomic_path(files.pkl) as tmp:
+        trained.learn.export(tmp.resolve())
+    write_safetensors(trained.learn, card.arch, files.safetensors)
+    card.write(files.card)
+    remove_checkpoint(files)  # the model is complete now
+
+
+def train(cfg: TrainConfig) -> ModelCard:
+    """Train and export `models/<name>.pkl` with its split and model card; return the card."""
+    trained = fit_learner(cfg)
+    export(trained)
+    return trained.card
+
+
+def lr_find(cfg: TrainConfig, plot: Path | None = None) -> dict[str, float]:
+    """fastai's LR range test on the phase `train` starts with (the frozen head if pretrained); plot saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from fastai.callback.schedule import minimum, slide, steep, valley
+
+    from ..io import atomic_path
+
+    _, _, learn = setup(cfg)
+    plt.close("all")
+    found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
+    with atomic_path(plot or ModelFiles.of(cfg.models_dir, cfg.model_name).lr_find) as tmp:
+        plt.gcf().savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close("all")
+    return {k: float(v) for k, v in found._asdict().items()}
