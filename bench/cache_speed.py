@@ -41,26 +41,28 @@ def synthetic_shopee(root: Path, n: int, seed: int = 0) -> Path:
 
 
 def epoch_seconds(table, size: int, bs: int, workers: int | None) -> float:
-    from shopee_fastai import data as D
-    from shopee_fastai.models import IMAGENET_STATS
+    from shopee_fastai.config import Aug
+    from shopee_fastai.data.loaders import LoaderConfig, make_dataloaders
+    from shopee_fastai.data.split import SPLIT, TRAIN, VALID
+    from shopee_fastai.nets.body import IMAGENET_STATS
 
-    frame = table.assign(**{D.SPLIT: D.TRAIN})
-    frame.loc[frame.index[:bs], D.SPLIT] = D.VALID
-    dls = D.make_dataloaders(frame, IMAGENET_STATS, D.LoaderConfig(size=size, bs=bs, aug="fastai", workers=workers))
+    frame = table.assign(**{SPLIT: TRAIN})
+    frame.loc[frame.index[:bs], SPLIT] = VALID
+    dls = make_dataloaders(frame, IMAGENET_STATS, LoaderConfig(size=size, bs=bs, aug=Aug.fastai, workers=workers))
     start = time.perf_counter()
     n = sum(len(x) for x, _ in dls.train)
     return (time.perf_counter() - start), n
 
 
 def bench(name: str, data: Path, size: int, bs: int, workers: int | None) -> None:
-    from shopee_fastai import cache as C
-    from shopee_fastai import data as D
+    from shopee_fastai.data.cache import prepare, use_cache
+    from shopee_fastai.data.table import PATH, read_table
 
-    table = D.read_table(data)
+    table = read_table(data)
     start = time.perf_counter()
-    C.prepare(list(table[D.PATH]), size, progress=False)
+    prepare(list(table[PATH]), size, progress=False)
     prep = time.perf_counter() - start
-    cached = table.assign(**{D.PATH: C.use_cache(table[D.PATH], size)[0]})
+    cached = table.assign(**{PATH: use_cache(table[PATH], size)[0]})
     raw_s, n = epoch_seconds(table, size, bs, workers)
     cache_s, _ = epoch_seconds(cached, size, bs, workers)
     print(f"{name:28s} {len(table):6d}  {raw_s:8.1f} s ({n / raw_s:6.1f} img/s)  {cache_s:8.1f} s ({n / cache_s:6.1f} img/s)"
@@ -75,8 +77,10 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: fastai's)")
     args = ap.parse_args()
+    from shopee_fastai.config import CACHE_ENV
+
     tmp = Path(tempfile.mkdtemp(prefix="shopee-bench-"))
-    os.environ["SHOPEE_FASTAI_CACHE"] = str(tmp / "cache")  # a cold cache of its own
+    os.environ[CACHE_ENV] = str(tmp / "cache")  # a cold cache of its own
     print(f"one training epoch (decode + Resize({args.size}) + aug_transforms + Normalize, bs {args.bs}), "
           f"{os.cpu_count()} cores")
     print(f"{'data':28s} {'images':>6s}  {'raw files':>24s}  {'prepared cache':>24s}  ratio   prepare once")

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shopee_fastai.data import SAMPLE_DIR  # noqa: E402
+from shopee_fastai.artifacts import ModelFiles
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.table import SAMPLE_DIR
 
 PARTS = r"""
 import sys, time
@@ -28,8 +28,9 @@ import torch
 t1 = time.perf_counter()
 import fastai.vision.all
 t2 = time.perf_counter()
-from shopee_fastai.predict import load_model, predict_probs
-learn = load_model(sys.argv[1], cpu=True)
+from shopee_fastai.artifacts import load_learner
+from shopee_fastai.inference.backends import predict_probs
+learn = load_learner(sys.argv[1], cpu=True)
 t3 = time.perf_counter()
 predict_probs(learn, [sys.argv[2]], progress=False)
 t4 = time.perf_counter()
@@ -54,7 +55,7 @@ def seconds(cmd: list[str], repeat: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="an exported .pkl (default: train one on the bundled sample)")
-    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
@@ -63,17 +64,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pkl = args.model
         if pkl is None:
-            from shopee_fastai.train import TrainConfig, train
+            from shopee_fastai.config import TrainConfig
+            from shopee_fastai.training import train
 
-            train(TrainConfig(data=SAMPLE_DIR, arch=args.arch, pretrained=True, top_groups=0, split="random",
-                              models_dir=Path(tmp)))
-            pkl = Path(tmp) / f"{args.arch}-pretrained.pkl"
+            card = train(TrainConfig(data=SAMPLE_DIR, arch=args.arch, pretrained=True, top_groups=0, split="random",
+                                     models_dir=Path(tmp)))
+            pkl = ModelFiles.of(Path(tmp), card.name).pkl
         onnx = Path(tmp) / "model.onnx"
         subprocess.run([*cli, "export-onnx", "--model", str(pkl), "--out", str(onnx)], capture_output=True, check=True)
         cases = [("shopee-fastai --help", [*cli, "--help"])]
         for label, model, backend in (("predict 1 photo, .pkl, --backend fastai", pkl, "fastai"),
                                       ("predict 1 photo, .pkl, --backend torch", pkl, "torch"),
-                                      ("predict 1 photo, .safetensors, --backend torch", pkl.with_suffix(".safetensors"), "torch"),
+                                      ("predict 1 photo, .safetensors, --backend torch", ModelFiles.beside(pkl).safetensors, "torch"),
                                       ("predict 1 photo, .pkl, auto (cached ONNX)", pkl, "auto"),
                                       ("predict 1 photo, .onnx", onnx, "auto")):
             cases.append((label, [*cli, "predict", str(image), "--model", str(model), "--backend", backend]))

@@ -10,15 +10,13 @@ rounds, best of each side; also prints how many denormal values the optimizer st
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shopee_fastai import data as D  # noqa: E402
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.table import SAMPLE_DIR
 
 TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
 
@@ -53,15 +51,16 @@ def share_tracker():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=D.SAMPLE_DIR)
-    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--data", type=Path, default=SAMPLE_DIR)
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--pretrained", action="store_true")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--num-it", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    from shopee_fastai.train import TrainConfig, setup
+    from shopee_fastai.config import TrainConfig
+    from shopee_fastai.training.learner import setup
 
     cfg = TrainConfig(data=args.data, arch=args.arch, pretrained=args.pretrained, size=args.size, split="random",
                       top_groups=0, aug="none")

@@ -2,7 +2,7 @@
 
 Each method runs in its own process (peak RSS is that process's own), in one invocation, side by side:
 - baseline: brute-force NumPy — the full n x n similarity matrix, then argpartition over each row;
-- chunked: `shopee_fastai.match.knn` with the NumPy backend (1,024 query rows at a time);
+- chunked: `shopee_fastai.matching.knn` with the NumPy backend (1,024 query rows at a time);
 - faiss: `knn` with faiss-cpu's exact inner-product index (if installed).
 All three then apply the same threshold; the script checks they return the same matches.
 
@@ -37,7 +37,7 @@ def shopee_like(n: int, dim: int, seed: int = 0) -> np.ndarray:
 
 
 def run_one(method: str, n: int, dim: int) -> dict:
-    from shopee_fastai.match import knn, neighbours
+    from shopee_fastai.matching import knn, neighbours
 
     emb = shopee_like(n, dim)
     start = time.perf_counter()

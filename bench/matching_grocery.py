@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shopee_fastai import data as D
-from shopee_fastai.match import tune
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.table import LABEL, PATH, clean, read_table
+from shopee_fastai.matching import tune
 
 SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
 
@@ -24,7 +25,7 @@ SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mo
 def shopee_shaped(table, seed: int):
     rng = np.random.default_rng(seed)
     parts = []
-    for _, g in table.groupby(D.LABEL):
+    for _, g in table.groupby(LABEL):
         n = min(len(g), int(rng.choice(SHOPEE_SIZES)))
         parts.append(g.iloc[rng.permutation(len(g))[:n]])
     import pandas as pd
@@ -37,29 +38,28 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--model", type=Path, action="append", default=[], help="trained learner(s) whose body to embed with")
     ap.add_argument("--trained-groups", type=int, default=21, help="the N largest groups the models trained on")
-    ap.add_argument("--arch", default="tf_efficientnet_lite0", help="pretrained backbone to compare")
+    ap.add_argument("--arch", default=OFFLINE_ARCH, help="pretrained backbone to compare")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
 
-    full = D.read_table(args.data)
-    seen = set(D.clean(full, args.trained_groups)[D.LABEL])
-    unseen = full[~full[D.LABEL].isin(seen)].reset_index(drop=True)
-    print(f"{unseen[D.LABEL].nunique()} unseen groups, {len(unseen)} photos")
+    full = read_table(args.data)
+    seen = set(clean(full, args.trained_groups)[LABEL])
+    unseen = full[~full[LABEL].isin(seen)].reset_index(drop=True)
+    print(f"{unseen[LABEL].nunique()} unseen groups, {len(unseen)} photos")
 
-    from shopee_fastai.embed import learner_embed
-    from shopee_fastai.neardup import embeddings_for
-    from shopee_fastai.predict import load_model
+    from shopee_fastai.artifacts import load_learner
+    from shopee_fastai.inference.embed import embeddings_for, learner_embed
 
-    sources = {f"pretrained {args.arch} backbone": embeddings_for(list(unseen[D.PATH]), args.arch)}
+    sources = {f"pretrained {args.arch} backbone": embeddings_for(list(unseen[PATH]), args.arch)}
     for m in args.model:
-        sources[f"fine-tuned body of {m.stem}"] = learner_embed(load_model(m), list(unseen[D.PATH]))
+        sources[f"fine-tuned body of {m.stem}"] = learner_embed(load_learner(m), list(unseen[PATH]))
     print(f"{'embedding source':48s} {'min-2':5s}  {'threshold':>9s}  {'held-out F1 (mean ± sd)':>24s}  precision  recall  postings")
     for name, emb in sources.items():
         for min2 in (False, True):
             f1, p, r, t, n = [], [], [], [], []
             for seed in range(args.seeds):
                 rows = shopee_shaped(unseen, seed)
-                best, _, held = tune(emb[rows.index.to_numpy()], rows[D.LABEL].tolist(), seed=seed, min2=min2)
+                best, _, held = tune(emb[rows.index.to_numpy()], rows[LABEL].tolist(), seed=seed, min2=min2)
                 f1.append(held.f1), p.append(held.precision), r.append(held.recall), t.append(best), n.append(len(rows))
             print(f"{name:48s} {'yes' if min2 else 'no':5s}  {np.mean(t):9.3f}  {np.mean(f1):15.3f} ± {np.std(f1):.3f}"
                   f"  {np.mean(p):9.3f}  {np.mean(r):6.3f}  {np.mean(n):8.0f}")

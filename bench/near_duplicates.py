@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shopee_fastai import data as D
-from shopee_fastai.neardup import DEFAULT_THRESHOLD, clusters, embeddings_for, leaked
+from shopee_fastai.config import DUP_THRESHOLD, OFFLINE_ARCH
+from shopee_fastai.data.neardup import clusters, leaked
+from shopee_fastai.data.split import TEST, TRAIN, make_split
+from shopee_fastai.data.table import ID, LABEL, PATH, clean, read_table
+from shopee_fastai.inference.embed import embeddings_for
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -45,16 +48,16 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--top-groups", type=int, default=0)
     ap.add_argument("--other-occasion", default="^val_", help="regex of posting_ids shot on another occasion")
-    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
 
-    df = D.clean(D.read_table(args.data), args.top_groups)
+    df = clean(read_table(args.data), args.top_groups)
     start = time.perf_counter()
-    emb = embeddings_for(list(df[D.PATH]), args.arch)
-    print(f"{len(df)} images, {df[D.LABEL].nunique()} groups; embeddings {emb.shape} in {time.perf_counter() - start:.0f} s")
-    y = df[D.LABEL].to_numpy()
-    other = df[D.ID].str.contains(args.other_occasion).to_numpy()
+    emb = embeddings_for(list(df[PATH]), args.arch)
+    print(f"{len(df)} images, {df[LABEL].nunique()} groups; embeddings {emb.shape} in {time.perf_counter() - start:.0f} s")
+    y = df[LABEL].to_numpy()
+    other = df[ID].str.contains(args.other_occasion).to_numpy()
     same_session, next_occasion = np.flatnonzero(~other), np.flatnonzero(other)
     within = nearest_same_group(emb, y, same_session, same_session)
     across = nearest_same_group(emb, y, next_occasion, same_session)
@@ -72,13 +75,13 @@ def main() -> None:
         ids = None if t is None else clusters(session, s_emb, t)
         accs, present = [], []
         for seed in range(args.seeds):
-            split = D.make_split(session, seed, clusters=ids).reindex(session[D.ID]).to_numpy()
-            test = np.flatnonzero(split == D.TEST)
-            accs.append(probe(s_emb, s_y, np.flatnonzero(split == D.TRAIN), test))
+            split = make_split(session, seed, clusters=ids).reindex(session[ID]).to_numpy()
+            test = np.flatnonzero(split == TEST)
+            accs.append(probe(s_emb, s_y, np.flatnonzero(split == TRAIN), test))
             present.append(len(set(s_y[test])))
         sizes = np.bincount(ids) if ids is not None else np.ones(len(session), int)
-        leaks = leaked(D.make_split(session, 0), session, ids) if ids is not None else "-"
-        name = "random" if t is None else f"leak-free ({t:.2f}{'*' if t == DEFAULT_THRESHOLD else ''})"
+        leaks = leaked(make_split(session, 0), session, ids) if ids is not None else "-"
+        name = "random" if t is None else f"leak-free ({t:.2f}{'*' if t == DUP_THRESHOLD else ''})"
         print(f"  {name:17s} {len(sizes):6d}  {sizes.max():6d}  {np.mean(present):8.1f}  {leaks!s:>12}"
               f"            {np.mean(accs):.3f} ± {np.std(accs):.3f}                  {100 * (np.mean(accs) - truth):+5.1f} points")
 

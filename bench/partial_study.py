@@ -4,7 +4,8 @@ The body up to stage `k` stays frozen, and its output maps for every photo (and 
 computed once; the remaining stages, the final 1x1 convolution and fastai's head then train on those
 maps for a few epochs — cheap, because the top stages run at 7x7. BatchNorm keeps its ImageNet
 statistics (eval mode) so the body cannot drift towards one photo session. Trained on `train_` photos,
-tested on `val_` photos, mean ± sd over seeds; stage `7` trains the head alone (the features recipe).
+tested on `val_` photos, mean ± sd over seeds; stage `7` trains the head alone (the features recipe
+with `--top-stages 0`).
 
     python bench/partial_study.py --data ../shared/data/grocery-store --from-stages 7 6 --seeds 3
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -22,14 +22,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.table import ID, LABEL, PATH, SAMPLE_DIR, clean, read_table
+from shopee_fastai.nets.body import input_stats
 
-from recipe_study import mirrored, pretrained_body  # noqa: E402
-
-from shopee_fastai import data as D  # noqa: E402
-from shopee_fastai.models import input_stats  # noqa: E402
-from shopee_fastai.weights import LITE0_ARCH  # noqa: E402
+from recipe_study import mirrored, pretrained_body  # bench/recipe_study.py, beside this script
 
 BS = 32
 STEM_STAGES = 6  # maps are cached after blocks[:6] (192 x 7 x 7 at 224 px); the last stage and conv_head can train
@@ -96,8 +93,8 @@ def predict(top: Top, x: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=D.SAMPLE_DIR)
-    ap.add_argument("--arch", default=LITE0_ARCH)
+    ap.add_argument("--data", type=Path, default=SAMPLE_DIR)
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--from-stages", type=int, nargs="+", default=[7, 6])
     ap.add_argument("--epochs", type=int, nargs="+", default=[10])
@@ -110,8 +107,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/partial_study"))
     args = ap.parse_args()
 
-    table = D.clean(D.read_table(args.data), 0)
-    paths = list(table[D.PATH])
+    table = clean(read_table(args.data), 0)
+    paths = list(table[PATH])
     model = pretrained_body(args.arch)
     args.cache.mkdir(parents=True, exist_ok=True)
     f = args.cache / f"{args.arch}-{args.size}-{len(paths)}-stem{STEM_STAGES}.pt"
@@ -120,13 +117,13 @@ def main() -> None:
         torch.save(stem_maps(model, paths, args.size, *input_stats(args.arch)), f)
         print(f"stem maps: {time.perf_counter() - t:.0f} s for {len(paths)} photos x 2", flush=True)
     plain, flipped = torch.load(f)
-    test_mask = table[D.ID].astype(str).str.contains(args.holdout).to_numpy()
+    test_mask = table[ID].astype(str).str.contains(args.holdout).to_numpy()
     print("| groups | trained from stage | epochs | body lr | val_ accuracy, mirror TTA (mean ± sd) | train s per run |")
     print("|---|---|---|---|---|---|")
     for top_n in args.top_groups:
-        keep = table[D.LABEL].isin(D.clean(table, top_n)[D.LABEL].unique()).to_numpy() if top_n else np.ones(len(table), bool)
-        vocab = {v: i for i, v in enumerate(sorted(table[D.LABEL][keep].astype(str).unique()))}
-        y_all = torch.tensor([vocab.get(v, -1) for v in table[D.LABEL].astype(str)])
+        keep = table[LABEL].isin(clean(table, top_n)[LABEL].unique()).to_numpy() if top_n else np.ones(len(table), bool)
+        vocab = {v: i for i, v in enumerate(sorted(table[LABEL][keep].astype(str).unique()))}
+        y_all = torch.tensor([vocab.get(v, -1) for v in table[LABEL].astype(str)])
         tr, te = torch.from_numpy(keep & ~test_mask), torch.from_numpy(keep & test_mask)
         x, y = torch.cat([plain[tr], flipped[tr]]), y_all[tr].repeat(2)
         for k in args.from_stages:

@@ -13,7 +13,6 @@ matrix-product peak. A forward-only table (a fixed batch, no decoding) shows whe
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,25 +20,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shopee_fastai.artifacts import ModelFiles
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.images import collect_images, crop_resize, load_rgb
+from shopee_fastai.data.table import SAMPLE_DIR
+from shopee_fastai.device import cpu_has_bf16
+from shopee_fastai.inference.backends import ONNX_INPUT
+from shopee_fastai.inference.predictor import load_predictor
 
-from yardstick import forward_gflops, fraction, peak_gflops  # noqa: E402
-
-from shopee_fastai import infer  # noqa: E402
-from shopee_fastai.data import SAMPLE_DIR  # noqa: E402
-from shopee_fastai.images import load_rgb  # noqa: E402
-from shopee_fastai.predict import collect_images, load_predictor  # noqa: E402
+from yardstick import forward_gflops, fraction, peak_gflops  # bench/yardstick.py, beside this script
 
 GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store" / "train_images"
 
 
 def sample_model(models_dir: Path, arch: str) -> Path:
     """A real trained model (features recipe on the bundled sample), so agreement is measured on real outputs."""
-    from shopee_fastai.train import TrainConfig, train
+    from shopee_fastai.config import TrainConfig
+    from shopee_fastai.training import train
 
-    train(TrainConfig(data=SAMPLE_DIR, arch=arch, pretrained=True, top_groups=0, split="random", models_dir=models_dir))
-    return models_dir / f"{arch}-pretrained.pkl"
+    card = train(TrainConfig(data=SAMPLE_DIR, arch=arch, pretrained=True, top_groups=0, split="random", models_dir=models_dir))
+    return ModelFiles.of(models_dir, card.name).pkl
 
 
 def plain_loop(model, cfg: dict, files: list[Path], bs: int) -> np.ndarray:
@@ -52,7 +52,7 @@ def plain_loop(model, cfg: dict, files: list[Path], bs: int) -> np.ndarray:
         for b in range(0, len(files), bs):
             xs = []
             for f in files[b : b + bs]:
-                im = infer.crop_resize(load_rgb(f), cfg["size"])
+                im = crop_resize(load_rgb(f), cfg["size"])
                 xs.append((torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 255 - mean) / std)
             out.append(model(torch.stack(xs)).softmax(1).numpy())
     return np.concatenate(out)
@@ -76,9 +76,9 @@ def forward_only(model, cfg: dict, bs: int, session) -> dict[str, float]:
         "fp32 NCHW (plain)": lambda: model(x),
         "fp32 channels-last": lambda: cl(x.contiguous(memory_format=torch.channels_last)),
         "bf16 autocast channels-last": lambda: _bf16(cl, x.contiguous(memory_format=torch.channels_last)),
-        "ONNX Runtime fp32": lambda: session.run(None, {infer.ONNX_INPUT: u8}),
+        "ONNX Runtime fp32": lambda: session.run(None, {ONNX_INPUT: u8}),
     }
-    if not infer.cpu_has_bf16():
+    if not cpu_has_bf16():
         ways.pop("bf16 autocast channels-last")
     rates = {}
     with torch.inference_mode():
@@ -99,19 +99,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--model", type=Path, help="an exported .pkl (default: train Lite0 on the bundled sample)")
-    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     args = ap.parse_args()
 
     files = collect_images([args.photos])[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
         model_file = args.model or sample_model(Path(tmp), args.arch)
         learner = load_predictor(model_file, backend="fastai")
-        from shopee_fastai.safe import learner_config
+        from shopee_fastai.artifacts import learner_config
 
         cfg = learner_config(learner.learn)
         net = learner.learn.model.eval()
         print(f"{len(files)} photos from {args.photos}, batch {args.bs}, {cfg['size']} px, {cfg['arch']}, "
-              f"{torch.get_num_threads()} threads, bf16 native: {infer.cpu_has_bf16()}")
+              f"{torch.get_num_threads()} threads, bf16 native: {cpu_has_bf16()}")
 
         plain_rate, plain = timed(lambda: plain_loop(net, cfg, files, args.bs), len(files))
         rows = [("plain timm loop (fp32, sequential decode)", plain_rate, plain)]
@@ -122,7 +122,7 @@ def main() -> None:
                                           ("predict --backend torch", "torch", "fp32"),
                                           ("predict --backend torch --precision bf16", "torch", "bf16"),
                                           ("predict --backend onnx (auto)", "onnx", "fp32")):
-            if precision == "bf16" and not infer.cpu_has_bf16():
+            if precision == "bf16" and not cpu_has_bf16():
                 continue
             p = load_predictor(model_file, backend=backend, precision=precision)
             p.probs(files[: args.bs], bs=args.bs, progress=False)  # warm-up

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,12 +21,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shopee_fastai import data as D  # noqa: E402
-from shopee_fastai.infer import decode, normalised  # noqa: E402
-from shopee_fastai.models import input_stats  # noqa: E402
-from shopee_fastai.weights import LITE0_ARCH, resolve_weights  # noqa: E402
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.images import decode
+from shopee_fastai.data.table import ID, LABEL, PATH, SAMPLE_DIR, clean, read_table
+from shopee_fastai.inference.backends import normalised
+from shopee_fastai.nets.body import input_stats
+from shopee_fastai.nets.weights import resolve_weights
 
 BS = 32
 
@@ -96,8 +95,8 @@ def fit(head: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=D.SAMPLE_DIR)
-    ap.add_argument("--arch", default=LITE0_ARCH)
+    ap.add_argument("--data", type=Path, default=SAMPLE_DIR)
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 288, 352])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--top-groups", type=int, nargs="+", default=[21, 0])
@@ -106,8 +105,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/recipe_study"))
     args = ap.parse_args()
 
-    table = D.clean(D.read_table(args.data), 0)
-    paths = list(table[D.PATH])
+    table = clean(read_table(args.data), 0)
+    paths = list(table[PATH])
     mean, std = input_stats(args.arch)
     model = pretrained_body(args.arch, global_pool="")
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -120,10 +119,10 @@ def main() -> None:
             print(f"features at {size} px: {time.perf_counter() - t:.0f} s for {len(paths)} photos x 2", flush=True)
         feats[size] = torch.load(f)
 
-    test_mask = table[D.ID].astype(str).str.contains(args.holdout).to_numpy()
+    test_mask = table[ID].astype(str).str.contains(args.holdout).to_numpy()
     print(f"{(~test_mask).sum()} training photos, {test_mask.sum()} test photos ({args.holdout})")
     variants = [  # (head, epochs, lr, wd, smoothing, sizes, mirror TTA)
-        ("fastai", 30, 2e-3, 0.01, 0.0, (224,), False),  # the shipped features recipe
+        ("fastai", 30, 2e-3, 0.01, 0.0, (224,), False),  # fastai's head alone, no smoothing, no TTA: the baseline row
         ("fastai", 30, 2e-3, 0.01, 0.0, (224,), True),
         ("fastai", 30, 2e-3, 0.01, 0.1, (224,), True),
         ("linear", 30, 2e-3, 0.01, 0.0, (224,), True),
@@ -138,9 +137,9 @@ def main() -> None:
     print("| groups | head | epochs | lr | wd | label smoothing | sizes | mirror TTA | val_ accuracy (mean ± sd) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for top in args.top_groups:
-        keep = table[D.LABEL].isin(D.clean(table, top)[D.LABEL].unique()).to_numpy() if top else np.ones(len(table), bool)
-        vocab = {v: i for i, v in enumerate(sorted(table[D.LABEL][keep].astype(str).unique()))}
-        y_all = torch.tensor([vocab.get(v, -1) for v in table[D.LABEL].astype(str)])
+        keep = table[LABEL].isin(clean(table, top)[LABEL].unique()).to_numpy() if top else np.ones(len(table), bool)
+        vocab = {v: i for i, v in enumerate(sorted(table[LABEL][keep].astype(str).unique()))}
+        y_all = torch.tensor([vocab.get(v, -1) for v in table[LABEL].astype(str)])
         tr, te = torch.from_numpy(keep & ~test_mask), torch.from_numpy(keep & test_mask)
         for head_name, epochs, lr, wd, smooth, sizes, tta in variants:
             x_plain = torch.cat([feats[s][0] for s in sizes], 1)

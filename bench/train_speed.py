@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shopee_fastai.config import OFFLINE_ARCH, Aug
+from shopee_fastai.data.split import SPLIT, TRAIN, VALID
+from shopee_fastai.data.table import PATH, SAMPLE_DIR, clean, read_table
 
-from yardstick import forward_gflops, fraction, peak_gflops  # noqa: E402
-
-from shopee_fastai import data as D  # noqa: E402
+from yardstick import forward_gflops, fraction, peak_gflops  # bench/yardstick.py, beside this script
 
 GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
 LR = 1e-3
@@ -34,19 +32,21 @@ TRAIN_STEP_FLOPS = 3  # forward + backward ≈ 3 forwards
 def learner(data: Path, arch: str, n: int, size: int, bs: int, workers: int | None, precision: str = "auto"):
     from fastai.callback.core import Callback
 
-    from shopee_fastai.cache import prepare, use_cache
-    from shopee_fastai.models import input_stats
-    from shopee_fastai.train import TrainConfig, build_learner
-    from shopee_fastai.weights import WeightsChoice
-
     import pandas as pd
 
-    table = D.clean(D.read_table(data), 0).sample(frac=1, random_state=0).head(n).reset_index(drop=True)
-    prepare(list(table[D.PATH]), size, progress=False)  # "data already cached", as after `shopee-fastai prepare`
-    table[D.PATH] = use_cache(table[D.PATH], size)[0]
+    from shopee_fastai.config import TrainConfig
+    from shopee_fastai.data.cache import prepare, use_cache
+    from shopee_fastai.data.loaders import LoaderConfig, make_dataloaders
+    from shopee_fastai.nets.body import input_stats
+    from shopee_fastai.nets.weights import WeightsChoice
+    from shopee_fastai.training.learner import build_learner
+
+    table = clean(read_table(data), 0).sample(frac=1, random_state=0).head(n).reset_index(drop=True)
+    prepare(list(table[PATH]), size, progress=False)  # "data already cached", as after `shopee-fastai prepare`
+    table[PATH] = use_cache(table[PATH], size)[0]
     # a token valid set of training rows: every label is known, and validation is not what is timed
-    table = pd.concat([table.assign(**{D.SPLIT: D.TRAIN}), table.head(bs).assign(**{D.SPLIT: D.VALID})], ignore_index=True)
-    dls = D.make_dataloaders(table, input_stats(arch), D.LoaderConfig(size, bs, "none", workers))
+    table = pd.concat([table.assign(**{SPLIT: TRAIN}), table.head(bs).assign(**{SPLIT: VALID})], ignore_index=True)
+    dls = make_dataloaders(table, input_stats(arch), LoaderConfig(size, bs, Aug.none, workers))
     learn = build_learner(dls, TrainConfig(data=data, arch=arch, size=size, bs=bs, precision=precision), WeightsChoice(False, "random init"))
 
     class Waits(Callback):
@@ -100,8 +100,8 @@ def plain_epoch(model, batches, lr: float = LR, channels_last: bool = False) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=GROCERY if GROCERY.is_dir() else D.SAMPLE_DIR)
-    ap.add_argument("--arch", default="tf_efficientnet_lite0")
+    ap.add_argument("--data", type=Path, default=GROCERY if GROCERY.is_dir() else SAMPLE_DIR)
+    ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--images", type=int, default=320)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--bs", type=int, default=32)

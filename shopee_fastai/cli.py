@@ -6,12 +6,14 @@ Defaults and choices come from config.py. Heavy imports (torch, fastai) happen i
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional
+from types import SimpleNamespace
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -49,25 +51,63 @@ def command(fn: Callable) -> Callable:
     return app.command(fn.__name__.replace("_", "-"))(wrapper)
 
 
-# Options that several commands share, declared once.
-DataOpt = typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).", rich_help_panel=DATA)
-TopOpt = typer.Option(C.TOP_GROUPS, help="Keep the N largest label groups (0 keeps all).", rich_help_panel=DATA)
-HoldoutOpt = typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)
-SplitOpt = typer.Option(Split.leak_free, help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)
-DupOpt = typer.Option(C.DUP_THRESHOLD, help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)
-SeedOpt = typer.Option(C.SEED, help="Seed for the split and initialisation.", rich_help_panel=DATA)
-SizeOpt = typer.Option(C.SIZE, help="Image side in pixels.", rich_help_panel=DATA)
-BsOpt = typer.Option(C.BS, help="Batch size.", rich_help_panel=DATA)
-AugOpt = typer.Option(Aug.fastai, help="Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.", rich_help_panel=DATA)
-WorkersOpt = typer.Option(None, help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).", rich_help_panel=DATA)
-ArchOpt = typer.Option(C.DEFAULT_ARCH, help="'cnn' (the study's hand-written CNN) or any timm model name.", rich_help_panel=MODEL)
-PretrainedOpt = typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)
-WeightsOpt = typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)
-OptOpt = typer.Option(Optimizer.adam, help="Optimizer.", rich_help_panel=SCHEDULE)
-WdOpt = typer.Option(None, help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)
-ModelsDirOpt = typer.Option(C.MODELS_DIR, help="Where the exported model and its files go.", rich_help_panel=RUN)
-NameOpt = typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).", rich_help_panel=RUN)
-PrecisionOpt = typer.Option(Precision.auto, help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)
+# Every TrainConfig option, declared once: name -> (type, typer option). Commands take the ones that affect them.
+OPTIONS: dict[str, tuple[Any, Any]] = {
+    "data": (Path, typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).", rich_help_panel=DATA)),
+    "top_groups": (int, typer.Option(C.TOP_GROUPS, help="Keep the N largest label groups (0 keeps all).", rich_help_panel=DATA)),
+    "holdout": (Optional[str], typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)),
+    "split": (Split, typer.Option(Split.leak_free, help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)),
+    "dup_threshold": (float, typer.Option(C.DUP_THRESHOLD, help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)),
+    "seed": (int, typer.Option(C.SEED, help="Seed for the split and initialisation.", rich_help_panel=DATA)),
+    "size": (int, typer.Option(C.SIZE, help="Image side in pixels.", rich_help_panel=DATA)),
+    "bs": (int, typer.Option(C.BS, help="Batch size.", rich_help_panel=DATA)),
+    "aug": (Aug, typer.Option(Aug.fastai, help="Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.", rich_help_panel=DATA)),
+    "workers": (Optional[int], typer.Option(None, help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).", rich_help_panel=DATA)),
+    "arch": (str, typer.Option(C.DEFAULT_ARCH, help="'cnn' (the study's hand-written CNN) or any timm model name.", rich_help_panel=MODEL)),
+    "pretrained": (bool, typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)),
+    "weights": (Optional[Path], typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)),
+    "recipe": (Recipe, typer.Option(Recipe.features, help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE)),
+    "head_epochs": (Optional[int], typer.Option(None, help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}).", rich_help_panel=RECIPE)),
+    "top_stages": (Optional[int], typer.Option(None, help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, else 0: head only).", rich_help_panel=RECIPE)),
+    "head_views": (Optional[int], typer.Option(None, help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}).", rich_help_panel=RECIPE)),
+    "body_lr": (float, typer.Option(C.BODY_LR, help="Learning rate of those body stages.", rich_help_panel=RECIPE)),
+    "label_smoothing": (float, typer.Option(C.LABEL_SMOOTHING, help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE)),
+    "mixup": (float, typer.Option(0.0, help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE)),
+    "epochs": (Optional[int], typer.Option(None, help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE)),
+    "freeze_epochs": (int, typer.Option(1, help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE)),
+    "lr": (Optional[float], typer.Option(None, help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE)),
+    "wd": (Optional[float], typer.Option(None, help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)),
+    "opt": (Optimizer, typer.Option(Optimizer.adam, help="Optimizer.", rich_help_panel=SCHEDULE)),
+    "name": (Optional[str], typer.Option(None, help="Model name (default: <arch>-pretrained or <arch>-scratch).", rich_help_panel=RUN)),
+    "models_dir": (Path, typer.Option(C.MODELS_DIR, help="Where the exported model and its files go.", rich_help_panel=RUN)),
+    "checkpoint_every": (int, typer.Option(0, help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN)),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN)),
+    "early_stop": (int, typer.Option(0, help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN)),
+    "keep_best": (bool, typer.Option(False, "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN)),
+    "precision": (Precision, typer.Option(Precision.auto, help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)),
+}
+DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
+# lr-find runs the first phase's learner: the recipe, schedule length, lr and checkpointing do not touch it.
+LR_FIND_OPTIONS = (*DATA_OPTIONS, "arch", "pretrained", "weights", "wd", "opt", "name", "models_dir", "precision")
+COMPARE_OPTIONS = (*DATA_OPTIONS, "weights", "recipe", "epochs", "freeze_epochs", "models_dir")
+
+
+def with_options(*names: str) -> Callable:
+    """Give a command the shared OPTIONS `names`, after its own parameters; they reach it as **kwargs."""
+
+    def add(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=OPTIONS[n][1], annotation=OPTIONS[n][0])
+                 for n in names]
+        fn.__signature__ = sig.replace(parameters=own + extra)
+        return fn
+
+    return add
+
+
+DataOpt = OPTIONS["data"][1]
+WeightsOpt = OPTIONS["weights"][1]
 CsvOpt = typer.Option("train.csv", help="The CSV inside --data (test.csv for Kaggle's test set).")
 
 
@@ -83,31 +123,9 @@ def _report_card(card, files) -> None:
 
 
 @command
-def train(
-    data: Path = DataOpt, top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: Split = SplitOpt,
-    dup_threshold: float = DupOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt, aug: Aug = AugOpt,
-    workers: Optional[int] = WorkersOpt,
-    arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
-    recipe: Recipe = typer.Option(Recipe.features, help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE),
-    head_epochs: Optional[int] = typer.Option(None, help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}).", rich_help_panel=RECIPE),
-    top_stages: Optional[int] = typer.Option(None, help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, else 0: head only).", rich_help_panel=RECIPE),
-    head_views: Optional[int] = typer.Option(None, help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}).", rich_help_panel=RECIPE),
-    body_lr: float = typer.Option(C.BODY_LR, help="Learning rate of those body stages.", rich_help_panel=RECIPE),
-    label_smoothing: float = typer.Option(C.LABEL_SMOOTHING, help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE),
-    mixup: float = typer.Option(0.0, help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE),
-    epochs: Optional[int] = typer.Option(None, help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE),
-    freeze_epochs: int = typer.Option(1, help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE),
-    lr: Optional[float] = typer.Option(None, help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE),
-    wd: Optional[float] = WdOpt, opt: Optimizer = OptOpt,
-    name: Optional[str] = NameOpt, models_dir: Path = ModelsDirOpt,
-    checkpoint_every: int = typer.Option(0, help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN),
-    early_stop: int = typer.Option(0, help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN),
-    keep_best: bool = typer.Option(False, "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN),
-    precision: Precision = PrecisionOpt,
-) -> None:
+@with_options(*OPTIONS)
+def train(**options) -> None:
     """Fine-tune (or train from scratch) and export models/<name>.pkl with its split and model card."""
-    options = dict(locals())
     from .artifacts import ModelFiles
     from .device import world
     from .training import train as run
@@ -116,45 +134,33 @@ def train(
     card = run(cfg)
     if world()[0]:
         return  # data-parallel: rank 0 reports and exports
-    _report_card(card, ModelFiles.of(models_dir, card.name))
+    _report_card(card, ModelFiles.of(cfg.models_dir, card.name))
 
 
 @command
+@with_options(*LR_FIND_OPTIONS)
 def lr_find(
-    data: Path = DataOpt, top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: Split = SplitOpt,
-    dup_threshold: float = DupOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt, aug: Aug = AugOpt,
-    workers: Optional[int] = WorkersOpt,
-    arch: str = ArchOpt, pretrained: bool = PretrainedOpt, weights: Optional[Path] = WeightsOpt,
-    wd: Optional[float] = WdOpt, opt: Optimizer = OptOpt,
-    name: Optional[str] = NameOpt, models_dir: Path = ModelsDirOpt, precision: Precision = PrecisionOpt,
     plot: Optional[Path] = typer.Option(None, help="PNG to write (default models/<name>.lr_find.png).", rich_help_panel=RUN),
+    **options,
 ) -> None:
     """fastai's learning-rate range test on the phase train starts with; prints valley/slide/minimum/steep, saves the plot."""
-    options = {k: v for k, v in locals().items() if k != "plot"}
     from .artifacts import ModelFiles
     from .training import lr_find as run
 
     cfg = C.TrainConfig(**options)
     for k, v in run(cfg, plot).items():
         typer.echo(f"{k:8s} {v:.2e}")
-    typer.echo(f"plot: {plot or ModelFiles.of(models_dir, cfg.model_name).lr_find}")
+    typer.echo(f"plot: {plot or ModelFiles.of(cfg.models_dir, cfg.model_name).lr_find}")
 
 
 @command
+@with_options(*COMPARE_OPTIONS)
 def compare(
-    data: Path = DataOpt, top_groups: int = TopOpt, holdout: Optional[str] = HoldoutOpt, split: Split = SplitOpt,
-    dup_threshold: float = DupOpt, seed: int = SeedOpt, size: int = SizeOpt, bs: int = BsOpt, aug: Aug = AugOpt,
-    workers: Optional[int] = WorkersOpt,
-    weights: Optional[Path] = typer.Option(None, help="Local EfficientNet-B0 weights for the pretrained row.", rich_help_panel=MODEL),
-    recipe: Recipe = typer.Option(Recipe.features, help="Recipe of the pretrained row.", rich_help_panel=RECIPE),
-    epochs: Optional[int] = typer.Option(None, help=f"Epochs per model (default {C.EPOCHS}; unfrozen epochs of the pretrained row, 0 after --recipe features).", rich_help_panel=SCHEDULE),
-    freeze_epochs: int = typer.Option(1, help="Frozen epochs for the pretrained row (--recipe fine-tune).", rich_help_panel=SCHEDULE),
     seeds: int = typer.Option(1, help="Repeat over this many seeds; mean ± sd.", rich_help_panel=RUN),
-    models_dir: Path = ModelsDirOpt,
     out: Path = typer.Option(Path("reports/compare"), help="Folder for table.md, runs.csv and accuracy.png.", rich_help_panel=RUN),
+    **options,
 ) -> None:
     """Hand CNN (with/without augmentation), EfficientNet-B0 from scratch and pretrained, on one split; table + chart."""
-    options = {k: v for k, v in locals().items() if k not in ("seeds", "out")}
     from .training.compare import compare as run
 
     cfg = C.TrainConfig(**options)
@@ -253,7 +259,7 @@ def eda(
 
 @command
 def prepare(
-    data: Path = DataOpt, size: int = SizeOpt,
+    data: Path = DataOpt, size: int = OPTIONS["size"][1],
     top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every image in the CSV)."),
 ) -> None:
     """Pre-resize every image once (shorter side to --size) into the cache that train, lr-find and predict use."""
@@ -269,10 +275,10 @@ def prepare(
 
 
 @command
+@with_options("data", "top_groups", "dup_threshold", "seed", "holdout")
 def split(
-    data: Path = DataOpt, top_groups: int = TopOpt, dup_threshold: float = DupOpt, seed: int = SeedOpt,
-    holdout: Optional[str] = HoldoutOpt,
     out: Optional[Path] = typer.Option(None, help="Write the leak-free split (posting_id,split) to this CSV."),
+    **options,
 ) -> None:
     """Find near-duplicate clusters and report what a plain random split would leak; optionally save the leak-free split."""
     from .data import split as S
@@ -280,10 +286,11 @@ def split(
     from .data.neardup import clusters, leak_report, leaked
     from .inference.embed import embeddings_for
 
-    table = D.drop_unreadable(D.clean(D.read_table(data), top_groups))[0]
-    ids = clusters(table, embeddings_for(list(table[D.PATH])), dup_threshold)
-    typer.echo(leak_report(table, ids, seed).line())
-    safe = S.make_split(table, seed, holdout=holdout, clusters=ids)
+    o = SimpleNamespace(**options)
+    table = D.drop_unreadable(D.clean(D.read_table(o.data), o.top_groups))[0]
+    ids = clusters(table, embeddings_for(list(table[D.PATH])), o.dup_threshold)
+    typer.echo(leak_report(table, ids, o.seed).line())
+    safe = S.make_split(table, o.seed, holdout=o.holdout, clusters=ids)
     sizes = ", ".join(f"{n} {int((safe == n).sum())}" for n in S.SPLITS)
     typer.echo(f"leak-free split: {sizes}; test images beside a twin in training: {leaked(safe, table, ids)}")
     if out:
@@ -387,7 +394,7 @@ def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to cr
 @command
 def demo(
     dest: Path = typer.Argument(Path("shopee-sample"), help="Folder for the sample (created if missing)."),
-    models_dir: Path = ModelsDirOpt,
+    models_dir: Path = OPTIONS["models_dir"][1],
 ) -> None:
     """The whole job on the bundled sample: copy it, train the default recipe offline, evaluate, predict one photo."""
     from .artifacts import ModelFiles

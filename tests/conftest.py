@@ -48,10 +48,11 @@ def synthetic(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_cnn(synthetic, tmp_path_factory):
     """One small CNN trained and exported for all tests that need a model (training is the slow part)."""
-    from shopee_fastai.train import TrainConfig, export, fit_learner
+    from shopee_fastai.config import TrainConfig
+    from shopee_fastai.training import export, fit_learner
 
     # Colour blobs under noise all look alike to an ImageNet backbone: every group would be one
-    # near-duplicate cluster, so the model tests use the plain split (tests/test_neardup.py covers the other).
+    # near-duplicate cluster, so the model tests use the plain split (tests/data/test_neardup.py covers the other).
     cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, epochs=4, aug="none", workers=0, split="random",
                       models_dir=tmp_path_factory.mktemp("models"), lr=3e-3)
     trained = fit_learner(cfg)

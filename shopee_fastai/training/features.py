@@ -134,7 +134,7 @@ def features_learner(learn, cfg: TrainConfig):
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
     from fastai.optimizer import Adam
-    from fastai.torch_core import params, set_seed
+    from fastai.torch_core import params, set_seed, trainable_params
 
     device = learn.dls.device
     learn.model.to(device)  # fastai moves it only when a fit starts; this phase comes first
@@ -154,7 +154,7 @@ def features_learner(learn, cfg: TrainConfig):
         body.requires_grad_(True)
     flearn = Learner(dls, split.trained, loss_func=CrossEntropyLossFlat(label_smoothing=cfg.label_smoothing),
                      opt_func=partial(Adam, sqr_mom=0.999, eps=1e-8), metrics=accuracy, wd=cfg.wd if cfg.wd is not None else WD,
-                     wd_bn_bias=True, splitter=(lambda m: [params(m[0]), params(m[1])]) if body is not None else None,
+                     wd_bn_bias=True, splitter=(lambda m: [params(m[0]), params(m[1])]) if body is not None else trainable_params,
                      path=Path("."), model_dir=".", cbs=cbs)
     configure(flearn, cfg.precision)
     return flearn

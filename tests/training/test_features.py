@@ -3,11 +3,14 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from shopee_fastai.config import TOP_STAGES, TrainConfig
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.head import TOP_STAGES, augmented_outputs, frozen_outputs, split_model
-from shopee_fastai.train import TrainConfig, export, fit_learner, setup
+from shopee_fastai.nets.body import split_model
+from shopee_fastai.training import export, fit_learner
+from shopee_fastai.training.features import augmented_outputs, frozen_outputs
+from shopee_fastai.training.learner import setup
 
-from .conftest import COLOURS, SIZE
+from ..conftest import COLOURS, SIZE
 
 
 @pytest.mark.parametrize("mixup", [0.0, 0.4])
@@ -19,12 +22,12 @@ def test_head_on_cached_features_leaves_the_body_untouched_and_learns(synthetic,
                       head_epochs=80, lr=1e-2, epochs=0, size=SIZE, workers=0, models_dir=tmp_path, name="feat",
                       mixup=mixup)
     trained = fit_learner(cfg)
-    history = trained.card["history"]
+    history = trained.card.history
     assert [h["phase"] for h in history] == ["head"] * 80
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     body = {k.removeprefix("model."): v for k, v in trained.learn.model[0].state_dict().items()}
     assert all(torch.equal(body[k], v) for k, v in source.items() if k in body)  # BatchNorm statistics included
-    assert trained.card["test_accuracy"] > 1 / len(COLOURS)
+    assert trained.card.test_accuracy > 1 / len(COLOURS)
     export(trained)
     assert (tmp_path / "feat.pkl").is_file()
 
@@ -34,12 +37,12 @@ def test_features_recipe_then_unfrozen_epochs(synthetic, tmp_path):
     save_file(timm.create_model("test_resnet").state_dict(), str(weights))
     cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, recipe="features",
                       head_epochs=3, epochs=1, size=SIZE, bs=8, workers=0, models_dir=tmp_path)
-    phases = [h["phase"] for h in fit_learner(cfg).card["history"]]
+    phases = [h["phase"] for h in fit_learner(cfg).card.history]
     assert phases == ["head"] * 3 + ["unfrozen"]
 
 
 def test_head_views_are_augmented_passes_over_the_training_images_in_order(synthetic, tmp_path, monkeypatch):
-    import shopee_fastai.head as H
+    import shopee_fastai.training.features as H
 
     weights = tmp_path / "w.safetensors"
     save_file(timm.create_model("test_resnet").state_dict(), str(weights))
@@ -60,15 +63,16 @@ def test_head_views_are_augmented_passes_over_the_training_images_in_order(synth
     for views, extra in ((4, [2]), (1, [])):
         passes.clear()
         trained = fit_learner(TrainConfig(**{**cfg.__dict__, "head_views": views, "head_epochs": 20, "lr": 1e-2, "epochs": 0}))
-        assert passes == extra and trained.card["test_accuracy"] > 1 / len(COLOURS)
+        assert passes == extra and trained.card.test_accuracy > 1 / len(COLOURS)
 
 
 def _lite0():
     from safetensors.torch import load_file
 
-    from shopee_fastai.weights import LITE0_ARCH, offline_weights_file
+    from shopee_fastai.config import OFFLINE_ARCH
+    from shopee_fastai.nets.weights import offline_weights_file
 
-    return LITE0_ARCH, load_file(str(offline_weights_file()))  # real ImageNet weights: random ones give no usable features
+    return OFFLINE_ARCH, load_file(str(offline_weights_file()))  # real ImageNet weights: random ones give no usable features
 
 
 def test_top_stages_train_with_the_head_and_keep_imagenet_batchnorm(synthetic, tmp_path):
@@ -84,9 +88,9 @@ def test_top_stages_train_with_the_head_and_keep_imagenet_batchnorm(synthetic, t
     frozen = [k for k in body if k not in trainable]
     assert trainable and all(torch.equal(body[k], source[k]) for k in frozen)  # lower stages and every BN statistic
     assert all(any(not torch.equal(body[k], source[k]) for k in trainable if k.startswith(t)) for t in top)  # each top stage learnt
-    history = trained.card["history"]
+    history = trained.card.history
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    assert trained.card["test_accuracy"] > 1 / len(COLOURS)
+    assert trained.card.test_accuracy > 1 / len(COLOURS)
     export(trained)
     assert (tmp_path / "top.pkl").is_file()
 

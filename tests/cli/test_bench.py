@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shopee_fastai.data import SAMPLE_DIR
+from shopee_fastai.data.table import SAMPLE_DIR
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.mark.parametrize("script, args, expect", [
@@ -35,7 +35,7 @@ def run_bench(script, args, expect):
     ("cold_start.py", ["--repeat", "0"], "predict 1 photo, .onnx"),
 ])
 def test_speed_bench_runs_on_a_trained_model(trained_cnn, script, args, expect):
-    out = run_bench(script, [*args, "--model", str(trained_cnn.paths["pkl"])], expect)
+    out = run_bench(script, [*args, "--model", str(trained_cnn.files.pkl)], expect)
     if script == "predict_speed.py":
         assert "| 100.0 % |" in out  # the ONNX and torch backends agree with the plain loop here
 

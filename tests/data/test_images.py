@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shopee_fastai.data.images import MAX_PIXELS, load_rgb
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.images import MAX_PIXELS, load_rgb
 
 
 def save(path, im, fmt=None, **kw):

@@ -3,16 +3,18 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from shopee_fastai import weights as W
+from shopee_fastai.config import CACHE_ENV, OFFLINE_ARCH, TrainConfig
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.train import TrainConfig, fit_learner, setup
+from shopee_fastai.nets import weights as W
+from shopee_fastai.training import fit_learner
+from shopee_fastai.training.learner import setup
 
-from .conftest import SIZE
+from ..conftest import SIZE
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(W.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -29,13 +31,13 @@ def test_offline_package_converts_and_loads_strictly_into_timm(cache, arch):
     assert W.offline_weights_file(arch) == file  # second call reuses the cache
 
 
-@pytest.mark.parametrize("arch", [W.LITE0_ARCH, "tf_efficientnet_lite2"])
+@pytest.mark.parametrize("arch", [OFFLINE_ARCH, "tf_efficientnet_lite2"])
 def test_offline_weights_recognise_real_bananas(cache, arch):
     # The bundled sample's banana photos (group 6): real ImageNet weights call most of them "banana" (class 954).
     from timm.data import create_transform, resolve_data_config
 
-    from shopee_fastai.data import SAMPLE_DIR, read_table
-    from shopee_fastai.images import load_rgb
+    from shopee_fastai.data.images import load_rgb
+    from shopee_fastai.data.table import SAMPLE_DIR, read_table
 
     model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(W.offline_weights_file(arch))}).eval()
     tfm = create_transform(**resolve_data_config({}, model=model))

@@ -1,8 +1,10 @@
 import numpy as np
 import pandas as pd
 
-from shopee_fastai import data as D
-from shopee_fastai.neardup import clusters, embeddings_for, leak_report, leaked, similar_pairs
+from shopee_fastai.data import split as S
+from shopee_fastai.data import table as D
+from shopee_fastai.data.neardup import clusters, leak_report, leaked, similar_pairs
+from shopee_fastai.inference.embed import embeddings_for
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -42,13 +44,13 @@ def make_twins(groups: int = 4, clusters_per_group: int = 10, twins: int = 3) ->
 
 def test_leak_free_split_keeps_clusters_whole_and_stays_stratified():
     df, ids = make_twins()
-    split = D.make_split(df, seed=0, clusters=ids)
+    split = S.make_split(df, seed=0, clusters=ids)
     where = df[D.ID].map(split)
     assert (where.groupby(ids).nunique() == 1).all()
     assert leaked(split, df, ids) == 0
     per_group = where.groupby(df[D.LABEL]).value_counts().unstack()
-    assert (per_group[D.TEST] == 3).all() and (per_group[D.VALID] == 3).all() and (per_group[D.TRAIN] == 24).all()
-    plain = D.make_split(df, seed=0)
+    assert (per_group[S.TEST] == 3).all() and (per_group[S.VALID] == 3).all() and (per_group[S.TRAIN] == 24).all()
+    plain = S.make_split(df, seed=0)
     assert leaked(plain, df, ids) > 5  # what the leak-free split prevents
     report = leak_report(df, ids, seed=0)
     assert report.clusters == 40 and report.largest == 3 and report.random_split_test_leaks == leaked(plain, df, ids)
@@ -57,8 +59,8 @@ def test_leak_free_split_keeps_clusters_whole_and_stays_stratified():
 def test_near_duplicates_of_held_out_photos_join_the_test_split():
     df, ids = make_twins(groups=2, clusters_per_group=4)
     df.loc[0, D.ID] = "val_0"
-    split = D.make_split(df, seed=0, holdout="^val_", clusters=ids)
-    assert set(split[df[D.ID][ids == ids[0]]]) == {D.TEST}
+    split = S.make_split(df, seed=0, holdout="^val_", clusters=ids)
+    assert set(split[df[D.ID][ids == ids[0]]]) == {S.TEST}
     assert leaked(split, df, ids) == 0
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shopee_fastai import data as D
-from shopee_fastai import match as M
+from shopee_fastai import matching as M
+from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
 
 

@@ -6,30 +6,31 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from shopee_fastai import data as D
+from shopee_fastai.artifacts import META_KEY, load_safetensors, write_safetensors
+from shopee_fastai.config import TrainConfig
+from shopee_fastai.data import split as S
+from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.infer import FastModel, TorchBackend
-from shopee_fastai.predict import predict_probs
-from shopee_fastai.safe import META_KEY, export_safe, load_safe
-from shopee_fastai.train import TrainConfig, fit_learner
+from shopee_fastai.inference.backends import FastPredictor, TorchBackend, predict_probs
+from shopee_fastai.training import fit_learner
 
-from .conftest import SIZE
+from ..conftest import SIZE
 
 
 def predictor(path):
     """The weights-only model on the torch backend, full decoding (as fastai's own pipeline decodes)."""
-    net, cfg = load_safe(path)
-    return FastModel(TorchBackend(net, cfg), cfg, draft=False)
+    net, cfg = load_safetensors(path)
+    return FastPredictor(TorchBackend(net, cfg), cfg, draft=False)
 
 
 def test_hand_cnn_weights_only_export_predicts_like_the_pickle(trained_cnn):
-    safe = trained_cnn.paths["safe"]
+    safe = trained_cnn.files.safetensors
     assert safe.is_file()  # train writes it beside the .pkl
-    images = list(D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST)[D.PATH])
+    images = list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
     expected = predict_probs(trained_cnn.learn, images, progress=False).probs
     model = predictor(safe)
     assert model.vocab == [str(v) for v in trained_cnn.learn.dls.vocab]
-    assert np.allclose(model.probs(images, progress=False).probs, expected.numpy(), atol=1e-4)
+    assert np.allclose(model.probs(images, progress=False).probs, expected, atol=1e-4)
 
 
 def test_timm_weights_only_export_predicts_like_the_learner(synthetic, tmp_path):
@@ -37,28 +38,28 @@ def test_timm_weights_only_export_predicts_like_the_learner(synthetic, tmp_path)
     save_file(timm.create_model("test_resnet").state_dict(), str(weights))
     trained = fit_learner(TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, size=SIZE,
                                       head_epochs=3, workers=0, models_dir=tmp_path))
-    export_safe(trained.learn, trained.card, tmp_path / "m.safetensors")
+    write_safetensors(trained.learn, trained.card.arch, tmp_path / "m.safetensors")
     images = sorted(str(p) for p in (synthetic / "train_images").glob("*.jpg"))[:6]
     expected = predict_probs(trained.learn, images, progress=False).probs
-    assert np.allclose(predictor(tmp_path / "m.safetensors").probs(images, progress=False).probs, expected.numpy(), atol=1e-4)
+    assert np.allclose(predictor(tmp_path / "m.safetensors").probs(images, progress=False).probs, expected, atol=1e-4)
 
 
 def test_bad_safetensors_files_get_one_line(trained_cnn, tmp_path):
     plain = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(plain))
     with pytest.raises(ShopeeError, match="without a shopee-fastai config"):
-        load_safe(plain)
+        load_safetensors(plain)
     cut = tmp_path / "cut.safetensors"
-    cut.write_bytes(trained_cnn.paths["safe"].read_bytes()[:500])
+    cut.write_bytes(trained_cnn.files.safetensors.read_bytes()[:500])
     with pytest.raises(ShopeeError, match="not a readable safetensors file"):
-        load_safe(cut)
+        load_safetensors(cut)
     with pytest.raises(ShopeeError, match="model file not found"):
-        load_safe(tmp_path / "none.safetensors")
+        load_safetensors(tmp_path / "none.safetensors")
     from safetensors import safe_open
 
-    with safe_open(str(trained_cnn.paths["safe"]), "pt") as f:
+    with safe_open(str(trained_cnn.files.safetensors), "pt") as f:
         cfg, tensors = json.loads(f.metadata()[META_KEY]), {k: f.get_tensor(k) for k in f.keys()}
     odd = tmp_path / "odd.safetensors"
     save_file(tensors, str(odd), metadata={META_KEY: json.dumps({**cfg, "arch": "resnet_from_the_future"})})
     with pytest.raises(ShopeeError, match="not known to this version"):
-        load_safe(odd)
+        load_safetensors(odd)

@@ -4,7 +4,7 @@ import re
 import subprocess
 import sys
 
-from .conftest import SIZE
+from ..conftest import SIZE
 
 
 def test_two_processes_train_in_sync_and_export_once(synthetic, tmp_path):

@@ -1,11 +1,16 @@
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
-from shopee_fastai import data as D
+from shopee_fastai.artifacts import load_learner
+from shopee_fastai.data import split as S
+from shopee_fastai.data import table as D
+from shopee_fastai.data.images import collect_images
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.predict import collect_images, load_model, predict_probs, top_k
+from shopee_fastai.inference.backends import predict_probs
+from shopee_fastai.inference.predictions import top_k
 
 
 def test_collect_images_expands_folders_and_rejects_missing(synthetic, tmp_path):
@@ -23,7 +28,7 @@ def test_probabilities_sum_to_one_and_unreadable_images_are_listed(trained_cnn, 
     images = sorted((synthetic / "train_images").glob("*.jpg"))[:5]
     preds = predict_probs(trained_cnn.learn, [images[0], bad, *images[1:]], progress=False)
     assert preds.paths == images
-    assert torch.allclose(preds.probs.sum(1), torch.ones(5), atol=1e-5)
+    assert preds.probs.shape == (5, 3) and np.allclose(preds.probs.sum(1), np.ones(5), atol=1e-5)
     assert len(preds.failures) == 1 and "bad.jpg" in preds.failures[0]
 
 
@@ -36,12 +41,12 @@ def test_top_k_is_best_first():
 def test_prediction_uses_training_preprocessing(trained_cnn):
     # The same decoded image through the training pipeline's validation path gives the same probabilities.
     learn = trained_cnn.learn
-    test_rows = D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST)
-    dl = learn.dls.test_dl(test_rows.assign(split=D.TEST), num_workers=0)
+    test_rows = S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)
+    dl = learn.dls.test_dl(test_rows.assign(split=S.TEST), num_workers=0)
     with learn.no_bar():
         expected, _ = learn.get_preds(dl=dl)
     got = predict_probs(learn, list(test_rows[D.PATH]), progress=False).probs
-    assert torch.allclose(expected, got, atol=1e-5)
+    assert np.allclose(expected.numpy(), got, atol=1e-5)
 
 
 @pytest.mark.parametrize("write, message", [
@@ -49,19 +54,19 @@ def test_prediction_uses_training_preprocessing(trained_cnn):
     (lambda p: p.write_bytes(b"\x80\x04"), "not a readable fastai learner"),
     (lambda p: torch.save({"not": "a learner"}, p), "not a fastai Learner"),
 ])
-def test_load_model_errors(tmp_path, write, message):
+def test_load_learner_errors(tmp_path, write, message):
     path = tmp_path / "m.pkl"
     write(path)
     with pytest.raises(ShopeeError, match=message):
-        load_model(path)
+        load_learner(path)
 
 
 def test_truncated_export_is_refused(trained_cnn, tmp_path):
-    blob = trained_cnn.paths["pkl"].read_bytes()
+    blob = trained_cnn.files.pkl.read_bytes()
     cut = tmp_path / "cut.pkl"
     cut.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(ShopeeError, match="not a readable fastai learner"):
-        load_model(cut)
+        load_learner(cut)
 
 
 def test_learner_whose_code_is_missing_names_the_fix(tmp_path, monkeypatch):
@@ -78,7 +83,7 @@ def test_learner_whose_code_is_missing_names_the_fix(tmp_path, monkeypatch):
     del sys.modules["gone_module_xyz"]
     importlib.invalidate_caches()
     with pytest.raises(ShopeeError, match="code this learner was exported with cannot be found"):
-        load_model(path)
+        load_learner(path)
 
 
 def test_memory_stays_bounded_as_the_number_of_images_grows(trained_cnn, tmp_path):
@@ -105,7 +110,7 @@ def test_memory_stays_bounded_as_the_number_of_images_grows(trained_cnn, tmp_pat
             "rc=0\ntry:\n    app()\nexcept SystemExit as e:\n    rc=e.code\n"
             "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'RC', rc, file=sys.stderr)")
     def run(path):
-        out = subprocess.run([sys.executable, "-c", code, str(path), str(trained_cnn.paths["pkl"])],
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(trained_cnn.files.pkl)],
                              capture_output=True, text=True)
         rss = int(out.stderr.split("RSS ")[1].split()[0])
         return out, rss

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from shopee_fastai.cli import app
 
-from .conftest import SIZE
+from ..conftest import SIZE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
@@ -66,12 +66,24 @@ def test_predict_goes_on_past_a_bad_image_and_exits_2(cli_model, synthetic, tmp_
     (["train", "--data", "/no/such/dir"], ["/no/such/dir", "no such data folder"]),
     (["train", "--data", "{synthetic}", "--arch", "resnet_nope"], ["resnet_nope", "not a timm model"]),
     (["train", "--data", "{synthetic}", "--arch", "cnn", "--head-views", "0"], ["--head-views 0", "at least 1"]),
-    (["lr-find", "--data", "{synthetic}", "--arch", "cnn", "--opt", "rmsprop"], ["--opt"]),
+    (["train", "--data", "{synthetic}", "--arch", "cnn", "--mixup", "-1"], ["--mixup -1.0: must be 0 (off) or positive"]),
     (["evaluate", "--model", "/no/model.pkl"], ["/no/model.pkl", "not found"]),
     (["predict", "/no/image.jpg", "--model", "/no/model.pkl"], ["/no/image.jpg"]),
 ])
 def test_errors_are_one_line_with_exit_code_2(synthetic, args, fragments):
     one_line_error(run(*[a.format(synthetic=synthetic) for a in args]), *fragments)
+
+
+@pytest.mark.parametrize("args, option", [
+    (["lr-find", "--data", "{synthetic}", "--arch", "cnn", "--opt", "rmsprop"], "--opt"),
+    (["train", "--data", "{synthetic}", "--arch", "cnn", "--aug", "heavy"], "--aug"),
+])
+def test_bad_choices_are_refused_by_click_with_exit_code_2(synthetic, args, option):
+    # Choice options are enums: click rejects a value outside them itself, before the command runs.
+    result = run(*[a.format(synthetic=synthetic) for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
 
 
 def test_lr_find_command_writes_plot(synthetic, tmp_path):

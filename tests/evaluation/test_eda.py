@@ -9,7 +9,7 @@ from PIL import Image
 from shopee_fastai import eda as E
 from shopee_fastai.errors import ShopeeError
 
-from .conftest import write_kaggle
+from ..conftest import write_kaggle
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLUMNS = ("posting_id", "image", "image_phash", "title", "label_group")

@@ -3,22 +3,26 @@ import pytest
 import torch
 from PIL import Image
 
-from shopee_fastai import data as D
-from shopee_fastai import infer
+from shopee_fastai.artifacts import learner_config
+from shopee_fastai.config import cache_dir
+from shopee_fastai.data import split as S
+from shopee_fastai.data import table as D
+from shopee_fastai.data.images import crop_resize, decode
+from shopee_fastai.device import cpu_has_bf16
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.predict import load_predictor, predict_probs
-from shopee_fastai.safe import learner_config
-from shopee_fastai.weights import cache_dir
+from shopee_fastai.inference import backends as B
+from shopee_fastai.inference.backends import predict_probs
+from shopee_fastai.inference.predictor import load_predictor
 
 
 @pytest.fixture(scope="module")
 def test_images(trained_cnn):
-    return list(D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST)[D.PATH])
+    return list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
 
 
 @pytest.fixture(scope="module")
 def reference(trained_cnn, test_images):
-    return predict_probs(trained_cnn.learn, test_images, progress=False).probs.numpy()
+    return predict_probs(trained_cnn.learn, test_images, progress=False).probs
 
 
 def test_crop_resize_is_fastais_validation_resize(tmp_path):
@@ -27,12 +31,12 @@ def test_crop_resize_is_fastais_validation_resize(tmp_path):
 
     im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8))
     expected = np.asarray(Resize(24)(PILImage(im), split_idx=1))
-    assert np.array_equal(np.asarray(infer.crop_resize(im, 24)), expected)
+    assert np.array_equal(np.asarray(crop_resize(im, 24)), expected)
 
 
 def test_torch_backend_predicts_like_the_learner(trained_cnn, test_images, reference):
     cfg = learner_config(trained_cnn.learn)
-    model = infer.FastModel(infer.TorchBackend(trained_cnn.learn.model, cfg), cfg, draft=False)
+    model = B.FastPredictor(B.TorchBackend(trained_cnn.learn.model, cfg), cfg, draft=False)
     got = model.probs(test_images, bs=3, progress=False)
     assert [str(p) for p in got.paths] == test_images
     assert np.allclose(got.probs, reference, atol=1e-4)
@@ -40,19 +44,19 @@ def test_torch_backend_predicts_like_the_learner(trained_cnn, test_images, refer
 
 def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cnn, test_images, reference, tmp_path):
     cfg = learner_config(trained_cnn.learn)
-    dest = infer.export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
+    dest = B.export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
     model = load_predictor(dest)
     assert model.backend.name == "onnx" and model.cfg == cfg and model.vocab == cfg["classes"]
     assert np.allclose(model.probs(test_images, progress=False).probs, reference, atol=1e-4)  # these are small: no draft
 
 
 def test_auto_backend_caches_the_onnx_graph_once_per_model_file(trained_cnn, test_images, reference):
-    first = load_predictor(trained_cnn.paths["pkl"])
+    first = load_predictor(trained_cnn.files.pkl)
     assert first.backend.name == "onnx"
     graphs = list((cache_dir() / "onnx").glob("*.onnx"))
     assert graphs
     stamps = {g: g.stat().st_mtime_ns for g in graphs}
-    second = load_predictor(trained_cnn.paths["pkl"])
+    second = load_predictor(trained_cnn.files.pkl)
     assert {g: g.stat().st_mtime_ns for g in graphs} == stamps  # reused, not re-exported
     assert np.allclose(second.probs(test_images, progress=False).probs, reference, atol=1e-4)
 
@@ -61,7 +65,7 @@ def test_every_backend_agrees_and_lists_bad_images(trained_cnn, test_images, tmp
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     images = [test_images[0], str(bad), *test_images[1:]]
-    results = {b: load_predictor(trained_cnn.paths["pkl"], backend=b).probs(images, progress=False)
+    results = {b: load_predictor(trained_cnn.files.pkl, backend=b).probs(images, progress=False)
                for b in ("fastai", "torch", "onnx")}
     for b, preds in results.items():
         assert [str(p) for p in preds.paths] == test_images, b
@@ -69,9 +73,9 @@ def test_every_backend_agrees_and_lists_bad_images(trained_cnn, test_images, tmp
         assert np.allclose(preds.probs, results["fastai"].probs, atol=1e-4), b
 
 
-@pytest.mark.skipif(not infer.cpu_has_bf16(), reason="this CPU has no native bfloat16")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
 def test_bf16_keeps_the_top_prediction(trained_cnn, test_images, reference):
-    got = load_predictor(trained_cnn.paths["pkl"], backend="torch", precision="bf16").probs(test_images, progress=False)
+    got = load_predictor(trained_cnn.files.pkl, backend="torch", precision="bf16").probs(test_images, progress=False)
     assert (got.probs.argmax(1) == reference.argmax(1)).mean() >= 0.9
     assert np.allclose(got.probs, reference, atol=0.05)
 
@@ -80,27 +84,27 @@ def test_draft_decoding_keeps_large_photos_close(tmp_path):
     big = tmp_path / "big.jpg"
     yy, xx = np.mgrid[0:800, 0:1000]
     Image.fromarray(np.stack([xx % 256, yy % 256, (xx + yy) % 256], -1).astype(np.uint8)).save(big, quality=95)
-    full, fast = infer.decode(big, 100, draft=False), infer.decode(big, 100, draft=True)
+    full, fast = decode(big, 100, draft=False), decode(big, 100, draft=True)
     assert full.shape == fast.shape == (100, 100, 3)
     assert np.abs(full.astype(int) - fast.astype(int)).mean() < 8
 
 
 @pytest.mark.parametrize("backend, suffix, message", [
-    ("fastai", "safe", "needs the .pkl learner"),
+    ("fastai", "safetensors", "needs the .pkl learner"),
     ("torch", "onnx", "runs on --backend onnx only"),
     ("cuda", "pkl", "choose one of"),
 ])
 def test_backend_mismatches_are_one_line_errors(trained_cnn, tmp_path, backend, suffix, message):
-    path = trained_cnn.paths[suffix] if suffix != "onnx" else tmp_path / "m.onnx"
+    path = getattr(trained_cnn.files, suffix) if suffix != "onnx" else tmp_path / "m.onnx"
     if suffix == "onnx":
-        infer.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
+        B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
     with pytest.raises(ShopeeError, match=message):
         load_predictor(path, backend=backend)
 
 
 def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
     cut = tmp_path / "cut.onnx"
-    infer.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
+    B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
     cut.write_bytes(cut.read_bytes()[:1000])
     with pytest.raises(ShopeeError, match="not a readable ONNX model"):
         load_predictor(cut)
@@ -111,29 +115,29 @@ def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
 
 
 def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, test_images, reference, monkeypatch):
-    import shopee_fastai.predict as P
+    import shopee_fastai.inference.predictor as P
 
     monkeypatch.setattr(P, "_onnx_available", lambda: False)  # as on a machine without the package
-    model = load_predictor(trained_cnn.paths["safe"])
+    model = load_predictor(trained_cnn.files.safetensors)
     assert model.backend.name == "torch" and model.backend.precision == "fp32"
     with pytest.raises(ShopeeError, match="runs fp32"):
-        load_predictor(trained_cnn.paths["pkl"], backend="onnx", precision="bf16")
+        load_predictor(trained_cnn.files.pkl, backend="onnx", precision="bf16")
 
 
 def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_cnn, test_images, tmp_path):
     from fastai.torch_core import set_seed
 
-    model = load_predictor(trained_cnn.paths["pkl"], tta=True)
+    model = load_predictor(trained_cnn.files.pkl, tta=True)
     set_seed(0)
     got = model.probs(test_images, progress=False)
     set_seed(0)
     want = predict_probs(model.learn, test_images, progress=False, tta=True)
     plain = predict_probs(model.learn, test_images, progress=False)
-    assert np.allclose(got.probs, want.probs.numpy(), atol=1e-5) and not np.allclose(got.probs, plain.probs.numpy())
+    assert np.allclose(got.probs, want.probs, atol=1e-5) and not np.allclose(got.probs, plain.probs)
     onnx = tmp_path / "m.onnx"
-    infer.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
-    for path, backend in ((trained_cnn.paths["safe"], "auto"), (trained_cnn.paths["pkl"], "torch"), (onnx, "auto")):
+    B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
+    for path, backend in ((trained_cnn.files.safetensors, "auto"), (trained_cnn.files.pkl, "torch"), (onnx, "auto")):
         with pytest.raises(ShopeeError, match="--tta runs the fastai learner"):
             load_predictor(path, backend=backend, tta=True)
     with pytest.raises(ShopeeError, match="runs fp32"):
-        load_predictor(trained_cnn.paths["pkl"], precision="bf16", tta=True)
+        load_predictor(trained_cnn.files.pkl, precision="bf16", tta=True)

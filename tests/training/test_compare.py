@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from shopee_fastai.compare import compare, summarise
-from shopee_fastai.train import TrainConfig
+from shopee_fastai.config import TrainConfig
+from shopee_fastai.training.compare import compare, summarise
 
-from .conftest import SIZE
+from ..conftest import SIZE
 
 
 def test_compare_trains_every_model_on_one_split_and_writes_table_and_chart(synthetic, tmp_path):

@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from shopee_fastai import data as D
+from shopee_fastai.data import split as S
+from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.evaluate import accuracy_on, classification_metrics, evaluate, most_confused
+from shopee_fastai.evaluation import accuracy_on, classification_metrics, evaluate, most_confused
 
 
 def test_metrics_against_a_hand_checked_case():
@@ -33,8 +34,8 @@ def test_unreadable_and_unknown_rows_count_as_wrong():
 
 
 def test_evaluate_scores_the_saved_test_split_and_writes_a_report(trained_cnn, tmp_path):
-    result = evaluate(trained_cnn.paths["pkl"], out=tmp_path / "r", progress=False)
-    card = json.loads(trained_cnn.paths["card"].read_text())
+    result = evaluate(trained_cnn.files.pkl, out=tmp_path / "r", progress=False)
+    card = json.loads(trained_cnn.files.card.read_text())
     assert result["test_accuracy"] == card["test_accuracy"]
     assert result["valid_accuracy"] == card["valid_accuracy"]
     assert result["images"] == card["split"]["test"]
@@ -46,29 +47,29 @@ def test_evaluate_scores_the_saved_test_split_and_writes_a_report(trained_cnn, t
 
 
 def test_evaluate_any_folder_with_or_without_labels(trained_cnn, synthetic, tmp_path):
-    labelled = evaluate(trained_cnn.paths["pkl"], data=synthetic, out=tmp_path / "a", progress=False)
+    labelled = evaluate(trained_cnn.files.pkl, data=synthetic, out=tmp_path / "a", progress=False)
     assert labelled["images"] == 36 and labelled["top1"] > 0.5
     unlabelled = tmp_path / "u"
     (unlabelled).mkdir()
     (unlabelled / "train_images").symlink_to(synthetic / "train_images")
     (unlabelled / "train.csv").write_text("posting_id,image\nx,1001_000.jpg\ny,2002_000.jpg\n")
-    result = evaluate(trained_cnn.paths["pkl"], data=unlabelled, out=tmp_path / "b", progress=False)
+    result = evaluate(trained_cnn.files.pkl, data=unlabelled, out=tmp_path / "b", progress=False)
     assert "top1" not in result and result["images"] == 2
     assert (tmp_path / "b" / "predictions.csv").read_text().count("\n") == 3
 
 
 def test_tta_gives_probabilities_of_the_same_shape(trained_cnn):
-    from shopee_fastai.predict import predict_probs
+    from shopee_fastai.inference.backends import predict_probs
 
-    images = list(D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST)[D.PATH])
+    images = list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
     plain = predict_probs(trained_cnn.learn, images, progress=False).probs
     tta = predict_probs(trained_cnn.learn, images, progress=False, tta=True).probs
     assert tta.shape == plain.shape and np.allclose(tta.sum(1), 1, atol=1e-4)
-    assert (tta.argmax(1) == plain.argmax(1)).float().mean() >= 0.5
+    assert (tta.argmax(1) == plain.argmax(1)).mean() >= 0.5
 
 
 def test_accuracy_counts_hits_by_hand(trained_cnn):
-    rows = D.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, D.TEST).head(3)
+    rows = S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST).head(3)
     wrong = rows.assign(label_group="no-such-group")
     assert accuracy_on(trained_cnn.learn, wrong) == 0.0
     assert accuracy_on(trained_cnn.learn, rows.iloc[:0]) is None
@@ -76,6 +77,6 @@ def test_accuracy_counts_hits_by_hand(trained_cnn):
 
 def test_missing_card_is_a_clear_error(trained_cnn, tmp_path):
     lone = tmp_path / "m.pkl"
-    lone.write_bytes(trained_cnn.paths["pkl"].read_bytes())
+    lone.write_bytes(trained_cnn.files.pkl.read_bytes())
     with pytest.raises(ShopeeError, match="model card not found"):
         evaluate(lone)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.models import IMAGENET_STATS, HandCNN, check_arch, input_stats
+from shopee_fastai.nets.body import IMAGENET_STATS, check_arch, input_stats
+from shopee_fastai.nets.cnn import HandCNN
 
 
 def test_hand_cnn_is_the_studys_shape():

@@ -7,12 +7,14 @@ import time
 
 import pytest
 
+from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.train import TrainConfig, train
+from shopee_fastai.training import train
 
-from .conftest import SIZE
+from ..conftest import SIZE
 
 EPOCHS = 30
+HEAD_EPOCHS = 40
 
 
 def cli(data, models, *extra):
@@ -21,21 +23,27 @@ def cli(data, models, *extra):
             "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
 
 
-def test_killed_training_resumes_to_a_model_as_good(synthetic, tmp_path):
-    models = tmp_path / "m"
-    proc = subprocess.Popen(cli(synthetic, models), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def kill_after_three_epochs(cmd, models) -> dict:
+    """Start `cmd`, hard-kill it (no cleanup runs) once its checkpoint has 3 epochs done, return the saved progress."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = models / "r.ckpt.json"
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:  # written atomically: never half a file
             break
         time.sleep(0.02)
     assert proc.poll() is None, "training finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)  # hard, mid-epoch: no cleanup runs
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = json.loads(state.read_text())["epochs_done"]
-    assert 3 <= killed_at < EPOCHS and not (models / "r.pkl").exists()
+    assert (models / "r.ckpt.pth").is_file() and not (models / "r.pkl").exists()
     assert not [p for p in models.iterdir() if p.name.endswith(".tmp")]
+    return json.loads(state.read_text())
+
+
+def test_killed_training_resumes_to_a_model_as_good(synthetic, tmp_path):
+    models = tmp_path / "m"
+    state = models / "r.ckpt.json"
+    assert 3 <= kill_after_three_epochs(cli(synthetic, models), models)["epochs_done"] < EPOCHS
     done = subprocess.run(cli(synthetic, models, "--resume"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     card = json.loads((models / "r.json").read_text())
@@ -44,7 +52,7 @@ def test_killed_training_resumes_to_a_model_as_good(synthetic, tmp_path):
     assert not state.exists()  # checkpoint removed once the model is exported
     fresh = train(TrainConfig(data=synthetic, arch="cnn", split="random", epochs=EPOCHS, size=SIZE, bs=8, aug="none",
                               workers=0, lr=3e-3, models_dir=tmp_path / "fresh", name="r"))
-    assert abs(card["test_accuracy"] - fresh["test_accuracy"]) <= 0.25  # as good as uninterrupted, within noise
+    assert abs(card["test_accuracy"] - fresh.test_accuracy) <= 0.25  # as good as uninterrupted, within noise
 
 
 def test_resume_without_checkpoint_says_how(synthetic, tmp_path):
@@ -57,7 +65,7 @@ def test_early_stop_and_keep_best(synthetic, tmp_path):
     cfg = TrainConfig(data=synthetic, arch="cnn", split="random", epochs=40, size=SIZE, bs=8, aug="none", workers=0,
                       lr=3e-2, models_dir=tmp_path, name="es", early_stop=2, keep_best=True)
     card = train(cfg)
-    losses = [h["valid_loss"] for h in card["history"]]
+    losses = [h["valid_loss"] for h in card.history]
     assert len(losses) < 40  # stopped early
     best = min(range(len(losses)), key=losses.__getitem__)
     assert len(losses) - 1 - best == 2  # two epochs without improvement, then stop
@@ -78,3 +86,29 @@ def test_full_disk_is_one_clear_error_and_no_partial_model(synthetic, tmp_path):
         assert not [n for n in left if n.endswith(".tmp")]
     finally:
         subprocess.run(["umount", str(tiny)])
+
+
+def default_recipe_cli(data, models, *extra):
+    return [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", OFFLINE_ARCH, "--pretrained",
+            "--split", "random", "--head-epochs", str(HEAD_EPOCHS), "--size", str(SIZE), "--workers", "0",
+            "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
+
+
+def test_killed_head_phase_resumes_to_a_model_as_good(synthetic, tmp_path):
+    """The default pretrained recipe's cached-features phase checkpoints too, and resumes after a hard kill."""
+    models = tmp_path / "m"
+    state = models / "r.ckpt.json"
+    saved = kill_after_three_epochs(default_recipe_cli(synthetic, models), models)
+    assert saved["phase"] == "head" and 3 <= saved["epochs_done"] < HEAD_EPOCHS
+
+    done = subprocess.run(default_recipe_cli(synthetic, models, "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((models / "r.json").read_text())
+    assert [(h["phase"], h["epoch"]) for h in card["history"]] == [("head", e) for e in range(HEAD_EPOCHS)]  # one schedule
+    assert not state.exists()  # the checkpoint goes once the model is exported
+
+    fresh = train(TrainConfig(data=synthetic, arch=OFFLINE_ARCH, pretrained=True, split="random", head_epochs=HEAD_EPOCHS,
+                              size=SIZE, workers=0, models_dir=tmp_path / "fresh", name="r"))
+    assert card["test_accuracy"] >= 0.8
+    assert abs(card["test_accuracy"] - fresh.test_accuracy) <= 0.25  # as good as uninterrupted, within noise
+    assert abs(card["history"][-1]["train_loss"] - fresh.history[-1]["train_loss"]) < 0.5 * fresh.history[0]["train_loss"]

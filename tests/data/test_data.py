@@ -1,10 +1,12 @@
 import pandas as pd
 import pytest
 
-from shopee_fastai import data as D
+from shopee_fastai.data import loaders as L
+from shopee_fastai.data import split as S
+from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
 
-from .conftest import write_kaggle
+from ..conftest import write_kaggle
 
 
 def rows(spec: dict[str, int], dup_images: int = 0) -> list[dict]:
@@ -58,38 +60,38 @@ def test_clean_keeps_largest_groups_then_drops_reused_images():
 
 def test_split_is_stratified_disjoint_sized_and_seeded():
     df = table({"a": 40, "b": 20, "c": 10})
-    split = D.make_split(df, seed=1)
+    split = S.make_split(df, seed=1)
     assert split.index.is_unique and set(split.index) == set(df[D.ID])
     counts = df.assign(s=df[D.ID].map(split)).groupby([D.LABEL, "s"]).size().unstack()
     assert counts.loc["a"].tolist() == [4, 32, 4]  # columns sort as test, train, valid
     assert counts.loc["b"].tolist() == [2, 16, 2]
     assert counts.loc["c"].tolist() == [1, 8, 1]
-    assert split.equals(D.make_split(df, seed=1))
-    assert not split.equals(D.make_split(df, seed=2))
+    assert split.equals(S.make_split(df, seed=1))
+    assert not split.equals(S.make_split(df, seed=2))
 
 
 def test_split_of_tiny_groups_keeps_training_rows():
-    split = D.make_split(table({"a": 1, "b": 2, "c": 3}), seed=0)
-    assert split["a_0"] == D.TRAIN
-    assert (split[["c_0", "c_1", "c_2"]].sort_values().tolist()) == [D.TEST, D.TRAIN, D.VALID]
+    split = S.make_split(table({"a": 1, "b": 2, "c": 3}), seed=0)
+    assert split["a_0"] == S.TRAIN
+    assert (split[["c_0", "c_1", "c_2"]].sort_values().tolist()) == [S.TEST, S.TRAIN, S.VALID]
 
 
 def test_holdout_regex_makes_the_test_split():
     df = table({"a": 10, "b": 10})
     df.loc[[0, 1, 10], D.ID] = ["val_x", "val_y", "val_z"]
-    split = D.make_split(df, seed=0, holdout="^val_")
-    assert sorted(split[split == D.TEST].index) == ["val_x", "val_y", "val_z"]
-    assert (split == D.VALID).sum() == 2
+    split = S.make_split(df, seed=0, holdout="^val_")
+    assert sorted(split[split == S.TEST].index) == ["val_x", "val_y", "val_z"]
+    assert (split == S.VALID).sum() == 2
     with pytest.raises(ShopeeError, match="matches no posting_id"):
-        D.make_split(df, holdout="^nothing")
+        S.make_split(df, holdout="^nothing")
     with pytest.raises(ShopeeError, match="not a valid regular expression"):
-        D.make_split(df, holdout="(")
+        S.make_split(df, holdout="(")
 
 
 def test_split_round_trips_through_its_file(tmp_path):
-    split = D.make_split(table({"a": 10, "b": 10}), seed=3)
-    D.write_split(split, tmp_path / "m.split.csv")
-    assert D.read_split(tmp_path / "m.split.csv").equals(split)
+    split = S.make_split(table({"a": 10, "b": 10}), seed=3)
+    S.write_split(split, tmp_path / "m.split.csv")
+    assert S.read_split(tmp_path / "m.split.csv").equals(split)
 
 
 def test_unreadable_images_are_skipped_and_reported(synthetic, tmp_path):
@@ -105,8 +107,8 @@ def test_unreadable_images_are_skipped_and_reported(synthetic, tmp_path):
 
 
 def test_dataloaders_normalise_with_given_stats(synthetic):
-    df = D.read_table(synthetic).assign(split=lambda d: [D.VALID if i % 4 == 0 else D.TRAIN for i in range(len(d))])
-    dls = D.make_dataloaders(df, ((0.5,) * 3, (0.5,) * 3), D.LoaderConfig(size=16, bs=4, aug="none", workers=0))
+    df = D.read_table(synthetic).assign(split=lambda d: [S.VALID if i % 4 == 0 else S.TRAIN for i in range(len(d))])
+    dls = L.make_dataloaders(df, ((0.5,) * 3, (0.5,) * 3), L.LoaderConfig(size=16, bs=4, aug="none", workers=0))
     x, y = dls.one_batch()
     assert tuple(x.shape) == (4, 3, 16, 16)
     assert x.min() >= -1.0 - 1e-6 and x.max() <= 1.0 + 1e-6 and x.min() < -0.2  # (v - 0.5) / 0.5 of [0, 1] pixels
@@ -120,7 +122,7 @@ def test_augmentations_change_training_batches_only(aug, colour):
     from fastai.vision.core import TensorImage
     from fasttransform import Pipeline
 
-    tfms = D.batch_augmentations(aug)
+    tfms = L.batch_augmentations(aug)
     assert any(isinstance(t, (Hue, Saturation)) for t in tfms) == colour
     torch.manual_seed(0)
     x = TensorImage(torch.rand(16, 3, 32, 32))

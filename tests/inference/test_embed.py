@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shopee_fastai.embed import embed_paths, learner_embed
+from shopee_fastai.inference.embed import embed_paths, learner_embed
 
 
 def test_embeddings_are_unit_vectors_and_identical_images_match(synthetic):

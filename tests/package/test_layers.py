@@ -1,0 +1,103 @@
+"""The package's import graph: no cycles, and every module imports only from its own layer or those below it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "shopee_fastai"
+# Lowest first. A module may import from its own layer and any layer before it, never from a later one.
+LAYERS = [
+    {"__init__", "errors", "io", "config"},
+    {"device"},
+    {"data"},
+    {"plots"},
+    {"nets"},
+    {"artifacts"},
+    {"inference"},
+    {"evaluation", "matching"},
+    {"training"},
+    {"eda"},
+    {"cli", "__main__"},
+]
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Package modules `path` imports, at module level or inside functions (both create the dependency)."""
+    me = _module(path).split(".")
+    package = me if path.name == "__init__.py" else me[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+            elif node.module and node.module.split(".")[0] == "shopee_fastai":
+                base = []
+                node = ast.ImportFrom(module=".".join(node.module.split(".")[1:]) or None, names=node.names, level=1)
+            else:
+                continue
+            target = base + (node.module.split(".") if node.module else [])
+            for alias in node.names:  # `from . import config` names a module; `from .x import y` names x
+                sub = target + [alias.name]
+                found.add(".".join(sub) if (PACKAGE.joinpath(*sub).with_suffix(".py").is_file()
+                                            or PACKAGE.joinpath(*sub).is_dir()) else ".".join(target) or "__init__")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".", 1)[1] for a in node.names if a.name.startswith("shopee_fastai.")}
+    return {f for f in found if f and f != _module(path)}
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[0]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def test_every_module_has_a_layer():
+    for module in _graph():
+        _layer(module)  # raises StopIteration for a module no layer names
+
+
+def test_imports_go_downward_only():
+    upward = [f"{m} -> {t}" for m, targets in _graph().items() for t in targets if _layer(t) > _layer(m)]
+    assert not upward, "imports from a higher layer: " + ", ".join(sorted(upward))
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                cycles.append(" -> ".join(path[path.index(t):] + [t]))
+            elif t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+@pytest.mark.parametrize("module", ["device", "data.images", "inference.predictions", "inference.backends"])
+def test_low_layers_do_not_import_fastai_at_import_time(module):
+    """The ONNX predict path stays free of fastai: a cold `predict` pays only for what it uses."""
+    import subprocess
+    import sys
+
+    code = f"import sys, shopee_fastai.{module}; print('fastai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
