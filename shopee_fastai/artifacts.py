@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import types
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
@@ -21,6 +22,17 @@ from .errors import ShopeeError
 FORMAT = "shopee-fastai-safetensors/1"
 META_KEY = "shopee_fastai"
 PKL, SAFETENSORS, ONNX = ".pkl", ".safetensors", ".onnx"
+# Modules that classes pickled in exported learners lived in before the package had layers.
+MOVED = {"shopee_fastai.transforms": "shopee_fastai.data.loaders", "shopee_fastai.models": "shopee_fastai.nets.cnn"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return super().find_class(MOVED.get(module, module), name)
+
+
+_PICKLE = types.ModuleType("pickle")  # what torch.load takes: pickle itself, but with the renaming Unpickler
+_PICKLE.__dict__.update({k: v for k, v in vars(pickle).items() if not k.startswith("__")}, Unpickler=_Unpickler)
 
 
 @dataclass(frozen=True)
@@ -126,7 +138,7 @@ def load_learner(path: Path, cpu: bool | None = None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            learn = torch.load(path, map_location=device, pickle_module=pickle, weights_only=False)
+            learn = torch.load(path, map_location=device, pickle_module=_PICKLE, weights_only=False)
     except (ModuleNotFoundError, ImportError, AttributeError, UnboundLocalError) as e:
         raise ShopeeError(f"{path}: the code this learner was exported with cannot be found ({e}); "
                           "install the shopee-fastai version that trained it, or retrain") from e

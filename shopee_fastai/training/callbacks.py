@@ -18,7 +18,7 @@ from fastai.learner import load_model, save_model
 from torch import nn
 
 from ..artifacts import ModelFiles
-from ..config import Precision, TrainConfig
+from ..config import Precision, TrainConfig, option
 from ..device import resolve_precision
 from ..errors import ShopeeError
 from ..io import atomic_path, write_json
@@ -102,14 +102,28 @@ def history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
     return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)}} for i, row in enumerate(rows)]
 
 
+class PlainValidLoss(Callback):
+    """Validate with plain cross-entropy while training uses label smoothing, so valid losses compare across phases."""
+
+    def before_validate(self):
+        from fastai.losses import CrossEntropyLossFlat
+
+        self.train_loss, self.learn.loss_func = self.learn.loss_func, CrossEntropyLossFlat()
+
+    def after_validate(self):
+        self.learn.loss_func = self.train_loss
+
+
 class Checkpoint(Callback):
     """After every `every`-th epoch of a phase (and its last), save the weights of `model` (the whole network,
     also when the phase trains a part of it) with the optimizer state, then the progress, each atomically."""
 
     order = 65  # after the Recorder (50) has logged the epoch
 
-    def __init__(self, files: ModelFiles, model: nn.Module, phase: str, every: int, before: list[dict], start: int = 0):
+    def __init__(self, files: ModelFiles, model: nn.Module, phase: str, every: int, before: list[dict], start: int = 0,
+                 options: dict[str, Any] | None = None):
         self.files, self.model, self.phase, self.every, self.before, self.start = files, model, phase, every, before, start
+        self.options = options or {}
 
     def after_epoch(self) -> None:
         done = self.epoch + 1
@@ -118,17 +132,25 @@ class Checkpoint(Callback):
         with atomic_path(self.files.checkpoint) as tmp:
             save_model(tmp, self.model, self.learn.opt, with_opt=True)
         now = history(self.learn, self.phase, self.start)
-        write_json(self.files.progress, {"phase": self.phase, "epochs_done": done, "history": self.before + now})
+        write_json(self.files.progress, {"phase": self.phase, "epochs_done": done, "history": self.before + now,
+                                         "options": self.options})
 
 
-def read_progress(files: ModelFiles) -> dict[str, Any]:
-    """The saved progress of an interrupted run: phase, epochs done, history so far."""
+def read_progress(files: ModelFiles, options: dict[str, Any]) -> dict[str, Any]:
+    """The saved progress of an interrupted run (phase, epochs done, history so far), if it ran with `options`."""
     if not (files.checkpoint.is_file() and files.progress.is_file()):
         raise ShopeeError(f"{files.checkpoint}: no checkpoint to resume from; train with --checkpoint-every N first (same --name)")
     try:
-        return json.loads(files.progress.read_text())
+        saved = json.loads(files.progress.read_text())
     except (OSError, ValueError) as e:
         raise ShopeeError(f"{files.progress}: unreadable ({e}); train afresh without --resume") from e
+    changed = [k for k in sorted(set(saved.get("options", {})) | set(options))
+               if saved.get("options", {}).get(k) != options.get(k)]
+    if changed:
+        was = saved.get("options", {})
+        diff = ", ".join(f"{option(k)} was {was.get(k)!r}, now {options.get(k)!r}" for k in changed[:3])
+        raise ShopeeError(f"--resume: {diff}; resume with the options the run was started with, or train afresh without --resume")
+    return saved
 
 
 def load_checkpoint(files: ModelFiles, model: nn.Module, learn=None) -> None:
@@ -136,7 +158,8 @@ def load_checkpoint(files: ModelFiles, model: nn.Module, learn=None) -> None:
     try:
         if learn is not None and learn.opt is None:
             learn.create_opt()
-        load_model(files.checkpoint, model, learn.opt if learn is not None else None, with_opt=learn is not None)
+        load_model(files.checkpoint, model, learn.opt if learn is not None else None, with_opt=learn is not None,
+                   device=next(model.parameters()).device)  # the optimizer state must sit where the gradients are
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise ShopeeError(f"{files.checkpoint}: checkpoint unreadable or from other options ({str(e).splitlines()[0][:120]}); "
                           "resume with the options it was trained with, or train afresh") from e
@@ -147,13 +170,23 @@ def remove_checkpoint(files: ModelFiles) -> None:
         p.unlink(missing_ok=True)
 
 
-def stopping_callbacks(cfg: TrainConfig, files: ModelFiles) -> list:
-    """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, reloaded at the phase's end)."""
+def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> list:
+    """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, reloaded at the phase's end),
+    blind to the epochs a resumed phase skips (fastai records those as empty rows)."""
     from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+
+    def from_start(cls):
+        class FromStart(cls):
+            def after_epoch(self):
+                if self.epoch >= start:
+                    super().after_epoch()
+
+        FromStart.__name__ = FromStart.__qualname__ = cls.__name__  # fastai names callbacks after their class
+        return FromStart
 
     cbs: list = []
     if cfg.early_stop:
-        cbs.append(EarlyStoppingCallback(monitor="valid_loss", patience=cfg.early_stop))
+        cbs.append(from_start(EarlyStoppingCallback)(monitor="valid_loss", patience=cfg.early_stop))
     if cfg.keep_best:
-        cbs.append(SaveModelCallback(monitor="valid_loss", fname=str(files.best), with_opt=False))
+        cbs.append(from_start(SaveModelCallback)(monitor="valid_loss", fname=str(files.best), with_opt=False))
     return cbs

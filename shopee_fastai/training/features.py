@@ -23,12 +23,12 @@ from torch import nn
 from ..config import HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD, TrainConfig
 from ..data.table import LABEL, PATH
 from ..nets.body import Split, n_stages, split_model
-from .callbacks import FrozenBatchNormStats, configure
+from .callbacks import FrozenBatchNormStats, PlainValidLoss, configure
 
 HEAD_BS = 64
 VALID_BS = 256
-# One-cycle settings of the trained phase: torch's OneCycleLR defaults (warm-up 30 %, final lr max/2.5e5),
-# with Adam's betas (0.9, 0.999) and weight decay on every parameter, as AdamW.
+# One-cycle settings of the trained phase: torch's OneCycleLR defaults (warm-up 30 %, final lr max/2.5e5), with
+# PyTorch's AdamW (weight decay on every parameter) behind fastai's OptimWrapper.
 PCT_START, DIV_FINAL = 0.3, 2.5e5
 
 
@@ -57,14 +57,14 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
     """`frozen` of every image (eval mode, the learner's validation preprocessing), and its readable paths.
 
     With `mirror`, [2n, ...]: each image, then every mirror image, from one decoding pass. `half` stores
-    fp16 (feature maps are large; they are computed in fp32 and trained on in fp32).
+    fp16 (feature maps are large; they are computed in fp32, and cast back to fp32 for training).
     """
     from ..inference.backends import learner_batches
 
     run = _cacher(frozen, half)
     plain, flipped, done = [], [], []
     with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
-        for ok, dl, _ in learner_batches(learn, [Path(p) for p in paths], progress=progress):
+        for ok, dl, _ in learner_batches(learn, [Path(p) for p in paths], bs=HEAD_BS, progress=progress):
             for (x,) in dl if dl is not None else []:
                 plain.append(run(x))
                 if mirror:
@@ -89,8 +89,11 @@ def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, prog
     return (torch.cat(xs), torch.cat(ys)) if xs else (torch.empty(0), torch.empty(0, dtype=torch.long))
 
 
-class _Cached:
-    """A dataset over cached tensors: item i is (x[i], y[i])."""
+class _Views:
+    """Cached tensors served a batch at a time: items are row numbers, a batch is one gather of those rows.
+
+    One gather keeps the cache's channels-last layout, where stacking rows one by one would not.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
@@ -98,8 +101,12 @@ class _Cached:
     def __len__(self) -> int:
         return len(self.y)
 
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
+    def __getitem__(self, i: int) -> int:
+        return i
+
+    def batch(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(rows)
+        return self.x[idx], self.y[idx]
 
 
 def _float(batch: tuple) -> tuple:
@@ -133,7 +140,7 @@ def features_learner(learn, cfg: TrainConfig):
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
     from fastai.metrics import accuracy
-    from fastai.optimizer import Adam
+    from fastai.optimizer import OptimWrapper
     from fastai.torch_core import params, set_seed, trainable_params
 
     device = learn.dls.device
@@ -144,19 +151,20 @@ def features_learner(learn, cfg: TrainConfig):
     for m in learn.model[1].modules():  # PyTorch's default init, not fastai's kaiming-normal (docs/results.md)
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    dls = DataLoaders(DataLoader(_Cached(*sets["train"]), bs=HEAD_BS, shuffle=True, drop_last=False, after_batch=_float),
-                      DataLoader(_Cached(*sets["valid"]), bs=VALID_BS, after_batch=_float), device=device)
+    train, valid = _Views(*sets["train"]), _Views(*sets["valid"])
+    dls = DataLoaders(DataLoader(train, bs=HEAD_BS, shuffle=True, drop_last=False, create_batch=train.batch, after_batch=_float),
+                      DataLoader(valid, bs=VALID_BS, create_batch=valid.batch, after_batch=_float), device=device)
     body = split.body
-    cbs: list = [FrozenBatchNormStats(body)] if body is not None else []
+    cbs: list = [PlainValidLoss()] + ([FrozenBatchNormStats(body)] if body is not None else [])
     if cfg.mixup:
         cbs.append(MixUp(cfg.mixup))
     if body is not None:
         body.requires_grad_(True)
     flearn = Learner(dls, split.trained, loss_func=CrossEntropyLossFlat(label_smoothing=cfg.label_smoothing),
-                     opt_func=partial(Adam, sqr_mom=0.999, eps=1e-8), metrics=accuracy, wd=cfg.wd if cfg.wd is not None else WD,
+                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), metrics=accuracy, wd=cfg.wd if cfg.wd is not None else WD,
                      wd_bn_bias=True, splitter=(lambda m: [params(m[0]), params(m[1])]) if body is not None else trainable_params,
                      path=Path("."), model_dir=".", cbs=cbs)
-    configure(flearn, cfg.precision)
+    configure(flearn, cfg.precision, channels_last=False)
     return flearn
 
 

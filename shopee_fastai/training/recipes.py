@@ -9,7 +9,7 @@ each, and a run killed mid-phase resumes at its last saved epoch with the same s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from ..artifacts import ModelFiles
@@ -18,6 +18,8 @@ from ..device import distributed
 from ..errors import ShopeeError
 from .callbacks import Checkpoint, history, load_checkpoint, read_progress, stopping_callbacks
 
+# Options that a resumed run may change: they do not alter what the saved epochs computed.
+RESUMABLE = ("resume", "checkpoint_every", "early_stop", "keep_best", "workers", "models_dir", "score_train")
 LR_MULT = 100  # discriminative learning rates after unfreezing: the stem learns 100x slower than the head
 UNFROZEN_DIV, UNFROZEN_PCT_START = 5, 0.3  # fastai fine_tune's one-cycle settings for the unfrozen phase
 FROZEN_PCT_START = 0.99
@@ -38,8 +40,11 @@ def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
     lr = cfg.base_lr
     full = lambda: learn  # noqa: E731
 
+    def unfreeze():  # before a resumed phase loads its optimizer state: unfreezing clears it
+        learn.unfreeze()
+        return learn
+
     def unfrozen(lrn, start, cbs):
-        lrn.unfreeze()
         lrn.fit_one_cycle(cfg.n_epochs, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV,
                           start_epoch=start, cbs=cbs)
 
@@ -48,30 +53,41 @@ def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
 
         phases = [Phase("head", cfg.head_epochs, lambda: features_learner(learn, cfg),
                         lambda lrn, start, cbs: fit_features(lrn, cfg, cfg.head_epochs, start, cbs)),
-                  Phase("unfrozen", cfg.n_epochs, full, unfrozen)]
+                  Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen)]
     elif pretrained:
         phases = [Phase("frozen", cfg.freeze_epochs, full,
                         lambda lrn, start, cbs: lrn.fit_one_cycle(cfg.freeze_epochs, slice(lr), pct_start=FROZEN_PCT_START,
                                                                   start_epoch=start, cbs=cbs)),
-                  Phase("unfrozen", cfg.n_epochs, full, unfrozen)]
+                  Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen)]
     else:
         phases = [Phase("scratch", cfg.n_epochs, full,
                         lambda lrn, start, cbs: lrn.fit_one_cycle(cfg.n_epochs, lr, start_epoch=start, cbs=cbs))]
     return [p for p in phases if p.epochs]
 
 
-def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str, float]]:
-    """Run the recipe's phases, checkpointing and resuming where asked; per-epoch history and seconds per phase."""
+def run_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The options a checkpoint records, as JSON values, so that a resume can check it runs the same training."""
+    return {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
+            for k, v in asdict(cfg).items() if k not in RESUMABLE}
+
+
+def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Run the recipe's phases, checkpointing and resuming where asked.
+
+    Returns the whole per-epoch history, the rows of the epochs this call ran, and seconds per phase.
+    """
     files = ModelFiles.of(cfg.models_dir, cfg.model_name)
     phases = plan(learn, cfg, pretrained)
     names = [p.name for p in phases]
-    saved = read_progress(files) if cfg.resume else None
+    options = run_options(cfg)
+    saved = read_progress(files, options) if cfg.resume else None
     if saved and saved["phase"] not in names:
         raise ShopeeError(f"--resume: the checkpoint is in phase {saved['phase']!r}, which these options do not run; "
                           "resume with the options it was trained with")
     if saved:
         load_checkpoint(files, learn.model)  # phases before the saved one are done: their result is in these weights
     done: list[dict] = list(saved["history"]) if saved else []
+    ran: list[dict] = []
     times: dict[str, float] = {}
     with distributed(learn):
         for phase in phases:
@@ -87,8 +103,11 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], dict[str
             lrn = phase.learner()
             if saved and phase.name == saved["phase"]:
                 load_checkpoint(files, learn.model, lrn)  # again, after the phase's set-up, with its optimizer state
-            cbs = [Checkpoint(files, learn.model, phase.name, cfg.checkpoint_every, list(done), start)] if cfg.checkpoint_every else []
-            phase.fit(lrn, start, cbs + stopping_callbacks(cfg, files))
-            done += history(lrn, phase.name, start)
+            cbs = [Checkpoint(files, learn.model, phase.name, cfg.checkpoint_every, list(done), start, options)
+                   ] if cfg.checkpoint_every else []
+            phase.fit(lrn, start, cbs + stopping_callbacks(cfg, files, start))
+            rows = history(lrn, phase.name, start)
+            ran += rows
+            done += rows
             times[phase.name] = round(time.perf_counter() - began, 1)
-    return done, times
+    return done, ran, times

@@ -47,9 +47,9 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         from .features import resolve
 
         cfg = replace(cfg, **resolve(learn.model, cfg))  # the card records what ran
-    history, times = fit(learn, cfg, choice.pretrained)
+    history, ran, times = fit(learn, cfg, choice.pretrained)
     mean, std = input_stats(cfg.arch)
-    passes = sum(cfg.head_views if h["phase"] == "head" else 1 for h in history)  # a head epoch passes every cached view
+    passes = sum(cfg.head_views if h["phase"] == "head" else 1 for h in ran)  # a head epoch passes every cached view
     card = ModelCard(
         name=cfg.model_name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
         input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
@@ -59,7 +59,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         leaks=asdict(prep.leaks) if prep.leaks else None, precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
-        images_per_s=round(len(learn.dls.train_ds) * passes / max(sum(times.values()), 1e-9), 1),
+        images_per_s=round(len(learn.dls.train_ds) * passes / sum(times.values()), 1) if times else 0.0,
         train_accuracy=accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
         valid_accuracy=accuracy_on(learn, prep.rows(S.VALID)), test_accuracy=accuracy_on(learn, prep.rows(S.TEST)),
         wall_time_s={"total": round(time.perf_counter() - started, 1), **times}, versions=versions())

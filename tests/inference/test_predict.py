@@ -120,3 +120,28 @@ def test_memory_stays_bounded_as_the_number_of_images_grows(trained_cnn, tmp_pat
     assert "01500_bad.jpg" in many_out.stderr and "RC 2" in many_out.stderr
     assert len(few_out.stdout.splitlines()) == 300
     assert many_rss < few_rss * 1.25  # 10x the images, about the same memory
+
+
+def test_learner_exported_under_earlier_module_paths_still_loads(trained_cnn, tmp_path, monkeypatch):
+    """Learners exported when HandCNN lived in shopee_fastai.models (and ShopeeImage in .transforms) keep loading."""
+    import sys
+    import types
+
+    from shopee_fastai.data import loaders
+    from shopee_fastai.nets import cnn
+
+    old = {"shopee_fastai.models": (cnn, "HandCNN"), "shopee_fastai.transforms": (loaders, "ShopeeImage")}
+    for name, (module, cls) in old.items():
+        fake = types.ModuleType(name)
+        setattr(fake, cls, getattr(module, cls))
+        monkeypatch.setitem(sys.modules, name, fake)
+        monkeypatch.setattr(getattr(module, cls), "__module__", name)  # pickle records the class under the old path
+    path = tmp_path / "old.pkl"
+    trained_cnn.learn.export(path)
+    blob = path.read_bytes()
+    assert b"shopee_fastai.models" in blob and b"shopee_fastai.transforms" in blob
+    monkeypatch.undo()
+    assert "shopee_fastai.models" not in sys.modules and cnn.HandCNN.__module__ == "shopee_fastai.nets.cnn"
+    images = [str(p) for p in sorted((trained_cnn.prep.table["path"]))[:4]]
+    got = predict_probs(load_learner(path), images, progress=False).probs
+    assert np.allclose(got, predict_probs(trained_cnn.learn, images, progress=False).probs, atol=1e-5)

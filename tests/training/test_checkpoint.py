@@ -44,7 +44,13 @@ def test_killed_training_resumes_to_a_model_as_good(synthetic, tmp_path):
     models = tmp_path / "m"
     state = models / "r.ckpt.json"
     assert 3 <= kill_after_three_epochs(cli(synthetic, models), models)["epochs_done"] < EPOCHS
-    done = subprocess.run(cli(synthetic, models, "--resume"), capture_output=True, text=True)
+    saved = state.read_bytes()
+    other = subprocess.run(cli(synthetic, models, "--resume", "--lr", "1e-2"), capture_output=True, text=True)
+    assert other.returncode == 2 and "--lr was 0.003, now 0.01" in other.stderr.splitlines()[-1]
+    assert state.read_bytes() == saved  # a refused resume changes nothing
+    # Early stopping and keep-best may join on resume; they must ignore the epochs the resumed phase skips.
+    done = subprocess.run(cli(synthetic, models, "--resume", "--keep-best", "--early-stop", str(EPOCHS)),
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     card = json.loads((models / "r.json").read_text())
     assert [h["epoch"] for h in card["history"]] == list(range(EPOCHS))  # one schedule, no epoch twice
