@@ -164,7 +164,7 @@ def features_learner(learn, cfg: TrainConfig):
                      opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), metrics=accuracy, wd=cfg.wd if cfg.wd is not None else WD,
                      wd_bn_bias=True, splitter=(lambda m: [params(m[0]), params(m[1])]) if body is not None else trainable_params,
                      path=Path("."), model_dir=".", cbs=cbs)
-    configure(flearn, cfg.precision, channels_last=False)
+    configure(flearn, cfg.precision)
     return flearn
 
 
