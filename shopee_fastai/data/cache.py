@@ -17,7 +17,7 @@ from PIL import Image
 from ..config import cache_dir
 from ..errors import ShopeeError
 from ..io import atomic_path, file_key
-from .images import CHUNK, decode_chunks, load_rgb
+from .images import decode_chunks, load_rgb
 
 CACHE_QUALITY = 95  # re-encoding loss well below what augmentation changes
 
@@ -62,16 +62,12 @@ def _prepare_one(src: str, side: int, root: Path) -> str:
 
 def prepare(paths: Sequence[str], side: int, root: Path | None = None, progress: bool = True) -> PrepareResult:
     """Fill the cache for `paths` at `side`, in parallel; idempotent; bad images are listed, not fatal."""
-    from fastprogress.fastprogress import progress_bar
-
     if side < 8:  # the same floor as TrainConfig's --size
         raise ShopeeError(f"--size {side}: must be at least 8")
     root = root or images_root()
-    chunks = decode_chunks(list(paths), lambda p: _prepare_one(p, side, root))
-    n_chunks = -(-len(paths) // CHUNK)
     counts = {"written": 0, "reused": 0}
     failed = {}
-    for part in progress_bar(chunks, total=n_chunks) if progress and n_chunks > 1 else chunks:
+    for part in decode_chunks(list(paths), lambda p: _prepare_one(p, side, root), progress=progress):
         for i, what, err in part:
             if err:
                 failed[paths[i]] = err

@@ -81,11 +81,18 @@ def decode(path: str | Path, size: int, draft: bool = True) -> np.ndarray:
 
 
 def decode_chunks(sources: Sequence[str | Path], load: Callable[[str | Path], Any] = load_rgb,
-                  threads: int = DECODE_THREADS, chunk: int = CHUNK) -> Iterator[list[tuple[int, Any, str | None]]]:
+                  threads: int = DECODE_THREADS, chunk: int = CHUNK,
+                  progress: bool = False) -> Iterator[list[tuple[int, Any, str | None]]]:
     """`load` of every source in a thread pool, in input order, a chunk at a time: lists of (index, value, error).
 
     A file `load` cannot read (a ShopeeError) gives value None and the error's one line; nothing else is caught.
+    `progress` shows a bar over the chunks when there is more than one.
     """
+    starts = range(0, len(sources), chunk)
+    if progress and len(starts) > 1:  # fastprogress prints a stray bar even with display=False: wrap only to show one
+        from fastprogress.fastprogress import progress_bar
+
+        starts = progress_bar(starts)
 
     def one(i: int) -> tuple[int, Any, str | None]:
         try:
@@ -94,7 +101,7 @@ def decode_chunks(sources: Sequence[str | Path], load: Callable[[str | Path], An
             return i, None, str(e)
 
     with ThreadPoolExecutor(threads) as pool:
-        for start in range(0, len(sources), chunk):
+        for start in starts:
             yield list(pool.map(one, range(start, min(start + chunk, len(sources)))))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import PREDICT_BS
 from ..data.cache import use_cache
-from ..data.images import CHUNK, decode, decode_chunks, load_rgb
+from ..data.images import decode, decode_chunks, load_rgb
 from ..device import resolve_precision
 from ..errors import ShopeeError
 from .predictions import Predictions
@@ -63,17 +63,12 @@ def learner_batches(learn, images: Sequence[Path], bs: int = PREDICT_BS, progres
 
     Decoding runs in threads, from the prepared cache where it holds the image at a size that serves.
     """
-    from fastprogress.fastprogress import progress_bar
-
     from ..artifacts import input_size
     from ..data.loaders import ShopeeImage
 
     size = input_size(learn)
     sources = use_cache(map(str, images), size)[0] if size else list(map(str, images))
-    chunks = decode_chunks(sources, load_rgb)
-    n_chunks = -(-len(images) // CHUNK)
-    # fastprogress prints a stray bar even with display=False, so only wrap when showing one
-    for part in progress_bar(chunks, total=n_chunks) if progress and n_chunks > 1 else chunks:
+    for part in decode_chunks(sources, load_rgb, progress=progress):
         failures = [err for _, _, err in part if err]
         good = [(images[i], im) for i, im, _ in part if im is not None]
         dl = learn.dls.test_dl([ShopeeImage.create(im) for _, im in good], bs=bs, num_workers=0) if good else None

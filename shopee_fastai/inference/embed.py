@@ -27,18 +27,15 @@ def embed_paths(paths: Sequence[str | Path], arch: str = OFFLINE_ARCH, weights: 
                 bs: int = EMBED_BS, progress: bool = True) -> np.ndarray:
     """[n, d] float32 unit vectors from a pretrained backbone, one per image, in input order."""
     import torch
-    from fastprogress.fastprogress import progress_bar
 
     model, tfm = pretrained_backbone(arch, weights)
     model = model.to(memory_format=torch.channels_last)
     side = getattr(tfm.transforms[0], "size", 224)
     side = side if isinstance(side, int) else max(side)
     sources = use_cache(map(str, paths), side)[0]  # prepared images where `prepare` made them at a side that serves
-    chunks = decode_chunks(sources, lambda p: tfm(load_rgb(p, draft_size=side)), chunk=bs)
-    n_chunks = -(-len(sources) // bs)
     out = []
     with torch.inference_mode():
-        for part in progress_bar(chunks, total=n_chunks) if progress and n_chunks > 1 else chunks:
+        for part in decode_chunks(sources, lambda p: tfm(load_rgb(p, draft_size=side)), chunk=bs, progress=progress):
             block = np.zeros((len(part), model.num_features), np.float32)
             ok = [(k, x) for k, (_, x, _) in enumerate(part) if x is not None]
             if ok:

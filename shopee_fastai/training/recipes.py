@@ -32,7 +32,7 @@ class Phase:
     name: str
     epochs: int
     learner: Callable[[], Any]
-    fit: Callable[[Any, int, list], None]  # (learner, start epoch, callbacks)
+    fit: Callable[[Any, int, int, list], None]  # (learner, epochs, start epoch, callbacks)
 
 
 def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
@@ -44,24 +44,24 @@ def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
         learn.unfreeze()
         return learn
 
-    def unfrozen(lrn, start, cbs):
-        lrn.fit_one_cycle(cfg.n_epochs, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV,
+    def unfrozen(lrn, n, start, cbs):
+        lrn.fit_one_cycle(n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV,
                           start_epoch=start, cbs=cbs)
 
     if pretrained and cfg.recipe == Recipe.features:
         from .features import features_learner, fit_features
 
         phases = [Phase("head", cfg.head_epochs, lambda: features_learner(learn, cfg),
-                        lambda lrn, start, cbs: fit_features(lrn, cfg, cfg.head_epochs, start, cbs)),
+                        lambda lrn, n, start, cbs: fit_features(lrn, cfg, n, start, cbs)),
                   Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen)]
     elif pretrained:
         phases = [Phase("frozen", cfg.freeze_epochs, full,
-                        lambda lrn, start, cbs: lrn.fit_one_cycle(cfg.freeze_epochs, slice(lr), pct_start=FROZEN_PCT_START,
-                                                                  start_epoch=start, cbs=cbs)),
+                        lambda lrn, n, start, cbs: lrn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START,
+                                                                     start_epoch=start, cbs=cbs)),
                   Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen)]
     else:
         phases = [Phase("scratch", cfg.n_epochs, full,
-                        lambda lrn, start, cbs: lrn.fit_one_cycle(cfg.n_epochs, lr, start_epoch=start, cbs=cbs))]
+                        lambda lrn, n, start, cbs: lrn.fit_one_cycle(n, lr, start_epoch=start, cbs=cbs))]
     return [p for p in phases if p.epochs]
 
 
@@ -105,7 +105,7 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], list[dic
                 load_checkpoint(files, learn.model, lrn)  # again, after the phase's set-up, with its optimizer state
             cbs = [Checkpoint(files, learn.model, phase.name, cfg.checkpoint_every, list(done), start, options)
                    ] if cfg.checkpoint_every else []
-            phase.fit(lrn, start, cbs + stopping_callbacks(cfg, files, start))
+            phase.fit(lrn, phase.epochs, start, cbs + stopping_callbacks(cfg, files, start))
             rows = history(lrn, phase.name, start)
             ran += rows
             done += rows
