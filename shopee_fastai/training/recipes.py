@@ -109,5 +109,5 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], list[dic
             rows = history(lrn, phase.name, start)
             ran += rows
             done += rows
-            times[phase.name] = round(time.perf_counter() - began, 1)
+            times[phase.name] = time.perf_counter() - began
     return done, ran, times

@@ -62,7 +62,8 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         images_per_s=round(len(learn.dls.train_ds) * passes / sum(times.values()), 1) if times else 0.0,
         train_accuracy=accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
         valid_accuracy=accuracy_on(learn, prep.rows(S.VALID)), test_accuracy=accuracy_on(learn, prep.rows(S.TEST)),
-        wall_time_s={"total": round(time.perf_counter() - started, 1), **times}, versions=versions())
+        wall_time_s={"total": round(time.perf_counter() - started, 1), **{k: round(v, 1) for k, v in times.items()}},
+        versions=versions())
     return Trained(learn, card, prep, files)
 
 
