@@ -84,6 +84,7 @@ class ModelCard:
     config: dict[str, Any]  # the TrainConfig that ran, defaults resolved
     split: dict[str, Any]  # mode, seed, holdout, file, and the size of each split
     leaks: dict[str, Any] | None = None  # the near-duplicate report of a leak-free split
+    titles: dict[str, str] = field(default_factory=dict)  # class -> its most common title in the training table
     precision: str = "fp32"
     skipped_images: int = 0
     cached_images: int = 0
@@ -158,7 +159,7 @@ def input_size(learn) -> int | None:
     return None
 
 
-def learner_config(learn, arch: str | None = None) -> dict[str, Any]:
+def learner_config(learn, arch: str | None = None, titles: dict[str, str] | None = None) -> dict[str, Any]:
     """What a weights-only or ONNX export needs to predict like `learn`, read from the learner itself."""
     from fastai.data.transforms import Normalize
 
@@ -169,7 +170,7 @@ def learner_config(learn, arch: str | None = None) -> dict[str, Any]:
     arch = arch or getattr(learn, "arch", None) or (CNN_ARCH if isinstance(learn.model, HandCNN) else None)
     return {"format": FORMAT, "arch": arch if isinstance(arch, str) else None, "classes": [str(c) for c in learn.dls.vocab],
             "size": input_size(learn), "mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(),
-            "preprocess": "centre crop to square, bilinear resize to size, /255, normalise"}
+            "preprocess": "centre crop to square, bilinear resize to size, /255, normalise", "titles": dict(titles or {})}
 
 
 def parse_config(meta: dict[str, str], what: str, fix: str) -> dict[str, Any]:
@@ -183,7 +184,22 @@ def parse_config(meta: dict[str, str], what: str, fix: str) -> dict[str, Any]:
     return cfg
 
 
-def write_safetensors(learn, arch: str, dest: Path) -> None:
+def model_titles(model_file: Path, cfg: dict[str, Any] | None = None) -> dict[str, str]:
+    """Class -> readable title for any model format: from its own config (safetensors/ONNX metadata), else its card.
+
+    {} where neither keeps titles; callers then show the bare class.
+    """
+    if (cfg or {}).get("titles"):
+        return {str(k): str(v) for k, v in cfg["titles"].items()}
+    if not ModelFiles.beside(model_file).card.is_file():
+        return {}
+    try:
+        return dict(ModelCard.read(model_file).titles)
+    except ShopeeError:
+        return {}  # an unreadable card only costs the titles here; commands that need the card say what is wrong
+
+
+def write_safetensors(learn, arch: str, dest: Path, titles: dict[str, str] | None = None) -> None:
     """Write the model's tensors and config to `dest` atomically."""
     from safetensors.torch import save_file
 
@@ -191,7 +207,7 @@ def write_safetensors(learn, arch: str, dest: Path) -> None:
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
     with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(learner_config(learn, arch))})
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(learner_config(learn, arch, titles))})
 
 
 def build_model(cfg: dict[str, Any]):
@@ -233,10 +249,13 @@ def load_safetensors(path: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def load_network(path: Path, cpu: bool = True) -> tuple[Any, dict[str, Any]]:
-    """The bare network and its config from a `.pkl` or `.safetensors` (what ONNX export and fast inference need)."""
+    """The bare network and its config from a `.pkl` or `.safetensors` (what ONNX export and fast inference need).
+
+    The config carries the class titles wherever the model keeps them, so an ONNX export made from it does too.
+    """
     path = require_file(path)
     if path.suffix == SAFETENSORS:
         model, cfg = load_safetensors(path)
-        return model.to("cpu" if cpu else "cuda"), cfg
+        return model.to("cpu" if cpu else "cuda"), {**cfg, "titles": model_titles(path, cfg)}
     learn = load_learner(path, cpu=cpu)
-    return learn.model, learner_config(learn)
+    return learn.model, learner_config(learn, titles=model_titles(path))

@@ -198,14 +198,16 @@ def evaluate(
 
 
 def _print_predictions(predictor, files: list[Path], top_k: int, as_json: bool, bs: int) -> None:
+    from .inference.predictions import display_name
     from .inference.predictions import top_k as best
 
     preds = predictor.probs(files, bs=bs, progress=not as_json)
-    for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k)):
+    for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k, predictor.titles)):
         if as_json:
             typer.echo(json.dumps({"image": str(path), "predictions": ranked}))
         else:
-            typer.echo(f"{path}\t" + "  ".join(f"{r['label_group']} {r['probability']:.3f}" for r in ranked))
+            typer.echo(f"{path}\t" + "  ".join(f"{display_name(r['label_group'], predictor.titles)} {r['probability']:.3f}"
+                                               for r in ranked))
     if preds.failures:
         for line in preds.failures:
             typer.echo(f"error: {line}", err=True)

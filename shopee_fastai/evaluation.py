@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import ModelCard, load_learner
+from .artifacts import ModelCard, load_learner, model_titles
 from .config import TOP_K
 from .data import split as S
 from .data import table as D
@@ -16,6 +16,7 @@ from .errors import ShopeeError
 
 MOST_CONFUSED = 20  # pairs listed in the report and drawn in confusion.png
 TOP_LOSSES = 16
+PICTURE_TITLE = 24  # characters of a title shown beside its class in figures
 UNKNOWN = "(not a class of this model)"
 
 
@@ -85,31 +86,38 @@ def most_confused(cm: np.ndarray, classes: Sequence[str], top: int = MOST_CONFUS
     return [p for p in pairs if p[2] > 0]
 
 
-def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metrics: dict | None, title: str) -> None:
+def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metrics: dict | None, title: str,
+                  titles: dict[str, str]) -> None:
+    from .inference.predictions import display_name
     from .io import write_json, write_text
     from .plots import confusion_figure, image_grid
 
     classes = [str(v) for v in learn.dls.vocab]
     pred = probs.argmax(1)
     table = pd.DataFrame({D.ID: rows[D.ID] if D.ID in rows else rows[D.PATH], D.PATH: rows[D.PATH],
-                          "predicted": [classes[i] for i in pred], "probability": probs.max(1).round(4)})
+                          "predicted": [classes[i] for i in pred],
+                          "predicted_title": [titles.get(classes[i], "") for i in pred], "probability": probs.max(1).round(4)})
     if metrics is not None:
         table[D.LABEL] = rows[D.LABEL].astype(str).values
     write_text(out / "predictions.csv", table.to_csv(index=False))
     if metrics is None:
         return
-    write_text(out / "per_class.csv", metrics["per_class"].to_csv(index=False))
+    per_class = metrics["per_class"].assign(title=lambda t: t["label_group"].map(lambda c: titles.get(c, "")))
+    write_text(out / "per_class.csv", per_class.to_csv(index=False))
     confused = most_confused(metrics["confusion"], classes)
-    confusion_figure(out / "confusion.png", metrics["confusion"], classes, confused, title)
+    name = {c: display_name(c, titles, PICTURE_TITLE) for c in classes}
+    confusion_figure(out / "confusion.png", metrics["confusion"], [name[c] for c in classes],
+                     [(name[a], name[b], n) for a, b, n in confused], title)
     targets = _targets(rows, learn)
     p_true = np.where(targets >= 0, probs[np.arange(len(rows)), np.maximum(targets, 0)], 0.0)
     loss = -np.log(np.clip(p_true, 1e-7, 1))
     worst = np.argsort(-loss, kind="stable")[:TOP_LOSSES]
-    captions = [f"pred {classes[pred[i]]} ({probs[i].max():.2f})\nactual {table[D.LABEL].iloc[i]}\nloss {loss[i]:.2f}"
-                for i in worst]
+    captions = [f"pred {name[classes[pred[i]]]} ({probs[i].max():.2f})\n"
+                f"actual {display_name(table[D.LABEL].iloc[i], titles, PICTURE_TITLE)}\nloss {loss[i]:.2f}" for i in worst]
     image_grid(out / "top_losses.png", rows[D.PATH].iloc[worst].tolist(), captions, f"{title}: top losses")
     summary = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion")}
-    write_json(out / "metrics.json", {**summary, "most_confused": confused})
+    write_json(out / "metrics.json", {**summary, "most_confused": confused,
+                                      "titles": {c: titles[c] for c in classes if c in titles}})
 
 
 def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv", tta: bool = False,
@@ -136,7 +144,7 @@ def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv",
     probs, failures = _probs_for(learn, rows, tta=tta, progress=progress)
     metrics = classification_metrics(probs, _targets(rows, learn), learn.dls.vocab) if labelled else None
     out = Path(out or Path("reports") / where)
-    _write_report(out, rows, probs, learn, metrics, card.name)
+    _write_report(out, rows, probs, learn, metrics, card.name, model_titles(model))
     result.update({"images": len(rows), "unreadable": len(failures), "report": str(out)})
     if metrics:
         result.update({k: v for k, v in metrics.items() if k not in ("per_class", "confusion")})

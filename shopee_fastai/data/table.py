@@ -65,6 +65,14 @@ def clean(df: pd.DataFrame, top_groups: int = TOP_GROUPS) -> pd.DataFrame:
     return df.drop_duplicates(subset=IMAGE, keep="first").reset_index(drop=True)
 
 
+def group_titles(df: pd.DataFrame) -> dict[str, str]:
+    """Each label group's most common title (ties: the first seen): what a person reads instead of the group's number."""
+    if TITLE not in df.columns or LABEL not in df.columns:
+        return {}
+    rows = df.dropna(subset=[TITLE, LABEL])
+    return {str(g): str(t.value_counts(sort=True).index[0]) for g, t in rows.groupby(LABEL, sort=True)[TITLE]}
+
+
 def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
     """Decode every image (reduced-size JPEG decoding keeps this cheap) and return {path: reason} for those that fail."""
     checks = decode_all(paths, partial(load_rgb, draft_size=64))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -104,6 +104,7 @@ class LearnerPredictor:
 
     learn: Any
     tta: bool = False
+    titles: dict[str, str] = field(default_factory=dict)
 
     @property
     def vocab(self) -> list[str]:
@@ -250,6 +251,7 @@ class FastPredictor:
     backend: Any  # TorchBackend | OnnxBackend
     cfg: dict[str, Any]
     draft: bool = True
+    titles: dict[str, str] = field(default_factory=dict)
 
     @property
     def vocab(self) -> list[str]:

@@ -6,7 +6,7 @@ import importlib.util
 import warnings
 from pathlib import Path
 
-from ..artifacts import ONNX, PKL, SAFETENSORS, load_learner, load_network, require_file
+from ..artifacts import ONNX, PKL, SAFETENSORS, load_learner, load_network, model_titles, require_file
 from ..config import Backend, Precision
 from ..device import gpu_present
 from ..errors import ShopeeError
@@ -25,7 +25,14 @@ def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Pre
     PyTorch channels-last; `fastai` is the learner's own `get_preds`. An explicit backend that cannot
     run is an error, never a silent switch. `tta` (fastai's test-time augmentation: the training
     pipeline's augmentations, 5 passes) needs the `.pkl` learner and runs on the fastai backend.
+    The predictor carries the model's class titles, whatever the file's format.
     """
+    predictor = _predictor(Path(path), backend, precision, tta)
+    predictor.titles = model_titles(path, getattr(predictor, "cfg", None))
+    return predictor
+
+
+def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor:
     from . import backends as B
 
     backend = Backend.parse(backend, "--backend")

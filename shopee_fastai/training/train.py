@@ -37,6 +37,7 @@ class Trained:
 
 def fit_learner(cfg: TrainConfig) -> Trained:
     """Everything `train` does except writing the model: prepare data, build, fit, score valid and test."""
+    from ..data.table import group_titles
     from ..evaluation import accuracy_on
     from ..nets.body import input_stats
 
@@ -56,7 +57,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         config={**{k: v for k, v in asdict(cfg).items() if k != "data"}, "epochs": cfg.n_epochs},
         split={"mode": str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
                **{s: int((prep.split == s).sum()) for s in S.SPLITS}},
-        leaks=asdict(prep.leaks) if prep.leaks else None, precision=str(learn.precision),
+        leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
         images_per_s=round(len(learn.dls.train_ds) * passes / sum(times.values()), 1) if times else 0.0,
@@ -85,7 +86,7 @@ def export(trained: Trained) -> None:
     training_curves(files.curves, card.history, f"{card.name}: training curves")
     with atomic_path(files.pkl) as tmp:
         trained.learn.export(tmp.resolve())
-    write_safetensors(trained.learn, card.arch, files.safetensors)
+    write_safetensors(trained.learn, card.arch, files.safetensors, card.titles)
     card.write(files.card)
     remove_checkpoint(files)  # the model is complete now
 

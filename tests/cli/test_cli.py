@@ -49,7 +49,16 @@ def test_predict_json_lines(cli_model, synthetic):
     first = rows[0]
     assert set(first) == {"image", "predictions"} and len(first["predictions"]) == 2
     p = [r["probability"] for r in first["predictions"]]
-    assert p == sorted(p, reverse=True) and set(first["predictions"][0]) == {"label_group", "probability"}
+    assert p == sorted(p, reverse=True) and set(first["predictions"][0]) == {"label_group", "title", "probability"}
+    # each group's title is its most common title in the training table
+    assert all(r["title"] == f"product {r['label_group']}" for row in rows for r in row["predictions"])
+
+
+def test_predict_text_shows_titles_beside_groups(cli_model, synthetic):
+    image = sorted((synthetic / "train_images").glob("2002_*.jpg"))[0]
+    result = run("predict", image, "--model", cli_model, "--top-k", 1)
+    assert result.exit_code == 0, result.output
+    assert "2002 · product 2002" in result.stdout
 
 
 def test_predict_goes_on_past_a_bad_image_and_exits_2(cli_model, synthetic, tmp_path):

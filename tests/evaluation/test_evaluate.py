@@ -43,7 +43,12 @@ def test_evaluate_scores_the_saved_test_split_and_writes_a_report(trained_cnn, t
         assert (tmp_path / "r" / name).read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert saved["top1"] == result["top1"] and "most_confused" in saved
-    assert (tmp_path / "r" / "per_class.csv").read_text().startswith("label_group,precision,recall,f1,support")
+    assert (tmp_path / "r" / "per_class.csv").read_text().startswith("label_group,precision,recall,f1,support,title")
+    assert saved["titles"] == {c: f"product {c}" for c in ("1001", "2002", "3003")}
+    import pandas as pd
+
+    preds = pd.read_csv(tmp_path / "r" / "predictions.csv", dtype=str)
+    assert (preds["predicted_title"] == "product " + preds["predicted"]).all()
 
 
 def test_evaluate_any_folder_with_or_without_labels(trained_cnn, synthetic, tmp_path):

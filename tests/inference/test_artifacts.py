@@ -63,3 +63,33 @@ def test_bad_safetensors_files_get_one_line(trained_cnn, tmp_path):
     save_file(tensors, str(odd), metadata={META_KEY: json.dumps({**cfg, "arch": "resnet_from_the_future"})})
     with pytest.raises(ShopeeError, match="not known to this version"):
         load_safetensors(odd)
+
+
+def test_titles_travel_with_every_model_format(trained_cnn, tmp_path):
+    """Each class's most common title is in the card, the safetensors and ONNX metadata, and every predictor."""
+    import shutil
+
+    from shopee_fastai.artifacts import ModelCard, load_network, model_titles
+    from shopee_fastai.inference.backends import export_onnx
+    from shopee_fastai.inference.predictor import load_predictor
+
+    expected = {c: f"product {c}" for c in ("1001", "2002", "3003")}
+    files = trained_cnn.files
+    assert ModelCard.read(files.pkl).titles == expected
+    # apart from its card, so the titles can only come from the file's own metadata
+    alone = tmp_path / "alone.safetensors"
+    shutil.copy(files.safetensors, alone)
+    assert model_titles(alone, load_network(alone)[1]) == expected
+    onnx_file = export_onnx(*load_network(files.pkl), tmp_path / "alone.onnx")
+    for model in (files.pkl, files.safetensors, alone, onnx_file):
+        assert load_predictor(model).titles == expected, model
+
+
+def test_a_card_without_titles_reads_as_no_titles(trained_cnn, tmp_path):
+    from shopee_fastai.artifacts import ModelCard, model_titles
+
+    card = json.loads(trained_cnn.files.card.read_text())
+    del card["titles"]
+    (tmp_path / "old.json").write_text(json.dumps(card))
+    (tmp_path / "old.pkl").write_bytes(b"")
+    assert ModelCard.read(tmp_path / "old.pkl").titles == {} and model_titles(tmp_path / "old.pkl") == {}

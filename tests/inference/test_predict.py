@@ -36,6 +36,9 @@ def test_top_k_is_best_first():
     ranked = top_k(torch.tensor([[0.1, 0.7, 0.2]]), ["a", "b", "c"], k=2)
     assert ranked == [[{"label_group": "b", "probability": 0.7}, {"label_group": "c", "probability": 0.2}]]
     assert len(top_k(torch.tensor([[0.1, 0.9]]), ["a", "b"], k=9)[0]) == 2
+    named = top_k(np.array([[0.1, 0.7, 0.2]]), ["a", "b", "c"], k=2, titles={"b": "blue tea"})
+    assert named == [[{"label_group": "b", "title": "blue tea", "probability": 0.7},
+                      {"label_group": "c", "title": "", "probability": 0.2}]]
 
 
 def test_prediction_uses_training_preprocessing(trained_cnn):
