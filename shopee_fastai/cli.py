@@ -369,6 +369,26 @@ def match(
     typer.echo(f"submission: {out}")
 
 
+@command
+def serve(
+    model: Path = typer.Option(..., "--model", help="models/<name>.pkl, .safetensors or .onnx (the last two load without unpickling)."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Kaggle-layout folder of listings to find matches in (embedded once, cached)."),
+    host: str = typer.Option(C.SERVE_HOST, help="Address to listen on (127.0.0.1: this machine only)."),
+    port: int = typer.Option(C.SERVE_PORT, help="Port to listen on."),
+) -> None:
+    """A web page (classify photos; find matching listings with --catalog) and a JSON API on one server."""
+    from .app import require_web_stack
+
+    require_web_stack()
+    from .app.server import describe
+    from .app.server import serve as run
+    from .app.service import Service
+
+    service = Service.load(model, catalog)
+    typer.echo(describe(service, host, port))
+    run(service, host, port)
+
+
 def _copy_sample(dest: Path) -> bool:
     """Copy the bundled sample to `dest`, all or nothing; False when it is already there."""
     from .data.table import SAMPLE_DIR

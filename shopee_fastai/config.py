@@ -95,6 +95,13 @@ TOP_K = 5
 MATCH_THRESHOLD = 0.6
 TITLE_THRESHOLD = 0.75
 
+# Serving (`serve`)
+SERVE_HOST = "127.0.0.1"  # this machine only, unless --host says otherwise
+SERVE_PORT = 7860  # Gradio's usual port
+SERVE_MAX_BODY = 32 * 2**20  # bytes per request: a batch of phone photos, not a disk image
+SERVE_NEIGHBOURS = 10  # catalogue listings returned per query photo
+SERVE_EXAMPLES = 3  # training photos shown per predicted group
+
 
 def cache_dir() -> Path:
     """Where derived files live (offline weights, prepared images, embeddings, ONNX graphs)."""

@@ -20,6 +20,7 @@ LAYERS = [
     {"evaluation", "matching"},
     {"training"},
     {"eda"},
+    {"app"},
     {"cli", "__main__"},
 ]
 

@@ -1,0 +1,144 @@
+"""The Gradio page: classify photos (top groups with titles, example training photos, a CSV to download) and,
+with a catalogue, find a photo's matching listings. Every problem with a photo is shown on the page."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import SERVE_NEIGHBOURS, TOP_K
+from ..errors import ShopeeError
+from ..inference.predictions import display_name
+from .service import Service
+
+CSV_KEEP_S = 600  # downloadable CSVs older than this are removed (Gradio has copied them into its cache by then)
+EXAMPLE_GROUPS = 4  # predicted groups whose training photos are shown
+CSS = """
+.shopee-error { color: #b00020; font-weight: 600; }
+.shopee-results table { border-collapse: collapse; margin-bottom: 0.8em; }
+.shopee-results td, .shopee-results th { padding: 2px 10px; text-align: left; }
+"""
+
+
+def _errors_html(failures: Sequence[dict]) -> str:
+    return "".join(f'<p class="shopee-error">error: {html.escape(f["error"])}</p>' for f in failures)
+
+
+def results_html(results: Sequence[dict], failures: Sequence[dict]) -> str:
+    """One table per photo: rank, group, title, probability; then one red line per photo that could not be read."""
+    parts = []
+    for r in results:
+        rows = "".join(f"<tr><td>{i}</td><td class='group'>{html.escape(p['label_group'])}</td>"
+                       f"<td>{html.escape(p.get('title', ''))}</td><td>{p['probability']:.3f}</td></tr>"
+                       for i, p in enumerate(r["predictions"], 1))
+        parts.append(f"<h4>{html.escape(r['image'])}</h4><table><tr><th>#</th><th>label group</th><th>title</th>"
+                     f"<th>probability</th></tr>{rows}</table>")
+    return f'<div class="shopee-results">{"".join(parts)}{_errors_html(failures)}</div>'
+
+
+def matches_html(results: Sequence[dict], failures: Sequence[dict]) -> str:
+    parts = []
+    for r in results:
+        rows = "".join(f"<tr><td>{html.escape(n['posting_id'])}</td><td>{html.escape(n['title'])}</td>"
+                       f"<td>{n['similarity']:.3f}</td><td>{'match' if n['match'] else ''}</td></tr>" for n in r["nearest"])
+        parts.append(f"<h4>{html.escape(r['image'])}: {len(r['matches'])} listing(s) at similarity ≥ {r['threshold']:.2f}</h4>"
+                     f"<table><tr><th>posting</th><th>title</th><th>similarity</th><th></th></tr>{rows}</table>")
+    return f'<div class="shopee-results">{"".join(parts)}{_errors_html(failures)}</div>'
+
+
+class CsvOut:
+    """The batch's predictions as a CSV file for the page's download link, in a folder of this server's own."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="shopee-fastai-serve-"))
+
+    def write(self, results: Sequence[dict]) -> str:
+        for old in self.folder.glob("*.csv"):
+            if time.time() - old.stat().st_mtime > CSV_KEEP_S:
+                old.unlink(missing_ok=True)
+        buf = io.StringIO()
+        out = csv.writer(buf)
+        out.writerow(["image", "rank", "label_group", "title", "probability"])
+        for r in results:
+            for i, p in enumerate(r["predictions"], 1):
+                out.writerow([r["image"], i, p["label_group"], p.get("title", ""), p["probability"]])
+        dest = Path(tempfile.mkstemp(suffix=".csv", prefix="predictions-", dir=self.folder)[1])
+        dest.write_text(buf.getvalue())
+        return str(dest)
+
+
+def _inputs(files: Sequence[Any] | None, pasted: str | None) -> list[tuple[str, Path]]:
+    """(shown name, file) for every photo given: uploaded files keep their names, a pasted one is 'pasted photo'."""
+    paths = [Path(f if isinstance(f, str) else f.name) for f in files or []]
+    return [(p.name, p) for p in paths] + ([("pasted photo", Path(pasted))] if pasted else [])
+
+
+def build_page(service: Service):
+    """The Blocks app; the caller mounts it (server.py)."""
+    import gradio as gr
+
+    csv_out = CsvOut()
+    titles = service.titles
+
+    def classify(files, pasted, k):
+        photos = _inputs(files, pasted)
+        if not photos:
+            return '<p class="shopee-error">error: no photo given; drop, paste or choose one first</p>', [], None
+        try:
+            results, failures = service.classify(photos, service.check_k(k, len(service.predictor.vocab)))
+        except ShopeeError as e:
+            return _errors_html([{"error": str(e)}]), [], None
+        groups = list(dict.fromkeys(r["predictions"][0]["label_group"] for r in results))[:EXAMPLE_GROUPS]
+        gallery = [(str(p), display_name(g, titles)) for g in groups for p in service.examples.get(g, [])]
+        return results_html(results, failures), gallery, csv_out.write(results) if results else None
+
+    def find(files, k):
+        photos = _inputs(files, None)
+        if not photos:
+            return '<p class="shopee-error">error: no photo given; drop or choose one first</p>', []
+        try:
+            results, failures = service.match(photos, service.check_k(k, SERVE_NEIGHBOURS * 5, "neighbours"))
+        except ShopeeError as e:
+            return _errors_html([{"error": str(e)}]), []
+        cat = service.catalog
+        thumbs = [(str(cat.path_of(n["image"])), f"{n['posting_id']} · {n['similarity']:.2f}{' ✓' if n['match'] else ''}")
+                  for r in results[:1] for n in r["nearest"]]
+        return matches_html(results, failures), thumbs
+
+    health = service.health()
+    with gr.Blocks(title=f"shopee-fastai: {health['model']}", analytics_enabled=False) as page:
+        gr.Markdown(f"## {html.escape(health['model'])}\n{len(health['classes'])} label groups · backend "
+                    f"{health['backend']}" + (f" · catalogue of {health['catalog']['listings']} listings"
+                                              if health["catalog"] else ""))
+        with gr.Tab("Classify", elem_id="tab-classify"):
+            with gr.Row():
+                with gr.Column():
+                    files = gr.File(file_count="multiple", label="Photos (drop or choose one or many)", elem_id="classify-files")
+                    pasted = gr.Image(type="filepath", sources=["clipboard", "upload"], label="…or paste a photo",
+                                      elem_id="classify-paste")
+                    k = gr.Number(value=TOP_K, precision=0, label="groups per photo", minimum=1)
+                    go = gr.Button("Classify", variant="primary", elem_id="classify-button")
+                with gr.Column():
+                    out = gr.HTML(elem_id="classify-results")
+                    examples = gr.Gallery(label="training photos of the predicted groups", columns=3, height=260,
+                                          elem_id="classify-examples")
+                    download = gr.File(label="predictions (CSV)", elem_id="classify-csv")
+            go.click(classify, [files, pasted, k], [out, examples, download], api_name=False)
+        if service.catalog is not None:
+            with gr.Tab("Find matches", elem_id="tab-match"):
+                with gr.Row():
+                    with gr.Column():
+                        query = gr.File(file_count="multiple", label="Photo(s) of a product", elem_id="match-files")
+                        n = gr.Number(value=SERVE_NEIGHBOURS, precision=0, label="listings per photo", minimum=1)
+                        search = gr.Button("Find matches", variant="primary", elem_id="match-button")
+                    with gr.Column():
+                        found = gr.HTML(elem_id="match-results")
+                        thumbs = gr.Gallery(label="nearest listings (✓: passes the match threshold)", columns=4,
+                                            height=320, elem_id="match-gallery")
+                search.click(find, [query, n], [found, thumbs], api_name=False)
+    return page

@@ -1,0 +1,155 @@
+"""One HTTP server for the page and the JSON API: Gradio's page mounted on a FastAPI app that also routes
+`POST /api/predict`, `POST /api/match` and `GET /health`. A bad request gets a 4xx JSON `{"error": ...}`
+naming the problem; nothing a client sends stops the server. Only `serve` imports this module (the web extra)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request  # module level: FastAPI resolves route annotations from module globals
+
+from ..config import SERVE_HOST, SERVE_MAX_BODY, SERVE_NEIGHBOURS, SERVE_PORT, TOP_K
+from .service import BadInput, Service, Upload, staged
+
+FIELD = "file"  # the multipart field that carries photos, as in `curl -F file=@photo.jpg`
+MAX_FILES = 256  # photos per request
+
+
+class BodyTooLarge(BadInput):
+    pass
+
+
+def _too_large(limit: int, size: int | None = None) -> BodyTooLarge:
+    got = f"of {size:,} bytes " if size else ""
+    return BodyTooLarge(f"request body {got}is over this server's {limit:,}-byte limit; send fewer or smaller photos", 413)
+
+
+def _json(status: int, body: dict) -> Any:
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(body, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over `limit` bytes with 413, whether or not the client declared its length."""
+
+    def __init__(self, app, limit: int = SERVE_MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            e = _too_large(self.limit, int(declared))
+            return await _json(e.status, {"error": str(e)})(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a body sent without a length: stop reading at the limit
+                raise _too_large(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def read_uploads(request) -> list[Upload]:
+    """The photos in the multipart field `file`, or a BadInput that says what to send instead."""
+    from starlette.datastructures import UploadFile
+
+    kind = request.headers.get("content-type", "")
+    if not kind.startswith("multipart/form-data"):
+        raise BadInput(f"send photos as multipart/form-data in the field '{FIELD}' (curl -F {FIELD}=@photo.jpg), "
+                       f"not {kind or 'a body without a content type'}", 415)
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+    except BadInput:
+        raise
+    except Exception as e:  # starlette's multipart parser raises its own types for malformed bodies
+        raise BadInput(f"unreadable multipart body ({getattr(e, 'detail', None) or e}); send -F {FIELD}=@photo.jpg", 400) from e
+    try:
+        parts = form.getlist(FIELD)
+        files = [p for p in parts if isinstance(p, UploadFile)]
+        if not files:
+            got = sorted(set(form.keys()))
+            what = (f"'{FIELD}' holds text, not a file" if parts else
+                    f"no field '{FIELD}'" + (f" (got {', '.join(repr(g) for g in got)})" if got else ""))
+            raise BadInput(f"{what}; send each photo as a file in the field '{FIELD}': curl -F {FIELD}=@photo.jpg", 422)
+        return [Upload(f.filename or f"upload-{i}", await f.read()) for i, f in enumerate(files)]
+    finally:
+        await form.close()
+
+
+def _answer(results: list[dict], failures: list[dict], n: int) -> Any:
+    """200 with the list when every photo was read; else 422 naming each unreadable photo (and the rest's results)."""
+    if not failures:
+        return _json(200, results)  # type: ignore[arg-type]
+    first = failures[0]["error"]
+    return _json(422, {"error": f"{len(failures)} of {n} file(s) could not be read: {first}",
+                       "failures": failures, "results": results})
+
+
+def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
+    """The FastAPI app: JSON routes first, the Gradio page at `/`, a body limit around both."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from starlette.concurrency import run_in_threadpool
+
+    from .page import CSS, build_page
+
+    api = FastAPI(title="shopee-fastai", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @api.exception_handler(BadInput)
+    async def bad_input(request, e: BadInput):
+        return _json(e.status, {"error": str(e)})
+
+    @api.get("/health")
+    def health() -> dict:
+        return service.health()
+
+    async def run(request: Request, work, k_default: int, k_most: int, k_name: str):
+        k = service.check_k(request.query_params.get(k_name, k_default), k_most, k_name)
+        uploads = await read_uploads(request)
+
+        def job():
+            with staged(uploads) as files:
+                return work(files, k)
+
+        return _answer(*await run_in_threadpool(job), len(uploads))
+
+    @api.post("/api/predict")
+    async def predict(request: Request):
+        return await run(request, service.classify, TOP_K, len(service.predictor.vocab), "top_k")
+
+    @api.post("/api/match")
+    async def match(request: Request):
+        if service.catalog is None:  # before reading the body: nothing to match against
+            raise BadInput("this server has no catalogue to match against; start it with `serve --catalog DIR`", 404)
+        return await run(request, service.match, SERVE_NEIGHBOURS, SERVE_NEIGHBOURS * 5, "neighbours")
+
+    allowed = [str(p) for paths in service.examples.values() for p in paths]
+    if service.catalog is not None:
+        allowed.append(str(service.catalog.image_dir))
+    api.add_middleware(BodyLimit, limit=max_body)
+    return gr.mount_gradio_app(api, build_page(service), path="/", allowed_paths=allowed, max_file_size=max_body,
+                               css=CSS, footer_links=[])
+
+
+def serve(service: Service, host: str = SERVE_HOST, port: int = SERVE_PORT, max_body: int = SERVE_MAX_BODY) -> None:
+    """Serve until Ctrl-C (or SIGTERM)."""
+    import uvicorn
+
+    uvicorn.run(create_app(service, max_body), host=host, port=port, log_level="warning")
+
+
+def describe(service: Service, host: str, port: int) -> str:
+    """What the server offers, for the command to print."""
+    h = service.health()
+    where = f"http://{host}:{port}"
+    cat = f"; catalogue {service.catalog.folder} ({h['catalog']['listings']} listings)" if service.catalog else ""
+    return (f"serving {service.model} ({len(h['classes'])} groups, backend {h['backend']}{cat}) at {where}/\n"
+            f"JSON: POST {where}/api/predict{', POST /api/match' if service.catalog else ''}, GET {where}/health, "
+            f"e.g. curl -F {FIELD}=@photo.jpg {where}/api/predict\nCtrl-C stops")

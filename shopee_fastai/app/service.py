@@ -1,0 +1,189 @@
+"""The work behind the page and the API: classify photos, find their nearest catalogue listings.
+
+No web code here. Both front ends hand over (shown name, file) pairs and show the same answers: the
+objects `predict --json` prints, and per photo its nearest listings with similarity and title.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import ModelCard, ModelFiles
+from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
+from ..data import split as S
+from ..data import table as D
+from ..errors import ShopeeError
+from ..inference.predictions import top_k
+
+
+class BadInput(ShopeeError):
+    """A request the client can fix; `status` is the HTTP status it answers with."""
+
+    def __init__(self, message: str, status: int = 422, detail: Any = None):
+        super().__init__(message)
+        self.status, self.detail = status, detail
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str  # as the client named it: what messages show
+    data: bytes
+
+
+@contextlib.contextmanager
+def staged(uploads: Sequence[Upload]) -> Iterator[list[tuple[str, Path]]]:
+    """The uploads as files in a private temporary folder (the predictors read files), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="shopee-fastai-upload-") as tmp:
+        files = []
+        for i, u in enumerate(uploads):
+            # only a sanitised base name: the client's name never chooses where the file goes
+            safe = re.sub(r"[^\w.-]", "_", Path(u.name).name)[-100:] or "upload"
+            path = Path(tmp) / f"{i}-{safe}"
+            path.write_bytes(u.data)
+            files.append((u.name, path))
+        yield files
+
+
+def _name_failures(messages: Sequence[str], files: Sequence[tuple[str, Path]]) -> list[dict[str, str]]:
+    """Decoder messages (which start with the file's path) restated with the name the client gave."""
+    out = []
+    for msg in messages:
+        name, path = next(((n, p) for n, p in files if msg.startswith(str(p))), (None, None))
+        out.append({"image": name or "?", "error": msg.replace(str(path), name, 1) if path else msg})
+    return out
+
+
+def match_threshold(card: ModelCard | None) -> float:
+    """The threshold the model's card was calibrated with (embedding models keep one), else the default."""
+    return float((getattr(card, "matching", None) or {}).get("threshold", MATCH_THRESHOLD))
+
+
+def training_examples(model: Path, card: ModelCard | None, classes: Sequence[str],
+                      per_group: int = SERVE_EXAMPLES) -> dict[str, list[Path]]:
+    """A few training photos per class, from the data the card names; none where that folder is not on this machine."""
+    if card is None:
+        return {}
+    try:
+        table = D.read_table(Path(card.data))
+        rows = S.rows_in_split(table, S.read_split(Path(model).parent / card.split["file"]), S.TRAIN)
+    except (ShopeeError, KeyError, OSError):
+        return {}
+    wanted = set(map(str, classes))
+    return {str(g): [Path(p) for p in r[D.PATH] if Path(p).is_file()][:per_group]
+            for g, r in rows.groupby(D.LABEL) if str(g) in wanted}
+
+
+@dataclass
+class Catalog:
+    """Listings to match against: their table, and their embeddings in a faiss inner-product index."""
+
+    folder: Path
+    table: pd.DataFrame
+    index: Any  # faiss.IndexFlatIP over unit vectors: inner product = cosine similarity
+    threshold: float
+    arch: str = OFFLINE_ARCH
+
+    @classmethod
+    def load(cls, folder: Path, threshold: float, csv: str = "train.csv", progress: bool = True) -> Catalog:
+        """Embed every listing once (cached on disk by the files' identities) and index them."""
+        import faiss
+
+        from ..inference.embed import embeddings_for
+
+        table = D.read_table(Path(folder), csv, labels=False)
+        emb = np.ascontiguousarray(embeddings_for(list(table[D.PATH]), OFFLINE_ARCH, progress=progress), np.float32)
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb)
+        return cls(Path(folder), table, index, threshold)
+
+    @property
+    def image_dir(self) -> Path:
+        return Path(self.table[D.PATH].iloc[0]).parent
+
+    def nearest(self, queries: np.ndarray, k: int = SERVE_NEIGHBOURS) -> list[list[dict[str, Any]]]:
+        """Per query vector: the k most similar listings, best first, each marked whether it passes the threshold."""
+        sims, idx = self.index.search(np.ascontiguousarray(queries, np.float32), min(k, len(self.table)))
+        titles = self.table[D.TITLE].fillna("") if D.TITLE in self.table else pd.Series([""] * len(self.table))
+        return [[{"posting_id": str(self.table[D.ID].iloc[j]), "title": str(titles.iloc[j]),
+                  "image": str(self.table[D.IMAGE].iloc[j]), "similarity": round(float(s), 4),
+                  "match": bool(s >= self.threshold)} for s, j in zip(row_s, row_i) if j >= 0]
+                for row_s, row_i in zip(sims, idx)]
+
+    def path_of(self, image: str) -> Path:
+        return D.images_dir(self.folder) / image
+
+
+@dataclass
+class Service:
+    """One loaded model (the fast inference path), its titles and example photos, and an optional catalogue."""
+
+    model: Path
+    predictor: Any
+    examples: dict[str, list[Path]] = field(default_factory=dict)
+    catalog: Catalog | None = None
+
+    @classmethod
+    def load(cls, model: Path, catalog: Path | None = None, progress: bool = True) -> Service:
+        from ..inference.predictor import load_predictor
+
+        predictor = load_predictor(Path(model))
+        card = ModelCard.read(model) if ModelFiles.beside(model).card.is_file() else None
+        return cls(Path(model), predictor, training_examples(Path(model), card, predictor.vocab),
+                   Catalog.load(catalog, match_threshold(card), progress=progress) if catalog else None)
+
+    @property
+    def titles(self) -> dict[str, str]:
+        return self.predictor.titles
+
+    @property
+    def backend(self) -> str:
+        return getattr(getattr(self.predictor, "backend", None), "name", "fastai")
+
+    def health(self) -> dict[str, Any]:
+        cat = self.catalog
+        return {"status": "ok", "model": ModelFiles.beside(self.model).name, "backend": self.backend,
+                "classes": list(self.predictor.vocab), "titles": self.titles,
+                "catalog": {"listings": len(cat.table), "threshold": cat.threshold} if cat else None}
+
+    @staticmethod
+    def check_k(k: Any, most: int, what: str = "top_k") -> int:
+        """A client's count as a whole number from 1, capped at `most` (as `predict --top-k` is)."""
+        try:
+            n = int(k)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise BadInput(f"{what}={k}: give a whole number of at least 1")
+        return min(n, most)
+
+    def classify(self, files: Sequence[tuple[str, Path]], k: int = TOP_K) -> tuple[list[dict], list[dict]]:
+        """(one `predict --json` object per readable photo, one {"image", "error"} per unreadable one)."""
+        name = {str(p): n for n, p in files}
+        preds = self.predictor.probs([p for _, p in files], progress=False)
+        ranked = top_k(preds.probs, self.predictor.vocab, k, self.titles)
+        results = [{"image": name[str(p)], "predictions": r} for p, r in zip(preds.paths, ranked)]
+        return results, _name_failures(preds.failures, files)
+
+    def match(self, files: Sequence[tuple[str, Path]], k: int = SERVE_NEIGHBOURS) -> tuple[list[dict], list[dict]]:
+        """(per readable photo its nearest listings and those that match, one {"image", "error"} per unreadable one)."""
+        from ..inference.embed import embed_paths
+
+        if self.catalog is None:
+            raise BadInput("this server has no catalogue to match against; start it with `serve --catalog DIR`", 404)
+        bad = D.find_unreadable([str(p) for _, p in files])
+        good = [(n, p) for n, p in files if str(p) not in bad]
+        results = []
+        if good:
+            emb = embed_paths([p for _, p in good], self.catalog.arch, progress=False)
+            for (n, _), near in zip(good, self.catalog.nearest(emb, k)):
+                results.append({"image": n, "threshold": self.catalog.threshold,
+                                "matches": [x["posting_id"] for x in near if x["match"]], "nearest": near})
+        return results, _name_failures(list(bad.values()), files)
