@@ -6,15 +6,17 @@ Gradio and its web stack are the optional extra `[app]`; nothing outside this pa
 
 from __future__ import annotations
 
-import importlib.util
-
 from ..errors import ShopeeError
 
 INSTALL_HINT = "pip install 'shopee-fastai[app]'"
 
 
 def require_web_stack() -> None:
-    """One line naming the install command when Gradio (and so FastAPI and uvicorn) is missing."""
-    missing = [m for m in ("gradio", "fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ShopeeError(f"serve needs {', '.join(missing)}; install the web extra with `{INSTALL_HINT}`")
+    """One line naming the install command when Gradio (and with it FastAPI and uvicorn) cannot be imported."""
+    try:
+        import fastapi  # noqa: F401
+        import gradio  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise ShopeeError(f"serve needs {e.name or 'gradio'}, which is not installed; install the web extra with "
+                          f"`{INSTALL_HINT}`") from None
