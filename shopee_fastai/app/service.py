@@ -7,21 +7,23 @@ objects `predict --json` prints, and per photo its nearest listings with similar
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..artifacts import ModelCard, ModelFiles
-from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
+from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, PREDICT_BS, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
 from ..data import split as S
 from ..data import table as D
 from ..errors import ShopeeError
-from ..inference.predictions import top_k
+from ..inference.predictions import Predictions, top_k
 
 
 class BadInput(ShopeeError):
@@ -82,6 +84,66 @@ def training_examples(model: Path, card: ModelCard | None, classes: Sequence[str
 
 
 @dataclass
+class _Job:
+    paths: list[Path]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Predictions | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Photos of concurrent requests go through the model together, one batch at a time.
+
+    A batch costs less per photo than single-photo forwards, and one forward at a time keeps the cores from
+    being split between requests. Nothing waits to fill a batch: what queued while the last one ran goes next.
+    """
+
+    def __init__(self, probs: Callable[[list[Path]], Predictions], most: int):
+        self.probs, self.most = probs, most
+        self.jobs: queue.Queue[_Job] = queue.Queue()
+        threading.Thread(target=self._work, name="shopee-fastai-batcher", daemon=True).start()
+
+    def __call__(self, paths: Sequence[Path]) -> Predictions:
+        job = _Job(list(paths))
+        self.jobs.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _work(self) -> None:
+        while True:
+            jobs = [self.jobs.get()]
+            while sum(len(j.paths) for j in jobs) < self.most:
+                try:
+                    jobs.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._share(jobs, self.probs([p for j in jobs for p in j.paths]))
+            except BaseException as e:  # the requests fail with it; the worker goes on
+                for j in jobs:
+                    j.error = e
+            for j in jobs:
+                j.done.set()
+
+    @staticmethod
+    def _share(jobs: list[_Job], preds: Predictions) -> None:
+        """Give each job its rows and failures: both come in input order, readable and unreadable photos apart."""
+        row = fail = 0
+        for j in jobs:
+            rows, failures = [], []
+            for p in j.paths:
+                if row < len(preds.paths) and preds.paths[row] == p:
+                    rows.append(row)
+                    row += 1
+                else:
+                    failures.append(preds.failures[fail])
+                    fail += 1
+            j.result = Predictions([preds.paths[r] for r in rows], preds.probs[rows], failures)
+
+
+@dataclass
 class Catalog:
     """Listings to match against: their table, and their embeddings in a faiss inner-product index."""
 
@@ -130,6 +192,9 @@ class Service:
     examples: dict[str, list[Path]] = field(default_factory=dict)
     catalog: Catalog | None = None
 
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(lambda paths: self.predictor.probs(paths, progress=False), PREDICT_BS)
+
     @classmethod
     def load(cls, model: Path, catalog: Path | None = None, progress: bool = True) -> Service:
         from ..inference.predictor import load_predictor
@@ -167,7 +232,7 @@ class Service:
     def classify(self, files: Sequence[tuple[str, Path]], k: int = TOP_K) -> tuple[list[dict], list[dict]]:
         """(one `predict --json` object per readable photo, one {"image", "error"} per unreadable one)."""
         name = {str(p): n for n, p in files}
-        preds = self.predictor.probs([p for _, p in files], progress=False)
+        preds = self.batcher([p for _, p in files])
         ranked = top_k(preds.probs, self.predictor.vocab, k, self.titles)
         results = [{"image": name[str(p)], "predictions": r} for p, r in zip(preds.paths, ranked)]
         return results, _name_failures(preds.failures, files)

@@ -157,3 +157,26 @@ def test_no_other_command_imports_the_web_stack():
             "print(sorted(k for k in ('gradio', 'fastapi', 'uvicorn') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_concurrent_requests_each_get_their_own_answer(served, synthetic):
+    """Requests that arrive together share the model's batches; every reply still answers its own photos."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = sorted(p.name for p in (synthetic / "train_images").glob("*.jpg"))[::3]
+
+    def send(i_name):
+        i, name = i_name
+        files = photos(synthetic, name) + ([("file", ("bad.txt", b"x", "text/plain"))] if i % 4 == 0 else [])
+        return name, i % 4 == 0, httpx.post(f"{served.url}/api/predict", files=files, timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(send, enumerate(names)))
+    for name, with_bad, r in replies:
+        body = r.json()
+        results = body["results"] if with_bad else body
+        assert r.status_code == (422 if with_bad else 200), r.text
+        assert [x["image"] for x in results] == [name]
+        assert results[0]["predictions"][0]["label_group"] == name.split("_")[0]
+        if with_bad:
+            assert [f["image"] for f in body["failures"]] == ["bad.txt"]
