@@ -138,12 +138,17 @@ def main() -> None:
         before = predict_rate(model, files)
         proc, url = start_server(model, Path(tmp) / "serve.log")
         try:
-            extra = [load(url, photos, 4, early, 600)]  # warm-up, and the first memory reading
+            counts = [int(c) for c in args.clients.split(",")]
+            # warm-up at the highest concurrency: batches of every size have run before the first memory reading
+            extra = [load(url, photos, max(counts), early, 600)]
             rss = {extra[0]["requests"]: rss_mb(proc.pid)}
-            phases = [load(url, photos, int(c), args.requests, args.seconds) for c in args.clients.split(",")]
+            phases = []
+            for c in counts:
+                phases.append(load(url, photos, c, args.requests, args.seconds))
+                phases[-1]["rss"] = rss_mb(proc.pid)
             done = sum(p["requests"] for p in extra + phases)
             if done < late:
-                extra.append(load(url, photos, 4, late - done, 600))
+                extra.append(load(url, photos, max(counts), late - done, 600))
             rss[sum(p["requests"] for p in extra + phases)] = rss_mb(proc.pid)
         finally:
             proc.terminate()
@@ -154,11 +159,11 @@ def main() -> None:
     print(f"{len(files)} photos from {args.photos}, model {model}, {os.cpu_count()} CPU cores; server and clients on "
           f"this machine\n`predict` in one process: {before:.1f} photos/s before the load phases, {after:.1f} after "
           f"(mean {base:.1f})\n")
-    print("| clients | requests | photos/s | × predict | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| clients | requests | photos/s | × predict | p50 ms | p95 ms | p99 ms | errors | server RSS after (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for p in phases:
         print(f"| {p['clients']} | {p['requests']} | {p['rate']:.1f} | {p['rate'] / base:.2f} | {p['p50']:.0f} | "
-              f"{p['p95']:.0f} | {p['p99']:.0f} | {p['errors']} |")
+              f"{p['p95']:.0f} | {p['p99']:.0f} | {p['errors']} | {p['rss']:.0f} |")
     (n1, m1), (n2, m2) = sorted(rss.items())
     print(f"\nserver memory (RSS): {m1:.0f} MB after {n1} requests, {m2:.0f} MB after {n2} ({m2 - m1:+.0f} MB)")
     errors = [e for p in extra + phases for e in p["first_error"]]
