@@ -1,7 +1,7 @@
 """The page as a person uses it, in a real headless Chromium (Debian's chromium + chromium-driver via Selenium).
 
 Without a Chromium here these tests skip and say why; in CI (CI=true) they fail instead, so they always run there.
-Each test saves a screenshot of the page: into $SHOPEE_FASTAI_SCREENSHOTS when set (docs/ keeps them), else tmp.
+Each test saves a screenshot of the page, into $SHOPEE_FASTAI_SCREENSHOTS when set, else a temporary folder.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def _upload_and_run(browser, files_id: str, button_id: str, results_id: str, pat
 
 
 def _save(browser, dest: Path) -> None:
+    browser.execute_script("window.scrollTo(0, 0)")
     browser.save_screenshot(str(dest))
     assert dest.read_bytes()[:4] == b"\x89PNG"
 
