@@ -15,6 +15,7 @@ from ..errors import WeightsUnavailable
 from .train import train
 
 SCRATCH_ARCH = DEFAULT_ARCH
+GROUPS_LISTED = 30  # label groups named (with their titles) under the table
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,11 @@ def compare(base: TrainConfig, seeds: int = 1, out: Path = Path("reports/compare
     from ..io import write_text
 
     rows = []
+    titles: dict[str, str] = {}
     for e in entries(base):
         for seed in range(base.seed, base.seed + seeds):
             card = _train_entry(base, e, seed)
+            titles = card.titles or titles  # every entry learns the same groups
             rows.append({"key": e.key, "model": e.label if card.arch == e.arch or not e.pretrained
                          else f"{card.arch} pretrained", "arch": card.arch, "weights": card.weights,
                          "params": card.params, "seed": seed, "train": card.train_accuracy,
@@ -64,7 +67,7 @@ def compare(base: TrainConfig, seeds: int = 1, out: Path = Path("reports/compare
     table = summarise(runs)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "runs.csv", runs.to_csv(index=False))
-    write_text(out / "table.md", to_markdown(table, base, seeds))
+    write_text(out / "table.md", to_markdown(table, base, seeds, titles))
     chart(out / "accuracy.png", table, f"{Path(base.data).name}: test accuracy ({seeds} seed{'s' * (seeds > 1)})")
     return table
 
@@ -86,13 +89,18 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
-def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int) -> str:
+def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int, titles: dict[str, str] | None = None) -> str:
     head = ("| model | weights | params | train acc | valid acc | test acc | wall time (s) | train images/s |\n"
             "|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {r.model} | {r.weights} | {r.params / 1e6:.2f} M | {r.train} | {r.valid} | **{r.test}** | "
                    f"{r.wall_s:.0f} | {r.images_per_s} |\n" for r in table.itertuples())
     how = (f"\n{seeds} seed(s) from {base.seed}; split {base.split}; {base.top_groups or 'all'} groups; size {base.size}; "
            f"recipe {base.recipe}; epochs {base.epochs if base.epochs is not None else 'default'}; data {base.data}\n")
+    if titles:
+        from ..inference.predictions import display_name
+
+        shown = [display_name(c, titles) for c in sorted(titles)[:GROUPS_LISTED]]
+        how += f"\n{len(titles)} groups: {'; '.join(shown)}{'; …' if len(titles) > GROUPS_LISTED else ''}\n"
     return head + body + how
 
 

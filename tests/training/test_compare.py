@@ -22,6 +22,7 @@ def test_compare_trains_every_model_on_one_split_and_writes_table_and_chart(synt
     assert len(splits) == 1  # the same split for every model
     assert (tmp_path / "out" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "| model | weights | params |" in (tmp_path / "out" / "table.md").read_text()
+    assert "3 groups: 1001 · product 1001; 2002 · product 2002; 3003 · product 3003" in (tmp_path / "out" / "table.md").read_text()
 
 
 def test_summary_reports_mean_and_sd_over_seeds():
