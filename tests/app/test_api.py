@@ -134,11 +134,21 @@ def test_files_outside_the_catalogue_and_examples_are_not_served(served, synthet
     assert httpx.get(f"{served.url}/docs").status_code == 404
 
 
-def test_without_a_catalogue_match_says_how_to_get_one(trained_cnn, synthetic, tmp_path):
-    with running(trained_cnn.files.pkl, tmp_path / "serve.log") as server:  # the .pkl path too
+@pytest.mark.parametrize("suffix", [".pkl", ".onnx"])
+def test_every_model_format_serves_without_a_catalogue(trained_cnn, synthetic, tmp_path, suffix):
+    from shopee_fastai.artifacts import load_network
+    from shopee_fastai.inference.backends import export_onnx
+
+    model = trained_cnn.files.pkl
+    if suffix == ".onnx":  # alone in its folder: the titles come from the graph's own metadata
+        model = export_onnx(*load_network(model), tmp_path / "alone.onnx")
+    with running(model, tmp_path / "serve.log") as server:
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["catalog"] is None and health["titles"] == TITLES
+        r = httpx.post(f"{server.url}/api/predict", files=photos(synthetic, "2002_001.jpg"), timeout=60)
+        assert r.status_code == 200 and r.json()[0]["predictions"][0]["title"] == "product 2002"
         r = httpx.post(f"{server.url}/api/match", files=photos(synthetic, "1001_000.jpg"))
         assert r.status_code == 404 and "--catalog DIR" in r.json()["error"]
-        assert httpx.get(f"{server.url}/health").json()["catalog"] is None
 
 
 def test_serve_without_gradio_says_how_to_install_it(monkeypatch, trained_cnn):
