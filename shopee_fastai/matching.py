@@ -1,21 +1,24 @@
 """Product matching as the Kaggle competition scored it: for every posting, the postings of the same product.
 
-Cosine nearest neighbours of L2-normalised embeddings (k <= 50: Shopee's groups are capped at 50), a
-similarity threshold, the posting itself always included, optionally the winners' "min-2" rule (keep the
-nearest neighbour when nothing else passes), and unions with identical `image_phash` and with title
-TF-IDF neighbours. Scored by mean per-row F1 when `label_group` is known.
+Cosine nearest neighbours of L2-normalised embeddings (k <= 50: Shopee's groups are capped at 50; an exact
+faiss index, or an approximate HNSW graph for large tables), a similarity threshold, the posting itself
+always included, optionally neighbour blending (each embedding replaced by the similarity-weighted mean of
+its confident neighbours before matching), the winners' "min-2" rule (keep the nearest neighbour when
+nothing else passes), and unions with identical `image_phash` and with title TF-IDF neighbours. Scored by
+mean per-row F1 when `label_group` is known. An embedding model carries the settings calibrated on label
+groups it never trained on (`MatchSettings` in its card).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .config import MATCH_THRESHOLD, TITLE_THRESHOLD
+from .config import BLEND_K, EXACT_MAX, MATCH_THRESHOLD, TITLE_THRESHOLD, Index
 from .data import table as D
 from .errors import ShopeeError
 
@@ -25,20 +28,45 @@ THRESHOLD_GRID = tuple(np.round(np.arange(0.30, 0.96, 0.025), 3))
 TUNE_FRACTION = 0.5  # share of label groups used to pick the threshold; the rest reports F1
 
 
-def knn(emb: np.ndarray, k: int = MAX_K, chunk: int = KNN_CHUNK, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Top-k cosine neighbours of every row (itself included): (similarities, indices), each [n, k], best first."""
+HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 64, 128  # graph degree and search breadth: recall@10 in docs/speed.md
+
+
+def _faiss_index(emb: np.ndarray, index: Index):
+    import faiss
+
+    if index == Index.hnsw:
+        ix = faiss.IndexHNSWFlat(emb.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        ix.hnsw.efConstruction = HNSW_EF_BUILD
+        ix.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        ix = faiss.IndexFlatIP(emb.shape[1])
+    ix.add(emb)
+    return ix
+
+
+def resolve_index(n: int, index: Index | str = Index.auto) -> Index:
+    """exact up to EXACT_MAX rows, where exact search takes under a minute on 2 cores; hnsw above."""
+    index = Index.parse(index, "--index")
+    return (Index.exact if n <= EXACT_MAX else Index.hnsw) if index == Index.auto else index
+
+
+def knn(emb: np.ndarray, k: int = MAX_K, chunk: int = KNN_CHUNK, backend: str = "auto",
+        index: Index | str = Index.auto) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k cosine neighbours of every row (itself included): (similarities, indices), each [n, k], best first.
+
+    `index`: exact (faiss flat, or numpy without faiss), hnsw (approximate), auto (by size). An approximate
+    search can miss a row itself; it is put back first, as exact search finds it.
+    """
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     k = min(k, len(emb))
+    kind = resolve_index(len(emb), index)
     if backend in ("auto", "faiss"):
         try:
-            import faiss
-
-            index = faiss.IndexFlatIP(emb.shape[1])
-            index.add(emb)
-            sims, idx = index.search(emb, k)
-            return sims, idx.astype(np.int64)
+            sims, idx = _faiss_index(emb, kind).search(emb, k)
+            idx = idx.astype(np.int64)
+            return (_self_first(emb, sims, idx) if kind == Index.hnsw else (sims, idx))
         except ImportError:
-            if backend == "faiss":
+            if backend == "faiss" or kind == Index.hnsw:
                 raise ShopeeError("faiss is not installed; `pip install faiss-cpu` or use the numpy backend")
     sims = np.empty((len(emb), k), np.float32)
     idx = np.empty((len(emb), k), np.int64)
@@ -50,6 +78,29 @@ def knn(emb: np.ndarray, k: int = MAX_K, chunk: int = KNN_CHUNK, backend: str = 
         idx[start : start + chunk] = np.take_along_axis(part, order, 1)
         sims[start : start + chunk] = np.take_along_axis(top, order, 1)
     return sims, idx
+
+
+def _self_first(emb: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.arange(len(idx))
+    missing = ~(idx == rows[:, None]).any(1)
+    if missing.any():  # drop the weakest neighbour, put the row itself first
+        idx[missing] = np.concatenate([rows[missing, None], idx[missing, :-1]], 1)
+        sims[missing] = np.concatenate([(emb[missing] * emb[missing]).sum(1, keepdims=True), sims[missing, :-1]], 1)
+    return sims, idx
+
+
+def blend(emb: np.ndarray, threshold: float, k: int = BLEND_K, index: Index | str = Index.auto) -> np.ndarray:
+    """Neighbour blending: each row becomes the similarity-weighted mean of its top-k neighbours at or above
+    `threshold` (itself included), renormalised; confident neighbours pull a listing towards its group."""
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    sims, idx = knn(emb, k, index=index)
+    w = np.where(sims >= threshold, sims, 0).astype(np.float32)
+    out = np.empty_like(emb)
+    for start in range(0, len(emb), KNN_CHUNK):  # [chunk, k, d] at a time
+        part = slice(start, start + KNN_CHUNK)
+        out[part] = np.einsum("nk,nkd->nd", w[part], emb[idx[part]])
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.where(norm > 0, out / np.maximum(norm, 1e-12), emb).astype(np.float32)
 
 
 def neighbours(sims: np.ndarray, idx: np.ndarray, threshold: float, min2: bool = False) -> list[set[int]]:
@@ -129,23 +180,85 @@ def group_halves(labels: Sequence, seed: int, fraction: float = TUNE_FRACTION) -
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
-def tune(emb: np.ndarray, labels: Sequence, seed: int = 0, min2: bool = False,
-         extra: list[set[int]] | None = None, grid: Sequence[float] = THRESHOLD_GRID) -> tuple[float, Score, Score]:
-    """Pick the threshold on one half of the label groups, score it on the other: (threshold, tune F1, held-out F1)."""
-    tune_rows, test_rows = group_halves(labels, seed)
+@dataclass(frozen=True)
+class MatchSettings:
+    """How embeddings become matches; an embedding model's card carries the ones calibrated for it."""
+
+    threshold: float = MATCH_THRESHOLD
+    min2: bool = False
+    blend: bool = False  # neighbour blending (at the same threshold) before matching
+
+    def line(self) -> str:
+        return f"threshold {self.threshold:.3f}, min-2 {'on' if self.min2 else 'off'}, blending {'on' if self.blend else 'off'}"
+
+    @classmethod
+    def of(cls, values: dict | None) -> MatchSettings | None:
+        known = {"threshold", "min2", "blend"}
+        return cls(**{k: v for k, v in values.items() if k in known}) if values else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def settings_for(model: Path | None, threshold: float | None = None, min2: bool | None = None,
+                 blend_: bool | None = None) -> tuple[MatchSettings, str]:
+    """The settings `match` uses and where they came from: what the user gave, else the model's calibrated
+    ones (an embedding model's card), else the defaults."""
+    from .artifacts import ModelCard, ModelFiles
+
+    stored, where = None, "defaults"
+    if model is not None and ModelFiles.beside(model).card.is_file():
+        stored = MatchSettings.of(ModelCard.read(model).matching)
+        where = f"calibrated, from {model.name}'s card" if stored else where
+    base = stored or MatchSettings()
+    given = {k: v for k, v in (("threshold", threshold), ("min2", min2), ("blend", blend_)) if v is not None}
+    source = (f"given; the rest {where}" if len(given) < 3 else "given") if given else where
+    return replace(base, **given), source
+
+
+def find(emb: np.ndarray, settings: MatchSettings, k: int = MAX_K, index: Index | str = Index.auto) -> list[set[int]]:
+    """Per row, its matches (itself included) under `settings`."""
+    if settings.blend:
+        emb = blend(emb, settings.threshold, index=index)
+    sims, idx = knn(emb, k, index=index)
+    return neighbours(sims, idx, settings.threshold, settings.min2)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    settings: MatchSettings
+    score: Score
+
+
+def calibrate(emb: np.ndarray, labels: Sequence, min2: bool | None = None, blend_: bool | None = None,
+              extra: list[set[int]] | None = None, grid: Sequence[float] = THRESHOLD_GRID) -> Calibration:
+    """The settings with the best F1 on `labels`' groups: a threshold from `grid`, with min-2 and blending each
+    fixed or (None) tried on and off."""
     truth = true_matches(labels)
-    results = {}
-    for part in (tune_rows, test_rows):
-        sims, idx = knn(emb[part])
-        results[part.tobytes()] = (sims, idx, restrict(truth, part), restrict(extra, part) if extra else None)
+    plain = knn(emb)
+    best: Calibration | None = None
+    for t in grid:
+        for bl in (False, True) if blend_ is None else (blend_,):
+            sims, idx = knn(blend(emb, t)) if bl else plain
+            for m2 in (False, True) if min2 is None else (min2,):
+                found = neighbours(sims, idx, t, m2)
+                got = score(union(found, extra) if extra else found, truth)
+                if best is None or got.f1 > best.score.f1:
+                    best = Calibration(MatchSettings(float(t), m2, bl), got)
+    return best
 
-    def run(part, t):
-        sims, idx, truth_p, extra_p = results[part.tobytes()]
-        found = neighbours(sims, idx, t, min2)
-        return score(union(found, extra_p) if extra_p else found, truth_p)
 
-    best = max(grid, key=lambda t: run(tune_rows, t).f1)
-    return float(best), run(tune_rows, best), run(test_rows, best)
+def tune(emb: np.ndarray, labels: Sequence, seed: int = 0, min2: bool | None = False, blend_: bool | None = False,
+         extra: list[set[int]] | None = None) -> tuple[Calibration, Score]:
+    """Calibrate on one half of the label groups, score on the other: (the calibration, held-out score)."""
+    tune_rows, test_rows = group_halves(labels, seed)
+    labels = list(labels)
+    part_extra = (lambda rows: restrict(extra, rows)) if extra else (lambda rows: None)
+    cal = calibrate(emb[tune_rows], [labels[i] for i in tune_rows], min2, blend_, part_extra(tune_rows))
+    found = find(emb[test_rows], cal.settings)
+    if extra:
+        found = union(found, part_extra(test_rows))
+    return cal, score(found, restrict(true_matches(labels), test_rows))
 
 
 def write_submission(dest: Path, posting_ids: Sequence[str], matches: list[set[int]]) -> None:
@@ -160,17 +273,20 @@ def write_submission(dest: Path, posting_ids: Sequence[str], matches: list[set[i
 @dataclass
 class MatchResult:
     matches: list[set[int]]
-    threshold: float
+    settings: MatchSettings
     score: Score | None = None  # on every row, when labels are known
     tuned: tuple[Score, Score] | None = None  # (on the tuning groups, on the held-out groups)
 
 
-def match_table(table: pd.DataFrame, emb: np.ndarray, threshold: float | None = MATCH_THRESHOLD, tune_it: bool = False,
-                min2: bool = False, phash: bool = False, titles: bool = False,
-                title_threshold: float = TITLE_THRESHOLD, k: int = MAX_K, seed: int = 0) -> MatchResult:
-    """Match every posting of `table` (rows aligned with `emb`), optionally tuning the threshold on half the groups."""
+def match_table(table: pd.DataFrame, emb: np.ndarray, settings: MatchSettings = MatchSettings(), tune_it: bool = False,
+                phash: bool = False, titles: bool = False, title_threshold: float = TITLE_THRESHOLD, k: int = MAX_K,
+                seed: int = 0, index: Index | str = Index.auto) -> MatchResult:
+    """Match every posting of `table` (rows aligned with `emb`); `tune_it` calibrates the threshold (min-2 and
+    blending as `settings` has them) on half the groups and reports F1 on the other half."""
     if len(emb) != len(table):
         raise ShopeeError(f"embeddings have {len(emb)} rows but the table {len(table)}; embed the same CSV")
+    if len(table) == 0:
+        raise ShopeeError("the table has no rows to match; give a CSV with postings")
     if not 1 <= k <= MAX_K:
         raise ShopeeError(f"--k {k}: choose 1 to {MAX_K} (Shopee's groups hold at most 50 postings)")
     labelled = D.LABEL in table.columns and table[D.LABEL].notna().all()
@@ -185,11 +301,11 @@ def match_table(table: pd.DataFrame, emb: np.ndarray, threshold: float | None = 
     if tune_it:
         if not labelled:
             raise ShopeeError("--tune needs label_group in the CSV; give --threshold instead")
-        threshold, *tuned = tune(emb, table[D.LABEL].tolist(), seed, min2, extra_sets)
-    sims, idx = knn(emb, k)
-    found = neighbours(sims, idx, threshold, min2)
+        cal, held = tune(emb, table[D.LABEL].tolist(), seed, settings.min2, settings.blend, extra_sets)
+        settings, tuned = cal.settings, (cal.score, held)
+    found = find(emb, settings, k, index)
     found = union(found, extra_sets) if extra_sets else found
-    result = MatchResult(found, float(threshold), tuned=tuple(tuned) if tuned else None)
+    result = MatchResult(found, settings, tuned=tuned)
     if labelled:
         result.score = score(found, true_matches(table[D.LABEL].tolist()))
     return result

@@ -24,6 +24,14 @@ def write_kaggle(root: Path, rows: list[dict], csv: str = "train.csv") -> Path:
     return root
 
 
+def colour_jpeg(root: Path, name: str, colour, noise: float, rng) -> str:
+    """A photo of one colour under noise, of a random size and aspect ratio, saved in train_images/."""
+    h, w = rng.integers(40, 90, size=2)
+    pixels = np.clip(np.array(colour) + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(root / "train_images" / name, quality=90)
+    return name
+
+
 def make_synthetic(root: Path, per_group: int = PER_GROUP, seed: int = 0) -> Path:
     """Groups told apart by colour, under noise, in varied sizes and aspect ratios, as real JPEG files."""
     rng = np.random.default_rng(seed)
@@ -31,10 +39,7 @@ def make_synthetic(root: Path, per_group: int = PER_GROUP, seed: int = 0) -> Pat
     rows = []
     for label, colour in COLOURS.items():
         for i in range(per_group):
-            h, w = rng.integers(40, 90, size=2)
-            pixels = np.clip(np.array(colour) + rng.normal(0, 35, (h, w, 3)), 0, 255).astype(np.uint8)
-            name = f"{label}_{i:03d}.jpg"
-            Image.fromarray(pixels).save(root / "train_images" / name, quality=90)
+            name = colour_jpeg(root, f"{label}_{i:03d}.jpg", colour, 35, rng)
             rows.append({"posting_id": f"p{label}_{i}", "image": name, "image_phash": f"{i:016x}",
                          "title": f"product {label}", "label_group": label})
     return write_kaggle(root, rows)
@@ -49,12 +54,45 @@ def synthetic(tmp_path_factory) -> Path:
 def trained_cnn(synthetic, tmp_path_factory):
     """One small CNN trained and exported for all tests that need a model (training is the slow part)."""
     from shopee_fastai.config import TrainConfig
-    from shopee_fastai.training import export, fit_learner
 
     # Colour blobs under noise all look alike to an ImageNet backbone: every group would be one
     # near-duplicate cluster, so the model tests use the plain split (tests/data/test_neardup.py covers the other).
-    cfg = TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, epochs=4, aug="none", workers=0, split="random",
-                      models_dir=tmp_path_factory.mktemp("models"), lr=3e-3)
+    return fit_and_export(TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, epochs=4, aug="none", workers=0,
+                                      split="random", models_dir=tmp_path_factory.mktemp("models"), lr=3e-3))
+
+
+def fit_and_export(cfg):
+    from shopee_fastai.training import export, fit_learner
+
     trained = fit_learner(cfg)
     export(trained)
     return trained
+
+
+def make_groups(root: Path, n_groups: int = 20, per_group: int = 8, other: int = 3, seed: int = 1) -> Path:
+    """Many colour groups, the last `other` photos of each from "another occasion" (posting ids val_...): data an
+    embedding can train on with groups left over that it never sees."""
+    rng = np.random.default_rng(seed)
+    (root / "train_images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for g, colour in enumerate(rng.integers(0, 256, size=(n_groups, 3))):
+        for i in range(per_group):
+            name = colour_jpeg(root, f"g{g:02d}_{i:02d}.jpg", colour, 25, rng)
+            rows.append({"posting_id": f"{'val_' if i >= per_group - other else 'train_'}g{g}_{i}", "image": name,
+                         "image_phash": f"{g:08x}{i:08x}", "title": f"product {g}", "label_group": str(5000 + g)})
+    return write_kaggle(root, rows)
+
+
+@pytest.fixture(scope="session")
+def groups(tmp_path_factory) -> Path:
+    return make_groups(tmp_path_factory.mktemp("groups"))
+
+
+@pytest.fixture(scope="session")
+def arcface(groups, tmp_path_factory):
+    """An ArcFace embedding trained and exported on `groups` (the val_ photos held out as the test)."""
+    from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
+
+    return fit_and_export(TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE,
+                                      head_epochs=4, holdout="^val_", workers=0, models_dir=tmp_path_factory.mktemp("models"),
+                                      name="arc"))

@@ -77,7 +77,8 @@ def batch_augmentations(aug: Aug) -> list:
     return []
 
 
-def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Sequence[float]], cfg: LoaderConfig):
+def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Sequence[float]], cfg: LoaderConfig,
+                     vocab: Sequence[str] | None = None):
     """fastai DataLoaders from rows carrying `path`, `label_group` and `split` (train/valid).
 
     Normalisation with the model's own statistics is part of the batch pipeline for every architecture,
@@ -89,7 +90,7 @@ def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Se
     from fastai.vision.data import ImageBlock
 
     block = DataBlock(
-        blocks=(ImageBlock(cls=ShopeeImage), CategoryBlock),
+        blocks=(ImageBlock(cls=ShopeeImage), CategoryBlock(vocab=vocab)),
         get_x=ColReader(PATH),
         get_y=ColReader(LABEL),
         splitter=ColSplitter(IS_VALID),

@@ -87,6 +87,25 @@ def make_split(
     return split
 
 
+def group_split(df: pd.DataFrame, seed: int, valid_groups: float, holdout: str | None = None) -> pd.Series:
+    """Seeded split by label group: a `valid_groups` share of the groups is validation, unseen in training.
+
+    Matching meets products it never saw, so an embedding validates (and calibrates its threshold) on
+    whole groups. `holdout` postings form the test split, from every group, as in `make_split`.
+    """
+    split = pd.Series(TRAIN, index=df[ID].values, name=SPLIT)
+    if holdout:
+        split[make_split(df, seed, holdout=holdout).eq(TEST).to_numpy()] = TEST
+    groups = np.array(sorted(df.loc[split.ne(TEST).to_numpy(), LABEL].astype(str).unique()))
+    n_valid = min(len(groups) - 2, max(1, int(round(len(groups) * valid_groups))))
+    if n_valid < 1:
+        raise ShopeeError(f"{len(groups)} label group(s) outside the test split: an embedding needs at least 3 "
+                          "(2 to train on, 1 unseen to validate); add groups")
+    picked = set(np.random.default_rng(seed).permutation(groups)[:n_valid].tolist())
+    split[(df[LABEL].astype(str).isin(picked).to_numpy()) & split.ne(TEST).to_numpy()] = VALID
+    return split
+
+
 def write_split(split: pd.Series, dest: Path) -> None:
     from ..io import write_text
 

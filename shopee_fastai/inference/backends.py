@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..config import PREDICT_BS
+from ..config import EMBEDDING, PREDICT_BS, PROBS
 from ..data.cache import use_cache
 from ..data.images import decode, decode_chunks, load_rgb
 from ..device import resolve_precision
@@ -110,6 +110,12 @@ class LearnerPredictor:
     def vocab(self) -> list[str]:
         return [str(v) for v in self.learn.dls.vocab]
 
+    @property
+    def output(self) -> str:
+        from ..nets.body import is_embedding
+
+        return EMBEDDING if is_embedding(self.learn.model) else PROBS
+
     def probs(self, images: Sequence[Path], bs: int = PREDICT_BS, progress: bool = True) -> Predictions:
         return predict_probs(self.learn, images, bs, progress, tta=self.tta)
 
@@ -124,8 +130,9 @@ def normalised(images, mean: Sequence[float], std: Sequence[float]):
     return x.sub_(m).div_(s)
 
 
-def packaged(model, mean: Sequence[float], std: Sequence[float]):
-    """The exportable module: uint8 NHWC images in, probabilities out (scaling and normalisation inside the graph)."""
+def packaged(model, mean: Sequence[float], std: Sequence[float], embedding: bool = False):
+    """The exportable module: uint8 NHWC images in, probabilities (or unit-length embeddings) out, scaling and
+    normalisation inside the graph."""
     import torch
     from torch import nn
 
@@ -137,7 +144,8 @@ def packaged(model, mean: Sequence[float], std: Sequence[float]):
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255)
 
         def forward(self, images):
-            return self.model((images.permute(0, 3, 1, 2).float() - self.mean) / self.std).softmax(1)
+            out = self.model((images.permute(0, 3, 1, 2).float() - self.mean) / self.std)
+            return nn.functional.normalize(out, dim=1) if embedding else out.softmax(1)
 
     return Packaged().eval()
 
@@ -162,7 +170,9 @@ class TorchBackend:
         x = normalised(torch.from_numpy(images).to(self.device, non_blocking=True), self.cfg["mean"], self.cfg["std"])
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype or torch.float32, enabled=dtype is not None):
-            return self.model(x).float().softmax(1).cpu().numpy()
+            out = self.model(x).float()
+            embedding = self.cfg.get("output") == EMBEDDING
+            return (torch.nn.functional.normalize(out, dim=1) if embedding else out.softmax(1)).cpu().numpy()
 
 
 @dataclass
@@ -202,7 +212,7 @@ def onnx_bytes(model, cfg: dict[str, Any]) -> bytes:
 
     from ..artifacts import META_KEY
 
-    module = packaged(model.cpu().float(), cfg["mean"], cfg["std"])
+    module = packaged(model.cpu().float(), cfg["mean"], cfg["std"], cfg.get("output") == EMBEDDING)
     example = torch.zeros(2, cfg["size"], cfg["size"], 3, dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -256,6 +266,10 @@ class FastPredictor:
     @property
     def vocab(self) -> list[str]:
         return list(self.cfg["classes"])
+
+    @property
+    def output(self) -> str:
+        return self.cfg.get("output", PROBS)
 
     def probs(self, images: Sequence[Path], bs: int = PREDICT_BS, progress: bool = True):
         """Probabilities for the readable images, in input order; unreadable ones are listed, not fatal."""

@@ -7,6 +7,7 @@ photo gets a row of zeros, which matches nothing but itself.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from ..io import atomic_path, file_key
 from ..nets.body import feature_extractor
 from ..nets.weights import pretrained_backbone
 from .backends import learner_batches
+from .predictions import Predictions
 
 EMBED_BS = 64
 
@@ -55,6 +57,68 @@ def embeddings_for(paths: list[str], arch: str = OFFLINE_ARCH, progress: bool = 
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     return emb
+
+
+def embed_images(paths: Sequence[str | Path], model: Path | None = None, arch: str = OFFLINE_ARCH,
+                 weights: Path | None = None, progress: bool = True) -> np.ndarray | None:
+    """[n, d] unit vectors in input order (zeros for unreadable photos): from an embedding model (.pkl,
+    .safetensors or .onnx, on the fast path), a classifier learner's body, or a pretrained backbone.
+
+    Launched on several processes (torchrun, accelerate launch), each embeds every n-th photo on its own
+    device and rank 0 gathers them and returns the whole array; the other ranks return None.
+    """
+    from ..device import world
+
+    rank, n = world()
+    if n > 1:
+        return _sharded(paths, rank, n, lambda part: _embed_here(part, model, arch, weights, progress and not rank))
+    return _embed_here(paths, model, arch, weights, progress)
+
+
+def _embed_here(paths: Sequence[str | Path], model: Path | None, arch: str, weights: Path | None,
+                progress: bool) -> np.ndarray:
+    if model is None:
+        return embed_paths(paths, arch, weights, progress=progress)
+    from ..artifacts import PKL, load_learner
+    from ..config import EMBEDDING
+    from ..errors import ShopeeError
+    from .predictor import load_predictor
+
+    predictor = load_predictor(Path(model))
+    if predictor.output != EMBEDDING:
+        if Path(model).suffix != PKL:
+            raise ShopeeError(f"--model {model}: a classifier; its body embeds from the .pkl learner, or train an "
+                              "embedding model with `train --loss arcface`")
+        return learner_embed(load_learner(model), paths, progress=progress)
+    return aligned(predictor.probs([Path(p) for p in paths], progress=progress), paths)
+
+
+def _sharded(paths: Sequence[str | Path], rank: int, n: int, embed) -> np.ndarray | None:
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    mine = embed(list(paths)[rank::n])
+    shards = [None] * n if rank == 0 else None
+    dist.gather_object(mine, shards, dst=0)
+    if rank:
+        return None
+    out = np.zeros((len(paths), max(s.shape[1] for s in shards)), np.float32)
+    for r, shard in enumerate(shards):
+        out[r::n] = shard
+    return out
+
+
+def aligned(got: Predictions, paths: Sequence[str | Path]) -> np.ndarray:
+    """A predictor's output rows in the order of `paths`, zeros where a photo could not be read."""
+    rows = dict(zip(map(str, got.paths), got.probs))
+    dim = got.probs.shape[1] if got.probs.ndim == 2 and got.probs.shape[1] else 1
+    return np.stack([rows.get(str(Path(p)), np.zeros(dim, np.float32)) for p in paths]).astype(np.float32) \
+        if len(paths) else np.zeros((0, dim), np.float32)
 
 
 def learner_embed(learn, images: Sequence[str | Path], bs: int = EMBED_BS, progress: bool = True) -> np.ndarray:

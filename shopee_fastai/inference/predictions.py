@@ -24,6 +24,9 @@ class Predictor(Protocol):
     @property
     def vocab(self) -> list[str]: ...
 
+    @property
+    def output(self) -> str: ...  # "probs", or "embedding": `probs` then returns unit-length embeddings
+
     def probs(self, images: Sequence[Path], bs: int = ..., progress: bool = True) -> Predictions: ...
 
 

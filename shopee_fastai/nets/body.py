@@ -47,6 +47,29 @@ def feature_extractor(model: nn.Module) -> nn.Module:
     raise ShopeeError(f"cannot find the body of a {type(model).__name__}; embed from --arch instead")
 
 
+def embedding_head(nf: int, dim: int) -> nn.Sequential:
+    """An embedding head in vision_learner's layout (pool, flatten, then layers): a BN-neck projection to `dim`.
+
+    BatchNorm after the projection (the "BN neck" of re-identification) centres the embedding, so cosine
+    similarity spreads over the whole sphere.
+    """
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nf, dim, bias=False), nn.BatchNorm1d(dim))
+
+
+def is_embedding(model: nn.Module) -> bool:
+    """Whether `model` ends in `embedding_head`'s BN neck rather than a classifier."""
+    return isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[1], nn.Sequential) \
+        and isinstance(model[1][-1], nn.BatchNorm1d)
+
+
+def body_features(model: nn.Module) -> int:
+    """Channels the body of a fastai vision_learner timm model hands its head."""
+    net = getattr(model[0], "model", None)
+    if net is None or not hasattr(net, "num_features"):
+        raise ShopeeError(f"cannot find the body of a {type(model).__name__}; an embedding head needs a timm --arch")
+    return int(net.num_features)
+
+
 @dataclass
 class Split:
     """A learner's model cut in two: `frozen` (image -> cached input) and `trained` (cached input -> logits)."""

@@ -14,14 +14,15 @@ import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.learner import load_model, save_model
 from torch import nn
 
 from ..artifacts import ModelFiles
 from ..config import Precision, TrainConfig, option
-from ..device import resolve_precision
+from ..device import resolve_precision, world
 from ..errors import ShopeeError
 from ..io import atomic_path, write_json
+
+F1_METRIC = "match_f1"  # an embedding's validation metric
 
 
 class CPUAutocast(Callback):
@@ -102,13 +103,15 @@ def history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
     return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)}} for i, row in enumerate(rows)]
 
 
-class PlainValidLoss(Callback):
-    """Validate with plain cross-entropy while training uses label smoothing, so valid losses compare across phases."""
+class ValidLoss(Callback):
+    """Validate with another loss than training's: plain cross-entropy beside label smoothing (so valid losses
+    compare across phases), or a pair loss for an embedding whose validation groups have no class centres."""
+
+    def __init__(self, loss):
+        self.loss = loss
 
     def before_validate(self):
-        from fastai.losses import CrossEntropyLossFlat
-
-        self.train_loss, self.learn.loss_func = self.learn.loss_func, CrossEntropyLossFlat()
+        self.train_loss, self.learn.loss_func = self.learn.loss_func, self.loss
 
     def after_validate(self):
         self.learn.loss_func = self.train_loss
@@ -129,8 +132,13 @@ class Checkpoint(Callback):
         done = self.epoch + 1
         if self.epoch < self.start or (done % self.every and done != self.n_epoch):
             return  # an epoch skipped on resume, or not a checkpoint epoch
+        if world()[0]:
+            return  # one writer under data-parallel training
+        state = {"model": self.model.state_dict(), "opt": self.learn.opt.state_dict()}
+        if _has_params(self.learn.loss_func):  # a margin loss's class centres
+            state["loss"] = self.learn.loss_func.state_dict()
         with atomic_path(self.files.checkpoint) as tmp:
-            save_model(tmp, self.model, self.learn.opt, with_opt=True)
+            torch.save(state, tmp)
         now = history(self.learn, self.phase, self.start)
         write_json(self.files.progress, {"phase": self.phase, "epochs_done": done, "history": self.before + now,
                                          "options": self.options})
@@ -158,11 +166,20 @@ def load_checkpoint(files: ModelFiles, model: nn.Module, learn=None) -> None:
     try:
         if learn is not None and learn.opt is None:
             learn.create_opt()
-        load_model(files.checkpoint, model, learn.opt if learn is not None else None, with_opt=learn is not None,
-                   device=next(model.parameters()).device)  # the optimizer state must sit where the gradients are
+        # our own file, holding fastai optimizer state (not plain tensors); the optimizer state must sit where the gradients are
+        state = torch.load(files.checkpoint, map_location=next(model.parameters()).device, weights_only=False)
+        model.load_state_dict(state["model"])
+        if learn is not None:
+            learn.opt.load_state_dict(state["opt"])
+            if "loss" in state:
+                learn.loss_func.load_state_dict(state["loss"])
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise ShopeeError(f"{files.checkpoint}: checkpoint unreadable or from other options ({str(e).splitlines()[0][:120]}); "
                           "resume with the options it was trained with, or train afresh") from e
+
+
+def _has_params(module) -> bool:
+    return isinstance(module, nn.Module) and any(True for _ in module.parameters())
 
 
 def remove_checkpoint(files: ModelFiles) -> None:
@@ -171,7 +188,8 @@ def remove_checkpoint(files: ModelFiles) -> None:
 
 
 def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> list:
-    """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, reloaded at the phase's end),
+    """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, or matching F1 for an
+    embedding, reloaded at the phase's end),
     blind to the epochs a resumed phase skips (fastai records those as empty rows)."""
     from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 
@@ -184,9 +202,13 @@ def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> l
         FromStart.__name__ = FromStart.__qualname__ = cls.__name__  # fastai names callbacks after their class
         return FromStart
 
+    import numpy as np
+
+    # an embedding's valid loss is a pair loss; what it is for is matching
+    watch = dict(monitor=F1_METRIC, comp=np.greater) if cfg.loss.margin else dict(monitor="valid_loss")
     cbs: list = []
     if cfg.early_stop:
-        cbs.append(from_start(EarlyStoppingCallback)(monitor="valid_loss", patience=cfg.early_stop))
+        cbs.append(from_start(EarlyStoppingCallback)(patience=cfg.early_stop, **watch))
     if cfg.keep_best:
-        cbs.append(from_start(SaveModelCallback)(monitor="valid_loss", fname=str(files.best), with_opt=False))
+        cbs.append(from_start(SaveModelCallback)(fname=str(files.best), with_opt=False, **watch))
     return cbs

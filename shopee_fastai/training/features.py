@@ -23,7 +23,8 @@ from torch import nn
 from ..config import HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD, TrainConfig
 from ..data.table import LABEL, PATH
 from ..nets.body import Split, n_stages, split_model
-from .callbacks import FrozenBatchNormStats, PlainValidLoss, configure
+from .callbacks import FrozenBatchNormStats, configure
+from .objective import objective
 
 HEAD_BS = 64
 VALID_BS = 256
@@ -138,8 +139,6 @@ def features_learner(learn, cfg: TrainConfig):
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
     from fastai.optimizer import OptimWrapper
     from fastai.torch_core import params, set_seed, trainable_params
 
@@ -155,14 +154,17 @@ def features_learner(learn, cfg: TrainConfig):
     dls = DataLoaders(DataLoader(train, bs=HEAD_BS, shuffle=True, drop_last=False, create_batch=train.batch, after_batch=_float),
                       DataLoader(valid, bs=VALID_BS, create_batch=valid.batch, after_batch=_float), device=device)
     body = split.body
-    cbs: list = [PlainValidLoss()] + ([FrozenBatchNormStats(body)] if body is not None else [])
+    goal = objective(cfg, len(learn.dls.vocab), cfg.label_smoothing)
+    cbs: list = goal.callbacks + ([FrozenBatchNormStats(body)] if body is not None else [])
     if cfg.mixup:
         cbs.append(MixUp(cfg.mixup))
     if body is not None:
         body.requires_grad_(True)
-    flearn = Learner(dls, split.trained, loss_func=CrossEntropyLossFlat(label_smoothing=cfg.label_smoothing),
-                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), metrics=accuracy, wd=cfg.wd if cfg.wd is not None else WD,
-                     wd_bn_bias=True, splitter=(lambda m: [params(m[0]), params(m[1])]) if body is not None else trainable_params,
+    # the margin loss's class centres train with the head
+    head = (lambda m: params(m[1]) + goal.params) if body is not None else (lambda m: trainable_params(m) + goal.params)
+    flearn = Learner(dls, split.trained, loss_func=goal.loss_func, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
+                     metrics=goal.metrics, wd=cfg.wd if cfg.wd is not None else WD, wd_bn_bias=True,
+                     splitter=(lambda m: [params(m[0]), head(m)]) if body is not None else (lambda m: [head(m)]),
                      path=Path("."), model_dir=".", cbs=cbs)
     configure(flearn, cfg.precision)
     return flearn

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..config import CNN_ARCH, Optimizer, Split, TrainConfig
+from ..config import CNN_ARCH, VALID_GROUPS, Optimizer, Split, TrainConfig
 from ..data import split as S
 from ..data import table as D
 from ..errors import ShopeeError
@@ -56,6 +56,11 @@ def prepare(cfg: TrainConfig, skipped_report: Path | None = None) -> Prepared:
     if len(table) < D.MIN_TRAIN_IMAGES or table[D.LABEL].nunique() < 2:
         raise ShopeeError(f"{cfg.data}: fewer than 2 label groups with readable images; add images or raise --top-groups")
     leaks = ids = None
+    if cfg.loss.margin:  # an embedding validates on whole groups it never trains on
+        split = S.group_split(table, cfg.seed, VALID_GROUPS, holdout=cfg.holdout)
+        if not (split == S.TRAIN).any():
+            raise ShopeeError(f"{cfg.data}: no training images outside --holdout {cfg.holdout!r}")
+        return Prepared(table, split, skipped, hits)
     if cfg.split == Split.leak_free:
         from ..data.neardup import clusters, leak_report
         from ..inference.embed import embeddings_for
@@ -101,6 +106,17 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
             if choice.pretrained:
                 raise weights_load_error(cfg.arch, choice, e) from e
             raise
+    if cfg.loss.margin:  # an embedding: BN-neck head, margin loss, matching F1 on unseen groups
+        from ..nets.body import embedding_head, body_features
+        from .objective import objective
+
+        learn.model[1] = embedding_head(body_features(learn.model), cfg.embed_dim)
+        goal = objective(cfg, len(dls.vocab))
+        learn.loss_func, learn.metrics = goal.loss_func, goal.metrics
+        learn.add_cbs(goal.callbacks)
+        learn.opt = None  # vision_learner made one for the replaced head
+        if choice.pretrained:
+            learn.freeze()
     learn.precision = configure(learn, cfg.precision)
     return learn
 
@@ -114,5 +130,8 @@ def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[Weights
     choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
     prep = prepare(cfg, skipped_report)
     train_valid = pd.concat([prep.rows(S.TRAIN), prep.rows(S.VALID)], ignore_index=True)
-    dls = make_dataloaders(train_valid, input_stats(cfg.arch), LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed))
+    # an embedding's validation groups are not among its training groups: name them all in the vocabulary
+    vocab = sorted(train_valid[D.LABEL].astype(str).unique()) if cfg.loss.margin else None
+    dls = make_dataloaders(train_valid, input_stats(cfg.arch), LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed),
+                           vocab)
     return choice, prep, build_learner(dls, cfg, choice)

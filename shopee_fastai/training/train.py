@@ -38,7 +38,6 @@ class Trained:
 def fit_learner(cfg: TrainConfig) -> Trained:
     """Everything `train` does except writing the model: prepare data, build, fit, score valid and test."""
     from ..data.table import group_titles
-    from ..evaluation import accuracy_on
     from ..nets.body import input_stats
 
     files = ModelFiles.of(cfg.models_dir, cfg.model_name)
@@ -61,11 +60,22 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
         images_per_s=round(len(learn.dls.train_ds) * passes / sum(times.values()), 1) if times else 0.0,
-        train_accuracy=accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
-        valid_accuracy=accuracy_on(learn, prep.rows(S.VALID)), test_accuracy=accuracy_on(learn, prep.rows(S.TEST)),
+        **_scores(learn, prep, cfg),
         wall_time_s={"total": round(time.perf_counter() - started, 1), **{k: round(v, 1) for k, v in times.items()}},
         versions=versions())
     return Trained(learn, card, prep, files)
+
+
+def _scores(learn, prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
+    """A classifier's accuracy on each split; an embedding's matching settings and F1 on groups it never saw."""
+    from ..evaluation import accuracy_on
+
+    if cfg.loss.margin:
+        from .objective import calibrate_matching
+
+        return {"matching": calibrate_matching(learn, prep)}
+    return {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
+            "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
 
 
 def export(trained: Trained) -> None:

@@ -15,7 +15,6 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("match_speed.py", ["--n", "400", "--dim", "16"], "chunked"),
     ("cache_speed.py", ["--synthetic", "4", "--size", "32", "--bs", "2", "--workers", "0"], "synthetic"),
     ("near_duplicates.py", ["--data", str(SAMPLE_DIR), "--seeds", "1"], "overstates"),
-    ("matching_grocery.py", ["--data", str(SAMPLE_DIR), "--trained-groups", "2", "--seeds", "1"], "held-out F1"),
 ])
 def test_bench_script_runs(script, args, expect):
     run_bench(script, args, expect)
@@ -44,6 +43,12 @@ def test_train_and_denormal_benches_run():
     run_bench("train_speed.py", ["--data", str(SAMPLE_DIR), "--images", "16", "--bs", "8", "--size", "32", "--rounds", "1"], "× plain")
     run_bench("denormals.py", ["--arch", "cnn", "--size", "32", "--num-it", "12", "--rounds", "1"], "flushed to zero")
     run_bench("yardstick.py", [], "GFLOP/s")
+
+
+def test_matching_protocol_runs(tmp_path):
+    run_bench("match_protocol.py", ["--data", str(SAMPLE_DIR), "--work", str(tmp_path), "--seeds", "1", "--test-groups", "2",
+                                    "--draws", "1", "--occasion", "_00[1-4]$", "--sources", "backbone,arcface",
+                                    "--train-args", "--size 32 --head-epochs 1"], "arcface    calibrated")
 
 
 def test_accuracy_studies_run(tmp_path):

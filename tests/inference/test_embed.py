@@ -31,3 +31,24 @@ def test_trained_learner_body_embeds_with_training_preprocessing(trained_cnn, sy
     sim = emb[:6] @ emb[:6].T
     within = (sim[:3, :3].sum() - 3 + sim[3:, 3:].sum() - 3) / 12
     assert within > sim[:3, 3:].mean()  # the trained body puts a group's photos closer together
+
+
+def test_embed_under_torchrun_shards_and_gathers_in_order(synthetic, tmp_path):
+    """Two processes (gloo on CPU) each embed half the photos; rank 0 writes them all, in CSV order."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from shopee_fastai.inference.embed import embed_images
+
+    out = tmp_path / "dp.npy"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "shopee_fastai", "embed",
+           "--data", str(synthetic), "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("embeddings of") == 1  # one writer
+    from shopee_fastai.data.table import PATH, read_table
+
+    one = embed_images(list(read_table(synthetic)[PATH]), progress=False)
+    assert np.allclose(np.load(out), one, atol=1e-4)

@@ -57,8 +57,8 @@ def test_tuning_splits_by_label_group_and_scores_the_other_half():
     tune_rows, test_rows = M.group_halves(labels, seed=0)
     assert not set(labels[tune_rows]) & set(labels[test_rows])
     assert len(tune_rows) + len(test_rows) == 60
-    threshold, on_tune, held_out = M.tune(emb, labels, seed=0)
-    assert 0.3 <= threshold <= 0.95 and held_out.f1 > 0.9
+    cal, held_out = M.tune(emb, labels, seed=0)
+    assert 0.3 <= cal.settings.threshold <= 0.95 and held_out.f1 > 0.9 and cal.score.f1 > 0.9
     with pytest.raises(ShopeeError, match="at least 2 label groups"):
         M.group_halves([1, 1, 1], seed=0)
 
@@ -66,7 +66,7 @@ def test_tuning_splits_by_label_group_and_scores_the_other_half():
 def test_match_table_and_submission_file(tmp_path):
     table = pd.DataFrame({D.ID: ["a", "b", "c", "d"], D.PHASH: ["1", "2", "3", "1"], D.LABEL: ["x", "x", "y", "y"]})
     emb = unit(np.array([[1, 0], [0.99, 0.1], [0, 1], [-1, 0.05]], float))
-    result = M.match_table(table, emb, threshold=0.9, phash=True)
+    result = M.match_table(table, emb, M.MatchSettings(threshold=0.9), phash=True)
     assert result.matches == [{0, 1, 3}, {0, 1}, {2}, {3, 0}]
     M.write_submission(tmp_path / "s.csv", table[D.ID], result.matches)
     sub = pd.read_csv(tmp_path / "s.csv")
@@ -75,3 +75,52 @@ def test_match_table_and_submission_file(tmp_path):
     assert sub["matches"].iloc[0] == "a b d"
     with pytest.raises(ShopeeError, match="embeddings have 3 rows"):
         M.match_table(table, emb[:3])
+    with pytest.raises(ShopeeError, match="no rows to match"):
+        M.match_table(table.iloc[:0], emb[:0])
+
+
+def clustered(n_groups=60, per=5, dim=32, noise=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_groups), per)
+    return unit(rng.normal(size=(n_groups, dim))[labels] + noise * rng.normal(size=(len(labels), dim))), labels
+
+
+def test_blending_equals_its_definition():
+    emb, _ = clustered(n_groups=10, per=4, dim=8)
+    got = M.blend(emb, threshold=0.5, k=3)
+    full = emb @ emb.T
+    for i in range(len(emb)):
+        top = np.argsort(-full[i], kind="stable")[:3]
+        w = np.where(full[i, top] >= 0.5, full[i, top], 0)
+        ref = (w[:, None] * emb[top]).sum(0)
+        assert np.allclose(got[i], ref / np.linalg.norm(ref), atol=1e-5)
+    assert np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+
+
+def test_blending_pulls_a_group_together_and_helps_noisy_matches():
+    emb, labels = clustered(noise=0.9, seed=1)
+    within = lambda e: np.mean([(e[labels == g] @ e[labels == g].T).mean() for g in range(10)])  # noqa: E731
+    assert within(M.blend(emb, 0.3)) > within(emb)
+
+
+def test_hnsw_finds_the_exact_neighbours_on_a_small_set():
+    emb, _ = clustered()
+    exact = M.knn(emb, 10, index="exact")
+    approx = M.knn(emb, 10, index="hnsw")
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact[1], approx[1])])
+    assert overlap > 0.99 and (approx[1][:, 0] == np.arange(len(emb))).all()
+    assert M.resolve_index(10) == "exact" and M.resolve_index(10**7) == "hnsw"
+    with pytest.raises(ShopeeError, match="--index 'fast'"):
+        M.resolve_index(10, "fast")
+
+
+def test_calibration_picks_the_best_settings_on_its_groups():
+    emb, labels = clustered(noise=0.6, seed=2)
+    cal = M.calibrate(emb, labels)
+    truth = M.true_matches(labels)
+    for t in M.THRESHOLD_GRID[::4]:
+        for m2 in (False, True):
+            assert M.score(M.find(emb, M.MatchSettings(t, m2, False)), truth).f1 <= cal.score.f1
+    assert M.score(M.find(emb, cal.settings), truth) == cal.score
+    fixed = M.calibrate(emb, labels, min2=False, blend_=False)
+    assert not fixed.settings.min2 and not fixed.settings.blend and fixed.score.f1 <= cal.score.f1

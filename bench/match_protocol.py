@@ -1,0 +1,135 @@
+"""Matching on label groups no model trained on, in Shopee's shape, with photos from another occasion.
+
+For each seed: 21 of the data set's label groups are set aside as the test; `train --loss arcface` (and
+`subcenter`) train on the rest, holding out a share of those groups to validate and calibrate on; a
+softmax classifier trains on the arcface model's training groups only, so it can be calibrated on the
+same unseen groups. Every source is calibrated on those validation groups and never on the test groups.
+Each test draw takes every test group at a Shopee-like size (mostly 2 postings, a tail up to 50, capped
+by what the group has), half of its photos from the `val_` occasion and half from training photos, so
+pairs cross occasions. F1 is the competition's mean per-row F1, averaged over draws, then mean ± sd
+over seeds.
+
+    python bench/match_protocol.py --data ../shared/data/grocery-store --work /tmp/protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.data.split import VALID, read_split
+from shopee_fastai.data.table import ID, LABEL, PATH, read_table
+from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
+
+SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
+OCCASION = "^val_"  # grocery-store's photos from another occasion
+
+
+def shopee_draw(test: pd.DataFrame, rng, occasion: str = OCCASION) -> pd.DataFrame:
+    parts = []
+    for _, g in test.groupby(LABEL):
+        n = min(len(g), int(rng.choice(SHOPEE_SIZES)))
+        other = g[g[ID].str.contains(occasion)]
+        usual = g[~g.index.isin(other.index)]
+        k = min(len(other), -(-n // 2))  # half from the other occasion, where it has photos
+        parts += [other.sample(k, random_state=rng.integers(1 << 31)), usual.sample(min(len(usual), n - k), random_state=rng.integers(1 << 31))]
+    return pd.concat(parts)
+
+
+def write_subset(src: Path, rows: pd.DataFrame, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    if not (dest / "train_images").exists():
+        (dest / "train_images").symlink_to((src / "train_images").resolve())
+    rows.drop(columns=[PATH]).to_csv(dest / "train.csv", index=False)
+    return dest
+
+
+def train(data: Path, models: Path, name: str, seed: int, occasion: str, extra: list[str]) -> tuple[Path, float]:
+    model = models / f"{name}.pkl"
+    if model.is_file():
+        return model, float("nan")
+    cmd = [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", OFFLINE_ARCH, "--pretrained",
+           "--holdout", occasion, "--seed", str(seed), "--name", name, "--models-dir", str(models), *extra]
+    print("+", " ".join(cmd), flush=True)
+    began = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return model, time.perf_counter() - began
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True, help="where the subsets and models go (reused when run again)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--test-groups", type=int, default=21)
+    ap.add_argument("--draws", type=int, default=5, help="Shopee-shaped draws per seed")
+    ap.add_argument("--sources", default="backbone,classifier,arcface,subcenter")
+    ap.add_argument("--occasion", default=OCCASION, help="posting_id pattern of the photos from another occasion")
+    ap.add_argument("--train-args", default="", help="more `train` options for every model, e.g. '--size 64'")
+    args = ap.parse_args()
+    wanted = args.sources.split(",")
+
+    from shopee_fastai.inference.embed import embed_images
+
+    full = read_table(args.data)
+    groups = np.array(sorted(full[LABEL].astype(str).unique()))
+    results: dict[str, list] = {}
+    for seed in range(args.seeds):
+        rng = np.random.default_rng(seed)
+        test_groups = set(rng.permutation(groups)[: args.test_groups].tolist())
+        test = full[full[LABEL].astype(str).isin(test_groups)]
+        seen = full[~full.index.isin(test.index)]
+        work = args.work / f"seed{seed}"
+        data = write_subset(args.data, seen, work / "data")
+        models = work / "models"
+        trained = {}
+        for loss in ("arcface", "subcenter"):
+            if loss in wanted:
+                trained[loss] = train(data, models, loss, seed, args.occasion, ["--loss", loss, *args.train_args.split()])
+        ref = trained.get("arcface") or trained.get("subcenter")
+        if ref is None:
+            raise SystemExit("the protocol needs arcface or subcenter among --sources (its validation groups calibrate every source)")
+        split = read_split(models / f"{ref[0].stem}.split.csv")
+        calib = seen[seen[ID].map(split).eq(VALID)]
+        if "classifier" in wanted:  # trained on the embedding's training groups only: calibrated on unseen groups too
+            inner = seen[~seen[LABEL].isin(set(calib[LABEL]))]
+            trained["classifier"] = train(write_subset(args.data, inner, work / "inner"), models, "classifier", seed, args.occasion,
+                                          ["--top-groups", "0", "--split", "random", *args.train_args.split()])
+        draws = [shopee_draw(test, np.random.default_rng([seed, d]), args.occasion) for d in range(args.draws)]
+        paths = sorted(set(calib[PATH]) | set().union(*(set(d[PATH]) for d in draws)))
+        for source in wanted:
+            model = None if source == "backbone" else trained[source][0]
+            emb = dict(zip(paths, embed_images(paths, model, progress=False)))
+            c_emb = np.stack([emb[p] for p in calib[PATH]])
+            stored = None
+            if model is not None and source != "classifier":
+                from shopee_fastai.artifacts import ModelCard
+
+                stored = MatchSettings.of(ModelCard.read(model).matching)
+            options = {"calibrated (min-2, blending chosen)": (None, None), "plain": (False, False), "+ min-2": (True, False),
+                       "+ blending": (False, True), "+ blending + min-2": (True, True)}
+            for label, (m2, bl) in options.items():
+                settings = stored if (stored is not None and m2 is None) else calibrate(c_emb, calib[LABEL].tolist(), m2, bl).settings
+                got = [score(find(np.stack([emb[p] for p in d[PATH]]), settings), true_matches(d[LABEL].tolist())) for d in draws]
+                key = (source, label)
+                results.setdefault(key, []).append((np.mean([g.f1 for g in got]), np.mean([g.precision for g in got]),
+                                                    np.mean([g.recall for g in got]), settings.threshold, len(draws[0]),
+                                                    trained.get(source, (None, float("nan")))[1]))
+                print(f"seed {seed} {source:10s} {label:36s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
+    print(f"\n{'source':10s} {'post-processing':36s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
+    for (source, label), rows in results.items():
+        a = np.array(rows, dtype=float)
+        print(f"{source:10s} {label:36s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
+              f" {a[:, 3].mean():9.3f} {a[:, 4].mean():8.0f} {np.nanmean(a[:, 5]) if not np.isnan(a[:, 5]).all() else float('nan'):7.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""What a model learns: a softmax classifier over its training groups, or an embedding for matching.
+
+An embedding trains with an additive angular margin loss from pytorch-metric-learning (ArcFace, or
+Sub-center ArcFace) and validates on label groups it never trained on: its valid loss is a pair loss
+(those groups have no class centres) and its metric the matching F1 at the best threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.metrics import Metric
+from torch import nn
+
+from ..config import SUB_CENTERS, Loss, TrainConfig
+from ..errors import ShopeeError
+from .callbacks import F1_METRIC, ValidLoss
+
+
+class MarginLoss(nn.Module):
+    """pytorch-metric-learning's ArcFace / Sub-center ArcFace; its class centres are trained parameters.
+
+    `activation` is what fastai's get_preds applies: unit-length embeddings, what matching compares.
+    """
+
+    def __init__(self, loss: Loss, n_classes: int, dim: int, margin: float, scale: float):
+        super().__init__()
+        from pytorch_metric_learning import losses
+
+        if loss == Loss.subcenter:
+            self.loss = losses.SubCenterArcFaceLoss(num_classes=n_classes, embedding_size=dim, margin=margin,
+                                                    scale=scale, sub_centers=SUB_CENTERS)
+        else:
+            self.loss = losses.ArcFaceLoss(num_classes=n_classes, embedding_size=dim, margin=margin, scale=scale)
+
+    def forward(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(emb.float(), y.as_subclass(torch.Tensor).long())
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1)
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class PairLoss(nn.Module):
+    """Contrastive loss over a batch's pairs (pytorch-metric-learning): defined for any labels, seen or not."""
+
+    def __init__(self):
+        super().__init__()
+        from pytorch_metric_learning import distances, losses
+
+        self.loss = losses.ContrastiveLoss(pos_margin=1, neg_margin=0, distance=distances.CosineSimilarity())
+
+    def forward(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(emb.float(), y.as_subclass(torch.Tensor).long())
+
+
+class MatchF1(Metric):
+    """Mean per-row matching F1 (the competition's metric) of the validation set at its best threshold."""
+
+    def reset(self):
+        self.embs, self.labels = [], []
+
+    def accumulate(self, learn):
+        self.embs.append(F.normalize(learn.pred.detach().float(), dim=1).cpu())
+        self.labels.append(learn.yb[0].as_subclass(torch.Tensor).cpu())
+
+    @property
+    def value(self):
+        from ..matching import calibrate
+
+        if not self.embs:
+            return None
+        return calibrate(torch.cat(self.embs).numpy(), torch.cat(self.labels).tolist(), min2=False, blend_=False).score.f1
+
+    @property
+    def name(self) -> str:
+        return F1_METRIC
+
+
+@dataclass
+class Objective:
+    """The loss a model trains with, its metrics, the callbacks its validation needs, and the loss's own weights."""
+
+    loss_func: Any
+    metrics: list
+    callbacks: list = field(default_factory=list)
+
+    @property
+    def params(self) -> list:
+        return list(self.loss_func.parameters()) if isinstance(self.loss_func, nn.Module) else []
+
+
+def objective(cfg: TrainConfig, n_classes: int, label_smoothing: float = 0.0) -> Objective:
+    """The objective `cfg.loss` asks for, over `n_classes` training classes."""
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import accuracy
+
+    if not cfg.loss.margin:
+        return Objective(CrossEntropyLossFlat(label_smoothing=label_smoothing), [accuracy], [ValidLoss(CrossEntropyLossFlat())])
+    try:
+        loss = MarginLoss(cfg.loss, n_classes, cfg.embed_dim, cfg.margin, cfg.scale)
+    except ImportError as e:
+        raise ShopeeError(f"--loss {cfg.loss} needs pytorch-metric-learning: pip install pytorch-metric-learning") from e
+    return Objective(loss, [MatchF1()], [ValidLoss(PairLoss())])
+
+
+def _embed(learn, rows) -> np.ndarray:
+    from ..data.table import PATH
+    from ..inference.backends import predict_probs
+    from ..inference.embed import aligned
+
+    return aligned(predict_probs(learn, list(rows[PATH]), progress=False), list(rows[PATH]))
+
+
+def calibrate_matching(learn, prep) -> dict[str, Any]:
+    """Matching settings calibrated on the validation groups (never trained on), with the F1 they score there,
+    on the test photos of those groups, and on all test photos."""
+    from ..data import split as S
+    from ..data.table import LABEL
+    from ..matching import calibrate, find, score, true_matches
+
+    valid, test = prep.rows(S.VALID), prep.rows(S.TEST)
+    if valid[LABEL].nunique() < 1 or len(valid) < 2:
+        raise ShopeeError("the validation split has fewer than 2 photos; an embedding calibrates on them: add groups")
+    cal = calibrate(_embed(learn, valid), valid[LABEL].astype(str).tolist())
+    out: dict[str, Any] = {**cal.settings.to_dict(), "valid_f1": cal.score.f1, "valid_groups": int(valid[LABEL].nunique())}
+    unseen = test[test[LABEL].astype(str).isin(set(valid[LABEL].astype(str)))]
+    for key, rows in (("test_f1_unseen", unseen), ("test_f1", test)):
+        if len(rows) > 1:
+            labels = rows[LABEL].astype(str).tolist()
+            out[key] = score(find(_embed(learn, rows), cal.settings), true_matches(labels)).f1
+    return out

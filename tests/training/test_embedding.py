@@ -1,0 +1,129 @@
+"""Embedding models for matching: `train --loss arcface/subcenter`, calibrated on groups they never saw."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shopee_fastai import matching as M
+from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
+from shopee_fastai.data import split as S
+from shopee_fastai.data.table import LABEL, PATH
+from shopee_fastai.errors import ShopeeError
+from shopee_fastai.inference.embed import embed_images
+
+from ..conftest import SIZE
+from .test_checkpoint import kill_after_three_epochs
+
+
+def chance_f1(labels, seed=0) -> float:
+    """What matching scores with embeddings that know nothing, calibrated on the labels themselves."""
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(len(labels), 64)).astype(np.float32)
+    return M.calibrate(emb / np.linalg.norm(emb, axis=1, keepdims=True), labels).score.f1
+
+
+def test_validation_groups_are_never_trained_on(arcface):
+    split = arcface.prep.split
+    train_groups = set(arcface.prep.rows(S.TRAIN)[LABEL])
+    valid_groups = set(arcface.prep.rows(S.VALID)[LABEL])
+    assert valid_groups and train_groups and not train_groups & valid_groups
+    assert (split == S.TEST).sum() == 20 * 3  # every val_ photo, from every group
+    assert arcface.card.config["top_groups"] == 0  # an embedding trains on every group
+
+
+def test_arcface_matches_groups_it_never_saw_better_than_chance(arcface):
+    m = arcface.card.matching
+    unseen = arcface.prep.rows(S.TEST)
+    unseen = unseen[unseen[LABEL].isin(set(arcface.prep.rows(S.VALID)[LABEL]))]
+    assert m["valid_groups"] == unseen[LABEL].nunique() >= 2
+    assert m["test_f1_unseen"] >= chance_f1(unseen[LABEL].tolist()) + 0.2
+    assert 0.3 <= m["threshold"] <= 0.95 and isinstance(m["min2"], bool) and isinstance(m["blend"], bool)
+    assert arcface.card.valid_accuracy is None  # accuracy over classes means nothing for unseen groups
+    assert "match_f1" in arcface.card.history[-1]
+
+
+def test_every_export_embeds_alike(arcface, tmp_path):
+    from typer.testing import CliRunner
+
+    from shopee_fastai.cli import app
+
+    onnx = tmp_path / "arc.onnx"
+    assert CliRunner().invoke(app, ["export-onnx", "--model", str(arcface.files.pkl), "--out", str(onnx)]).exit_code == 0
+    paths = list(arcface.prep.table[PATH][:10])
+    ref = embed_images(paths, arcface.files.pkl)
+    assert ref.shape == (10, 512) and np.allclose(np.linalg.norm(ref, axis=1), 1, atol=1e-4)
+    for other in (arcface.files.safetensors, onnx):
+        assert np.allclose(embed_images(paths, other), ref, atol=1e-4)
+
+
+def test_match_uses_the_models_calibrated_settings(arcface, groups, tmp_path):
+    from typer.testing import CliRunner
+
+    from shopee_fastai.cli import app
+
+    stored = M.MatchSettings.of(arcface.card.matching)
+    run = lambda *a: CliRunner().invoke(app, ["match", "--data", str(groups), "--model", str(arcface.files.pkl),  # noqa: E731
+                                             "--out", str(tmp_path / "s.csv"), *a])
+    out = run().output
+    assert f"matching at {stored.line()} (calibrated, from arc.pkl's card)" in out
+    out = run("--threshold", "0.91").output
+    assert "threshold 0.910" in out and "(given; the rest calibrated" in out
+
+
+def test_embedding_models_refuse_what_they_cannot_do(arcface, groups, trained_cnn, tmp_path):
+    from typer.testing import CliRunner
+
+    from shopee_fastai.cli import app
+
+    photo = str(arcface.prep.table[PATH][0])
+    r = CliRunner().invoke(app, ["predict", photo, "--model", str(arcface.files.pkl)])
+    assert r.exit_code == 2 and "an embedding model" in r.output
+    r = CliRunner().invoke(app, ["embed", "--data", str(groups), "--model", str(trained_cnn.files.safetensors),
+                                 "--out", str(tmp_path / "e.npy")])
+    assert r.exit_code == 2 and "a classifier; its body embeds from the .pkl" in r.output
+    np.save(tmp_path / "short.npy", np.zeros((3, 8), np.float32))
+    r = CliRunner().invoke(app, ["match", "--data", str(groups), "--embeddings", str(tmp_path / "short.npy")])
+    assert r.exit_code == 2 and "embeddings have 3 rows but the table 160" in r.output
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(arch="cnn"), "--loss arcface: trains an embedding on cached body outputs"),
+    (dict(arch=OFFLINE_ARCH, pretrained=True, recipe="fine-tune"), "--recipe features"),
+    (dict(arch=OFFLINE_ARCH, pretrained=True, mixup=0.4), "--mixup with --loss arcface"),
+    (dict(arch=OFFLINE_ARCH, pretrained=True, margin=120), "--margin 120"),
+    (dict(arch=OFFLINE_ARCH, pretrained=True, loss="cosface"), "--loss 'cosface': choose one of softmax, arcface, subcenter"),
+])
+def test_bad_embedding_options_are_one_line(groups, options, message):
+    with pytest.raises(ShopeeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TrainConfig(data=groups, **{"loss": "arcface", **options})
+
+
+def test_too_few_groups_for_an_embedding(tmp_path):
+    from ..conftest import make_groups
+
+    with pytest.raises(ShopeeError, match="at least 3"):
+        S.group_split(__import__("pandas").read_csv(make_groups(tmp_path, n_groups=2) / "train.csv"), 0, 0.2)
+
+
+def test_killed_embedding_training_resumes_with_its_class_centres(groups, tmp_path):
+    """The margin loss's class centres are part of the checkpoint: a resumed run goes on from them."""
+    models = tmp_path / "m"
+    cmd = [sys.executable, "-m", "shopee_fastai", "train", "--data", str(groups), "--arch", OFFLINE_ARCH, "--pretrained",
+           "--loss", "subcenter", "--holdout", "^val_", "--head-epochs", "12", "--size", str(SIZE), "--workers", "0",
+           "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1"]
+    saved = kill_after_three_epochs(cmd, models)
+    import torch
+
+    state = torch.load(models / "r.ckpt.pth", weights_only=False)
+    assert state["loss"]["loss.W"].shape[0] == 512  # the class centres travel with the weights
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = json.loads((models / "r.json").read_text())
+    resumed = card["history"][saved["epochs_done"]]
+    assert [h["epoch"] for h in card["history"]] == list(range(12))
+    # it goes on from the saved centres: fresh ones would put the loss back above its first epoch's
+    assert resumed["train_loss"] < min(saved["history"][0]["train_loss"], 1.05 * saved["history"][-1]["train_loss"])
+    assert card["matching"]["valid_f1"] > 0.5
