@@ -209,6 +209,11 @@ class TrainConfig:
         if self.loss.margin and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
             raise ShopeeError(f"--loss {self.loss}: trains an embedding on cached body outputs; use a timm --arch with "
                               "--pretrained (or --weights) and --recipe features")
+        if not self.loss.margin:
+            given = [n for n, default in (("embed_dim", EMBED_DIM), ("margin", MARGIN), ("scale", SCALE))
+                     if getattr(self, n) != default]
+            if given:
+                raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
         if self.loss.margin and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
         if self.arch == CNN_ARCH and (self.pretrained or self.weights):

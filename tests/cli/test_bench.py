@@ -12,7 +12,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.mark.parametrize("script, args, expect", [
-    ("match_speed.py", ["--n", "400", "--dim", "16"], "chunked"),
+    ("match_speed.py", ["--n", "400", "--dim", "16", "--match-dim", "16"], "--blend --min2"),
+    ("ann_recall.py", ["--n", "3000", "--dim", "32", "--queries", "200"], "recall@10"),
     ("cache_speed.py", ["--synthetic", "4", "--size", "32", "--bs", "2", "--workers", "0"], "synthetic"),
     ("near_duplicates.py", ["--data", str(SAMPLE_DIR), "--seeds", "1"], "overstates"),
 ])

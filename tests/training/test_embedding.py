@@ -101,6 +101,24 @@ def test_bad_embedding_options_are_one_line(groups, options, message):
         TrainConfig(data=groups, **{"loss": "arcface", **options})
 
 
+def test_embedding_options_on_a_classifier_are_one_line(groups):
+    with pytest.raises(ShopeeError, match="--margin shapes an embedding; add --loss arcface"):
+        TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, margin=20)
+
+
+def test_match_on_an_empty_csv_is_one_line(groups, tmp_path):
+    from typer.testing import CliRunner
+
+    from shopee_fastai.cli import app
+
+    (tmp_path / "train_images").mkdir()
+    (tmp_path / "train.csv").write_text("posting_id,image,image_phash,title,label_group\n")
+    np.save(tmp_path / "e.npy", np.zeros((0, 8), np.float32))
+    r = CliRunner().invoke(app, ["match", "--data", str(tmp_path), "--embeddings", str(tmp_path / "e.npy")])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "train.csv" in r.output or "no rows" in r.output
+
+
 def test_too_few_groups_for_an_embedding(tmp_path):
     from ..conftest import make_groups
 
