@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from ..config import SERVE_NEIGHBOURS, TOP_K
 from ..errors import ShopeeError
 from ..inference.predictions import display_name
+from ..io import write_text
 from .service import Service
 
 CSV_KEEP_S = 600  # downloadable CSVs older than this are removed (Gradio has copied them into its cache by then)
@@ -68,7 +69,7 @@ class CsvOut:
             for i, p in enumerate(r["predictions"], 1):
                 out.writerow([r["image"], i, p["label_group"], p.get("title", ""), p["probability"]])
         dest = Path(tempfile.mkstemp(suffix=".csv", prefix="predictions-", dir=self.folder)[1])
-        dest.write_text(buf.getvalue())
+        write_text(dest, buf.getvalue())
         return str(dest)
 
 

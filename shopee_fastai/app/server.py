@@ -15,13 +15,9 @@ FIELD = "file"  # the multipart field that carries photos, as in `curl -F file=@
 MAX_FILES = 256  # photos per request
 
 
-class BodyTooLarge(BadInput):
-    pass
-
-
-def _too_large(limit: int, size: int | None = None) -> BodyTooLarge:
+def _too_large(limit: int, size: int | None = None) -> BadInput:
     got = f"of {size:,} bytes " if size else ""
-    return BodyTooLarge(f"request body {got}is over this server's {limit:,}-byte limit; send fewer or smaller photos", 413)
+    return BadInput(f"request body {got}is over this server's {limit:,}-byte limit; send fewer or smaller photos", 413)
 
 
 def _json(status: int, body: dict) -> Any:
@@ -106,6 +102,10 @@ def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
     async def bad_input(request, e: BadInput):
         return _json(e.status, {"error": str(e)})
 
+    @api.exception_handler(Exception)
+    async def failed(request, e: Exception):  # a bug, not the client's doing: say so in JSON; uvicorn logs it
+        return _json(500, {"error": f"the server failed on this request ({type(e).__name__}); it goes on serving"})
+
     @api.get("/health")
     def health() -> dict:
         return service.health()
@@ -126,8 +126,7 @@ def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
 
     @api.post("/api/match")
     async def match(request: Request):
-        if service.catalog is None:  # before reading the body: nothing to match against
-            raise BadInput("this server has no catalogue to match against; start it with `serve --catalog DIR`", 404)
+        service.require_catalog()  # before reading the body: nothing to match against
         return await run(request, service.match, SERVE_NEIGHBOURS, SERVE_NEIGHBOURS * 5, "neighbours")
 
     allowed = [str(p) for paths in service.examples.values() for p in paths]

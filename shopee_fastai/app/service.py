@@ -29,9 +29,9 @@ from ..inference.predictions import Predictions, top_k
 class BadInput(ShopeeError):
     """A request the client can fix; `status` is the HTTP status it answers with."""
 
-    def __init__(self, message: str, status: int = 422, detail: Any = None):
+    def __init__(self, message: str, status: int = 422):
         super().__init__(message)
-        self.status, self.detail = status, detail
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,10 @@ def staged(uploads: Sequence[Upload]) -> Iterator[list[tuple[str, Path]]]:
 
 
 def _name_failures(messages: Sequence[str], files: Sequence[tuple[str, Path]]) -> list[dict[str, str]]:
-    """Decoder messages (which start with the file's path) restated with the name the client gave."""
+    """Decoder messages (which start `path: `) restated with the name the client gave."""
     out = []
     for msg in messages:
-        name, path = next(((n, p) for n, p in files if msg.startswith(str(p))), (None, None))
+        name, path = next(((n, p) for n, p in files if msg.startswith(f"{p}: ")), (None, None))
         out.append({"image": name or "?", "error": msg.replace(str(path), name, 1) if path else msg})
     return out
 
@@ -200,6 +200,9 @@ class Service:
         from ..inference.predictor import load_predictor
 
         predictor = load_predictor(Path(model))
+        if getattr(predictor, "output", "probs") == "embedding":  # its "probabilities" would be embedding values
+            raise ShopeeError(f"--model {model}: an embedding model has no label groups to show; serve a classifier "
+                              "(trained with the default --loss)")
         card = ModelCard.read(model) if ModelFiles.beside(model).card.is_file() else None
         return cls(Path(model), predictor, training_examples(Path(model), card, predictor.vocab),
                    Catalog.load(catalog, match_threshold(card), progress=progress) if catalog else None)
@@ -229,6 +232,11 @@ class Service:
             raise BadInput(f"{what}={k}: give a whole number of at least 1")
         return min(n, most)
 
+    def require_catalog(self) -> Catalog:
+        if self.catalog is None:
+            raise BadInput("this server has no catalogue to match against; start it with `serve --catalog DIR`", 404)
+        return self.catalog
+
     def classify(self, files: Sequence[tuple[str, Path]], k: int = TOP_K) -> tuple[list[dict], list[dict]]:
         """(one `predict --json` object per readable photo, one {"image", "error"} per unreadable one)."""
         name = {str(p): n for n, p in files}
@@ -241,14 +249,13 @@ class Service:
         """(per readable photo its nearest listings and those that match, one {"image", "error"} per unreadable one)."""
         from ..inference.embed import embed_paths
 
-        if self.catalog is None:
-            raise BadInput("this server has no catalogue to match against; start it with `serve --catalog DIR`", 404)
+        catalog = self.require_catalog()
         bad = D.find_unreadable([str(p) for _, p in files])
         good = [(n, p) for n, p in files if str(p) not in bad]
         results = []
         if good:
-            emb = embed_paths([p for _, p in good], self.catalog.arch, progress=False)
-            for (n, _), near in zip(good, self.catalog.nearest(emb, k)):
-                results.append({"image": n, "threshold": self.catalog.threshold,
+            emb = embed_paths([p for _, p in good], catalog.arch, progress=False)
+            for (n, _), near in zip(good, catalog.nearest(emb, k)):
+                results.append({"image": n, "threshold": catalog.threshold,
                                 "matches": [x["posting_id"] for x in near if x["match"]], "nearest": near})
         return results, _name_failures(list(bad.values()), files)
