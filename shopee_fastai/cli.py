@@ -405,10 +405,11 @@ def serve(
     from .app import require_web_stack
 
     require_web_stack()
-    from .app.server import describe
+    from .app.server import check_address, describe
     from .app.server import serve as run
     from .app.service import Service
 
+    check_address(host, port)
     service = Service.load(model, catalog)
     typer.echo(describe(service, host, port))
     run(service, host, port)

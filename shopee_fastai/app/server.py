@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request  # module level: FastAPI resolves route annotations from module globals
 
 from ..config import SERVE_HOST, SERVE_MAX_BODY, SERVE_NEIGHBOURS, SERVE_PORT, TOP_K
+from ..errors import ShopeeError
 from .service import BadInput, Service, Upload, staged
 
 FIELD = "file"  # the multipart field that carries photos, as in `curl -F file=@photo.jpg`
@@ -135,6 +136,20 @@ def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
     api.add_middleware(BodyLimit, limit=max_body)
     return gr.mount_gradio_app(api, build_page(service), path="/", allowed_paths=allowed, max_file_size=max_body,
                                css=CSS, footer_links=[])
+
+
+def check_address(host: str, port: int) -> None:
+    """One line when the server could not listen there, before the model is loaded (a busy port, an unknown host)."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise ShopeeError(f"--host {host} --port {port}: cannot listen there ({getattr(e, 'strerror', None) or e}); "
+                          "choose another port, or stop what listens there") from None
 
 
 def serve(service: Service, host: str = SERVE_HOST, port: int = SERVE_PORT, max_body: int = SERVE_MAX_BODY) -> None:

@@ -190,3 +190,10 @@ def test_concurrent_requests_each_get_their_own_answer(served, synthetic):
         assert results[0]["predictions"][0]["label_group"] == name.split("_")[0]
         if with_bad:
             assert [f["image"] for f in body["failures"]] == ["bad.txt"]
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(served, trained_cnn):
+    port = served.url.rsplit(":", 1)[1]
+    result = CliRunner().invoke(app, ["serve", "--model", str(trained_cnn.files.pkl), "--port", port])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there")
