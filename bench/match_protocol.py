@@ -2,8 +2,8 @@
 
 For each seed: 21 of the data set's label groups are set aside as the test; `train --loss arcface` (and
 `subcenter`) train on the rest, holding out a share of those groups to validate and calibrate on; a
-softmax classifier trains on the arcface model's training groups only, so it can be calibrated on the
-same unseen groups. Every source is calibrated on those validation groups and never on the test groups.
+softmax classifier trains on the arcface model's training groups only (by default with an embedding's
+training budget), so it can be calibrated on the same unseen groups. Every source is calibrated on those validation groups and never on the test groups.
 Each test draw takes every test group at a Shopee-like size (mostly 2 postings, a tail up to 50, capped
 by what the group has), half of its photos from the `val_` occasion and half from training photos, so
 pairs cross occasions. F1 is the competition's mean per-row F1, averaged over draws, then mean ± sd
@@ -31,6 +31,7 @@ from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_m
 
 SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
 OCCASION = "^val_"  # grocery-store's photos from another occasion
+CLASSIFIER_ARGS = "--top-stages 1 --head-views 2 --head-epochs 3"  # an embedding's default budget
 
 
 def shopee_draw(test: pd.DataFrame, rng, occasion: str = OCCASION) -> pd.DataFrame:
@@ -74,6 +75,7 @@ def main() -> None:
     ap.add_argument("--sources", default="backbone,classifier,arcface,subcenter")
     ap.add_argument("--occasion", default=OCCASION, help="posting_id pattern of the photos from another occasion")
     ap.add_argument("--train-args", default="", help="more `train` options for every model, e.g. '--size 64'")
+    ap.add_argument("--classifier-args", default=CLASSIFIER_ARGS, help="the classifier's own options")
     args = ap.parse_args()
     wanted = args.sources.split(",")
 
@@ -102,7 +104,8 @@ def main() -> None:
         if "classifier" in wanted:  # trained on the embedding's training groups only: calibrated on unseen groups too
             inner = seen[~seen[LABEL].isin(set(calib[LABEL]))]
             trained["classifier"] = train(write_subset(args.data, inner, work / "inner"), models, "classifier", seed, args.occasion,
-                                          ["--top-groups", "0", "--split", "random", *args.train_args.split()])
+                                          ["--top-groups", "0", "--split", "random", *args.classifier_args.split(),
+                                           *args.train_args.split()])
         draws = [shopee_draw(test, np.random.default_rng([seed, d]), args.occasion) for d in range(args.draws)]
         paths = sorted(set(calib[PATH]) | set().union(*(set(d[PATH]) for d in draws)))
         for source in wanted:

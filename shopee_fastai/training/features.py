@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD, TrainConfig
+from ..config import (EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS, EMBED_TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD,
+                      TrainConfig)
 from ..data.table import LABEL, PATH
 from ..nets.body import Split, n_stages, split_model
 from .callbacks import FrozenBatchNormStats, configure
@@ -34,11 +35,16 @@ PCT_START, DIV_FINAL = 0.3, 2.5e5
 
 
 def resolve(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
-    """`top_stages`, `head_epochs` and `head_views` where the user left them to their defaults."""
-    top = cfg.top_stages if cfg.top_stages is not None else (TOP_STAGES if n_stages(model) else 0)
+    """`top_stages`, `head_epochs` and `head_views` where the user left them to their defaults (an embedding's own)."""
+    if cfg.loss.margin:
+        top, epochs, views = EMBED_TOP_STAGES, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS
+    else:
+        top = TOP_STAGES
+        epochs, views = HEAD_EPOCHS, HEAD_VIEWS
+    top = cfg.top_stages if cfg.top_stages is not None else (top if n_stages(model) else 0)
     body = top > 0
-    return {"top_stages": top, "head_epochs": HEAD_EPOCHS[body] if cfg.head_epochs is None else cfg.head_epochs,
-            "head_views": HEAD_VIEWS[body] if cfg.head_views is None else cfg.head_views}
+    return {"top_stages": top, "head_epochs": epochs[body] if cfg.head_epochs is None else cfg.head_epochs,
+            "head_views": views[body] if cfg.head_views is None else cfg.head_views}
 
 
 def _cacher(frozen: nn.Module, half: bool):
