@@ -112,34 +112,36 @@ def build_page(service: Service):
         return matches_html(results, failures), thumbs
 
     health = service.health()
+    what = f"{len(health['classes'])} label groups" if service.classifies else "an embedding model (matches only)"
     with gr.Blocks(title=f"shopee-fastai: {health['model']}", analytics_enabled=False) as page:
-        gr.Markdown(f"## {html.escape(health['model'])}\n{len(health['classes'])} label groups · backend "
-                    f"{health['backend']}" + (f" · catalogue of {health['catalog']['listings']} listings"
-                                              if health["catalog"] else ""))
-        with gr.Tab("Classify", elem_id="tab-classify"):
-            with gr.Row():
-                with gr.Column():
-                    files = gr.File(file_count="multiple", label="Photos (drop or choose one or many)", elem_id="classify-files")
-                    pasted = gr.Image(type="filepath", sources=["clipboard", "upload"], label="…or paste a photo",
-                                      elem_id="classify-paste")
-                    k = gr.Number(value=TOP_K, precision=0, label="groups per photo", minimum=1)
-                    go = gr.Button("Classify", variant="primary", elem_id="classify-button")
-                with gr.Column():
-                    out = gr.HTML(elem_id="classify-results")
-                    examples = gr.Gallery(label="training photos of the predicted groups", columns=3, height=260,
-                                          elem_id="classify-examples")
-                    download = gr.File(label="predictions (CSV)", elem_id="classify-csv")
-            go.click(classify, [files, pasted, k], [out, examples, download], api_name=False)
-        if service.catalog is not None:
-            with gr.Tab("Find matches", elem_id="tab-match"):
+        gr.Markdown(f"## {html.escape(health['model'])}\n{what} · backend {health['backend']}"
+                    + (f" · catalogue of {health['catalog']['listings']} listings" if health["catalog"] else ""))
+        with gr.Tabs(selected="classify" if service.classifies else "match"):
+            with gr.Tab("Classify", id="classify", elem_id="tab-classify", visible=service.classifies):
                 with gr.Row():
                     with gr.Column():
-                        query = gr.File(file_count="multiple", label="Photo(s) of a product", elem_id="match-files")
-                        n = gr.Number(value=SERVE_NEIGHBOURS, precision=0, label="listings per photo", minimum=1)
-                        search = gr.Button("Find matches", variant="primary", elem_id="match-button")
+                        files = gr.File(file_count="multiple", label="Photos (drop or choose one or many)",
+                                        elem_id="classify-files")
+                        pasted = gr.Image(type="filepath", sources=["clipboard", "upload"], label="…or paste a photo",
+                                          elem_id="classify-paste")
+                        k = gr.Number(value=TOP_K, precision=0, label="groups per photo", minimum=1)
+                        go = gr.Button("Classify", variant="primary", elem_id="classify-button")
                     with gr.Column():
-                        found = gr.HTML(elem_id="match-results")
-                        thumbs = gr.Gallery(label="nearest listings (✓: passes the match threshold)", columns=4,
-                                            height=320, elem_id="match-gallery")
-                search.click(find, [query, n], [found, thumbs], api_name=False)
+                        out = gr.HTML(elem_id="classify-results")
+                        examples = gr.Gallery(label="training photos of the predicted groups", columns=3, height=260,
+                                              elem_id="classify-examples")
+                        download = gr.File(label="predictions (CSV)", elem_id="classify-csv")
+                go.click(classify, [files, pasted, k], [out, examples, download], api_name=False)
+            if service.catalog is not None:
+                with gr.Tab("Find matches", id="match", elem_id="tab-match"):
+                    with gr.Row():
+                        with gr.Column():
+                            query = gr.File(file_count="multiple", label="Photo(s) of a product", elem_id="match-files")
+                            n = gr.Number(value=SERVE_NEIGHBOURS, precision=0, label="listings per photo", minimum=1)
+                            search = gr.Button("Find matches", variant="primary", elem_id="match-button")
+                        with gr.Column():
+                            found = gr.HTML(elem_id="match-results")
+                            thumbs = gr.Gallery(label="nearest listings (✓: passes the match threshold)", columns=4,
+                                                height=320, elem_id="match-gallery")
+                    search.click(find, [query, n], [found, thumbs], api_name=False)
     return page

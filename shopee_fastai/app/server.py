@@ -164,6 +164,8 @@ def describe(service: Service, host: str, port: int) -> str:
     h = service.health()
     where = f"http://{host}:{port}"
     cat = f"; catalogue {service.catalog.folder} ({h['catalog']['listings']} listings)" if service.catalog else ""
-    return (f"serving {service.model} ({len(h['classes'])} groups, backend {h['backend']}{cat}) at {where}/\n"
-            f"JSON: POST {where}/api/predict{', POST /api/match' if service.catalog else ''}, GET {where}/health, "
-            f"e.g. curl -F {FIELD}=@photo.jpg {where}/api/predict\nCtrl-C stops")
+    what = f"{len(h['classes'])} groups" if service.classifies else "an embedding model"
+    routes = [f"POST {where}/api/predict"] * service.classifies + [f"POST {where}/api/match"] * bool(service.catalog)
+    return (f"serving {service.model} ({what}, backend {h['backend']}{cat}) at {where}/\n"
+            f"JSON: {', '.join(routes)}, GET {where}/health, e.g. curl -F {FIELD}=@photo.jpg {routes[0].split()[1]}\n"
+            "Ctrl-C stops")

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import ModelCard, ModelFiles
-from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, PREDICT_BS, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
+from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, PREDICT_BS, PROBS, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
 from ..data import split as S
 from ..data import table as D
 from ..errors import ShopeeError
@@ -65,7 +65,7 @@ def _name_failures(messages: Sequence[str], files: Sequence[tuple[str, Path]]) -
 
 def match_threshold(card: ModelCard | None) -> float:
     """The threshold the model's card was calibrated with (embedding models keep one), else the default."""
-    return float((getattr(card, "matching", None) or {}).get("threshold", MATCH_THRESHOLD))
+    return float(((card.matching if card else None) or {}).get("threshold", MATCH_THRESHOLD))
 
 
 def training_examples(model: Path, card: ModelCard | None, classes: Sequence[str],
@@ -151,17 +151,15 @@ class Catalog:
     table: pd.DataFrame
     index: Any  # faiss.IndexFlatIP over unit vectors: inner product = cosine similarity
     threshold: float
-    arch: str = OFFLINE_ARCH
 
     @classmethod
-    def load(cls, folder: Path, threshold: float, csv: str = "train.csv", progress: bool = True) -> Catalog:
-        """Embed every listing once (cached on disk by the files' identities) and index them."""
+    def load(cls, folder: Path, threshold: float, embed: Callable[[list[str]], np.ndarray],
+             csv: str = "train.csv") -> Catalog:
+        """Embed every listing once with `embed` and index them."""
         import faiss
 
-        from ..inference.embed import embeddings_for
-
         table = D.read_table(Path(folder), csv, labels=False)
-        emb = np.ascontiguousarray(embeddings_for(list(table[D.PATH]), OFFLINE_ARCH, progress=progress), np.float32)
+        emb = np.ascontiguousarray(embed(list(table[D.PATH])), np.float32)
         index = faiss.IndexFlatIP(emb.shape[1])
         index.add(emb)
         return cls(Path(folder), table, index, threshold)
@@ -185,7 +183,11 @@ class Catalog:
 
 @dataclass
 class Service:
-    """One loaded model (the fast inference path), its titles and example photos, and an optional catalogue."""
+    """One loaded model (the fast inference path), its titles and example photos, and an optional catalogue.
+
+    A classifier classifies, and matches with the pretrained backbone's embeddings (as `match` without
+    --model); an embedding model (train --loss arcface) only matches, with its own embeddings.
+    """
 
     model: Path
     predictor: Any
@@ -196,16 +198,37 @@ class Service:
         self.batcher = Batcher(lambda paths: self.predictor.probs(paths, progress=False), PREDICT_BS)
 
     @classmethod
-    def load(cls, model: Path, catalog: Path | None = None, progress: bool = True) -> Service:
+    def load(cls, model: Path, catalog: Path | None = None) -> Service:
         from ..inference.predictor import load_predictor
 
         predictor = load_predictor(Path(model))
-        if getattr(predictor, "output", "probs") == "embedding":  # its "probabilities" would be embedding values
-            raise ShopeeError(f"--model {model}: an embedding model has no label groups to show; serve a classifier "
-                              "(trained with the default --loss)")
         card = ModelCard.read(model) if ModelFiles.beside(model).card.is_file() else None
-        return cls(Path(model), predictor, training_examples(Path(model), card, predictor.vocab),
-                   Catalog.load(catalog, match_threshold(card), progress=progress) if catalog else None)
+        service = cls(Path(model), predictor)
+        if not service.classifies and catalog is None:
+            raise ShopeeError(f"--model {model}: an embedding model finds matches, it has no label groups to show; "
+                              "give --catalog DIR (a Kaggle-layout folder of listings)")
+        if service.classifies:
+            service.examples = training_examples(Path(model), card, predictor.vocab)
+        if catalog:
+            service.catalog = Catalog.load(catalog, match_threshold(card), lambda paths: service.embed(paths, catalogue=True))
+        return service
+
+    @property
+    def classifies(self) -> bool:
+        return self.predictor.output == PROBS
+
+    def embed(self, paths: Sequence[str | Path], catalogue: bool = False) -> np.ndarray:
+        """Unit vectors in input order (zeros for unreadable photos): the model's own, or the backbone's.
+
+        The backbone's embeddings of a `catalogue` are cached on disk by the files' identities.
+        """
+        from ..inference.embed import aligned, embed_paths, embeddings_for
+
+        if not self.classifies:
+            return aligned(self.batcher([Path(p) for p in paths]), paths)
+        if catalogue:
+            return embeddings_for([str(p) for p in paths], OFFLINE_ARCH)
+        return embed_paths(paths, OFFLINE_ARCH, progress=False)
 
     @property
     def titles(self) -> dict[str, str]:
@@ -218,7 +241,7 @@ class Service:
     def health(self) -> dict[str, Any]:
         cat = self.catalog
         return {"status": "ok", "model": ModelFiles.beside(self.model).name, "backend": self.backend,
-                "classes": list(self.predictor.vocab), "titles": self.titles,
+                "output": self.predictor.output, "classes": list(self.predictor.vocab), "titles": self.titles,
                 "catalog": {"listings": len(cat.table), "threshold": cat.threshold} if cat else None}
 
     @staticmethod
@@ -239,6 +262,9 @@ class Service:
 
     def classify(self, files: Sequence[tuple[str, Path]], k: int = TOP_K) -> tuple[list[dict], list[dict]]:
         """(one `predict --json` object per readable photo, one {"image", "error"} per unreadable one)."""
+        if not self.classifies:
+            raise BadInput(f"{ModelFiles.beside(self.model).name} is an embedding model: it has no label groups to "
+                           "predict; POST /api/match finds a photo's listings", 409)
         name = {str(p): n for n, p in files}
         preds = self.batcher([p for _, p in files])
         ranked = top_k(preds.probs, self.predictor.vocab, k, self.titles)
@@ -247,14 +273,12 @@ class Service:
 
     def match(self, files: Sequence[tuple[str, Path]], k: int = SERVE_NEIGHBOURS) -> tuple[list[dict], list[dict]]:
         """(per readable photo its nearest listings and those that match, one {"image", "error"} per unreadable one)."""
-        from ..inference.embed import embed_paths
-
         catalog = self.require_catalog()
         bad = D.find_unreadable([str(p) for _, p in files])
         good = [(n, p) for n, p in files if str(p) not in bad]
         results = []
         if good:
-            emb = embed_paths([p for _, p in good], catalog.arch, progress=False)
+            emb = self.embed([p for _, p in good])
             for (n, _), near in zip(good, catalog.nearest(emb, k)):
                 results.append({"image": n, "threshold": catalog.threshold,
                                 "matches": [x["posting_id"] for x in near if x["match"]], "nearest": near})

@@ -197,3 +197,19 @@ def test_a_busy_port_is_one_line_before_the_model_loads(served, trained_cnn):
     result = CliRunner().invoke(app, ["serve", "--model", str(trained_cnn.files.pkl), "--port", port])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.startswith(f"error: --host 127.0.0.1 --port {port}: cannot listen there")
+
+
+def test_an_embedding_model_matches_with_its_own_embeddings_and_calibrated_threshold(arcface, groups, tmp_path):
+    with running(arcface.files.safetensors, tmp_path / "serve.log", groups) as server:
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["output"] == "embedding"
+        assert health["catalog"]["threshold"] == pytest.approx(arcface.card.matching["threshold"])
+        photo = sorted((groups / "train_images").glob("g03_*.jpg"))[-1]  # a val_ photo: of a held-out occasion
+        r = httpx.post(f"{server.url}/api/match", files=[("file", (photo.name, photo.read_bytes(), "image/jpeg"))], timeout=120)
+        assert r.status_code == 200, r.text
+        first = r.json()[0]["nearest"][0]
+        assert first["image"] == photo.name and first["similarity"] > 0.99 and first["title"] == "product 3"
+        r = httpx.post(f"{server.url}/api/predict", files=[("file", (photo.name, photo.read_bytes(), "image/jpeg"))])
+        assert r.status_code == 409 and "embedding model" in r.json()["error"] and "/api/match" in r.json()["error"]
+    result = CliRunner().invoke(app, ["serve", "--model", str(arcface.files.safetensors)])
+    assert result.exit_code == 2 and "an embedding model finds matches" in result.stderr and "--catalog DIR" in result.stderr
