@@ -31,7 +31,7 @@ from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_m
 
 SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
 OCCASION = "^val_"  # grocery-store's photos from another occasion
-CLASSIFIER_ARGS = "--top-stages 1 --head-views 2 --head-epochs 3"  # an embedding's default budget
+CLASSIFIER_ARGS = "--top-stages 2 --head-views 2 --head-epochs 2"  # an embedding's default budget
 
 
 def shopee_draw(test: pd.DataFrame, rng, occasion: str = OCCASION) -> pd.DataFrame:

@@ -111,8 +111,8 @@ EMBED_DIM = 512
 MARGIN = 28.6  # additive angular margin in degrees (0.5 rad, as ArcFace)
 SCALE = 30.0  # logit scale
 SUB_CENTERS = 3
-EMBED_TOP_STAGES = 1  # an embedding trains less of the body: more overfits its training groups
-EMBED_HEAD_EPOCHS = {False: 10, True: 3}
+EMBED_TOP_STAGES = 2  # an embedding trains less of the body: more overfits its training groups
+EMBED_HEAD_EPOCHS = {False: 10, True: 2}
 EMBED_HEAD_VIEWS = {False: 2, True: 2}
 VALID_GROUPS = 0.2  # share of label groups held out, unseen in training, to validate and calibrate matching
 

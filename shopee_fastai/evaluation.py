@@ -127,6 +127,9 @@ def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv",
     Labels are optional with `data`: without a `label_group` column only predictions are written.
     """
     card = ModelCard.read(model)
+    if card.matching is not None:
+        raise ShopeeError(f"--model {model}: an embedding model has no classes to score; its matching F1 is in its card, "
+                          "and `shopee-fastai match --model` scores it on any labelled CSV")
     learn = load_learner(model)
     result: dict[str, Any] = {"model": str(model), "tta": tta}
     if data is None:

@@ -81,6 +81,8 @@ def test_embedding_models_refuse_what_they_cannot_do(arcface, groups, trained_cn
     photo = str(arcface.prep.table[PATH][0])
     r = CliRunner().invoke(app, ["predict", photo, "--model", str(arcface.files.pkl)])
     assert r.exit_code == 2 and "an embedding model" in r.output
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(arcface.files.pkl)])
+    assert r.exit_code == 2 and "an embedding model has no classes to score" in r.output
     r = CliRunner().invoke(app, ["embed", "--data", str(groups), "--model", str(trained_cnn.files.safetensors),
                                  "--out", str(tmp_path / "e.npy")])
     assert r.exit_code == 2 and "a classifier; its body embeds from the .pkl" in r.output
