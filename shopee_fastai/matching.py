@@ -28,7 +28,7 @@ THRESHOLD_GRID = tuple(np.round(np.arange(0.30, 0.96, 0.025), 3))
 TUNE_FRACTION = 0.5  # share of label groups used to pick the threshold; the rest reports F1
 
 
-HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 64, 128  # graph degree and search breadth: recall@10 in docs/speed.md
+HNSW_M, HNSW_EF_BUILD, HNSW_EF_SEARCH = 32, 64, 256  # graph degree and search breadth: recall@10 in docs/speed.md
 
 
 def _faiss_index(emb: np.ndarray, index: Index):
