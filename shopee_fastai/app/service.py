@@ -220,14 +220,14 @@ class Service:
     def embed(self, paths: Sequence[str | Path], catalogue: bool = False) -> np.ndarray:
         """Unit vectors in input order (zeros for unreadable photos): the model's own, or the backbone's.
 
-        The backbone's embeddings of a `catalogue` are cached on disk by the files' identities.
+        A `catalogue`'s embeddings are cached on disk by the files' (and the model's) identities.
         """
         from ..inference.embed import aligned, embed_paths, embeddings_for
 
+        if catalogue:
+            return embeddings_for([str(p) for p in paths], OFFLINE_ARCH, model=None if self.classifies else self.model)
         if not self.classifies:
             return aligned(self.batcher([Path(p) for p in paths]), paths)
-        if catalogue:
-            return embeddings_for([str(p) for p in paths], OFFLINE_ARCH)
         return embed_paths(paths, OFFLINE_ARCH, progress=False)
 
     @property

@@ -47,13 +47,15 @@ def embed_paths(paths: Sequence[str | Path], arch: str = OFFLINE_ARCH, weights: 
     return np.concatenate(out) if out else np.zeros((0, model.num_features), np.float32)
 
 
-def embeddings_for(paths: list[str], arch: str = OFFLINE_ARCH, progress: bool = True) -> np.ndarray:
-    """`embed_paths`, cached on disk by the files' identities (path, size, mtime) and the arch."""
-    ident = hashlib.sha1("\n".join([arch, *(file_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
+def embeddings_for(paths: list[str], arch: str = OFFLINE_ARCH, progress: bool = True, model: Path | None = None) -> np.ndarray:
+    """`embed_images` from a backbone (`arch`) or a `model`, cached on disk by the photos' and the model file's
+    identities (path, size, mtime)."""
+    source = file_key(Path(model)) if model is not None else arch
+    ident = hashlib.sha1("\n".join([source, *(file_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
     dest = cache_dir() / "embeddings" / f"{ident}.npy"
     if dest.is_file():
         return np.load(dest)
-    emb = embed_paths(paths, arch, progress=progress)
+    emb = embed_images(paths, model, arch, progress=progress)
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     return emb
