@@ -54,7 +54,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
         name=cfg.model_name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
         input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
         config={**{k: v for k, v in asdict(cfg).items() if k != "data"}, "epochs": cfg.n_epochs},
-        split={"mode": str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
+        split={"mode": "groups" if cfg.loss.margin else str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
                **{s: int((prep.split == s).sum()) for s in S.SPLITS}},
         leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
