@@ -125,8 +125,10 @@ def _report_card(card, files) -> None:
         from .matching import MatchSettings
 
         m = card.matching
-        typer.echo(f"matching on {m['valid_groups']} label groups it never trained on: F1 {m['valid_f1']} at "
-                   f"{MatchSettings.of(m).line()} (stored in the card; `match --model` uses it)")
+        how = ("stored in the card; `match --model` uses it" if m.get("calibrated", True) else
+               "the defaults: one held-out group cannot calibrate; add label groups")
+        typer.echo(f"matching on {m['valid_groups']} label group(s) it never trained on: F1 {m['valid_f1']} at "
+                   f"{MatchSettings.of(m).line()} ({how})")
         if "test_f1_unseen" in m:
             typer.echo(f"test photos of those groups: F1 {m['test_f1_unseen']}; all {card.split['test']} test photos: F1 {m['test_f1']}")
         typer.echo(f"({card.wall_time_s['total']} s)")

@@ -208,7 +208,8 @@ def settings_for(model: Path | None, threshold: float | None = None, min2: bool 
 
     stored, where = None, "defaults"
     if model is not None and ModelFiles.beside(model).card.is_file():
-        stored = MatchSettings.of(ModelCard.read(model).matching)
+        card = ModelCard.read(model).matching
+        stored = MatchSettings.of(card) if card and card.get("calibrated", True) else None
         where = f"calibrated, from {model.name}'s card" if stored else where
     base = stored or MatchSettings()
     given = {k: v for k, v in (("threshold", threshold), ("min2", min2), ("blend", blend_)) if v is not None}

@@ -97,7 +97,8 @@ def group_split(df: pd.DataFrame, seed: int, valid_groups: float, holdout: str |
     if holdout:
         split[make_split(df, seed, holdout=holdout).eq(TEST).to_numpy()] = TEST
     groups = np.array(sorted(df.loc[split.ne(TEST).to_numpy(), LABEL].astype(str).unique()))
-    n_valid = min(len(groups) - 2, max(1, int(round(len(groups) * valid_groups))))
+    # two at least where possible: one group alone has no other product to tell apart
+    n_valid = min(len(groups) - 2, max(2, int(round(len(groups) * valid_groups))))
     if n_valid < 1:
         raise ShopeeError(f"{len(groups)} label group(s) outside the test split: an embedding needs at least 3 "
                           "(2 to train on, 1 unseen to validate); add groups")

@@ -123,13 +123,19 @@ def calibrate_matching(learn, prep) -> dict[str, Any]:
     on the test photos of those groups, and on all test photos."""
     from ..data import split as S
     from ..data.table import LABEL
-    from ..matching import calibrate, find, score, true_matches
+    from ..matching import Calibration, MatchSettings, calibrate, find, score, true_matches
 
     valid, test = prep.rows(S.VALID), prep.rows(S.TEST)
     if valid[LABEL].nunique() < 1 or len(valid) < 2:
         raise ShopeeError("the validation split has fewer than 2 photos; an embedding calibrates on them: add groups")
-    cal = calibrate(_embed(learn, valid), valid[LABEL].astype(str).tolist())
-    out: dict[str, Any] = {**cal.settings.to_dict(), "valid_f1": cal.score.f1, "valid_groups": int(valid[LABEL].nunique())}
+    labels = valid[LABEL].astype(str).tolist()
+    emb = _embed(learn, valid)
+    if len(set(labels)) >= 2:
+        cal = calibrate(emb, labels)
+    else:  # one group: matching everything would score best, so keep the defaults
+        cal = Calibration(MatchSettings(), score(find(emb, MatchSettings()), true_matches(labels)))
+    out: dict[str, Any] = {**cal.settings.to_dict(), "valid_f1": cal.score.f1, "valid_groups": len(set(labels)),
+                           "calibrated": len(set(labels)) >= 2}
     unseen = test[test[LABEL].astype(str).isin(set(valid[LABEL].astype(str)))]
     for key, rows in (("test_f1_unseen", unseen), ("test_f1", test)):
         if len(rows) > 1:

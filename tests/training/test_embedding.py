@@ -121,6 +121,25 @@ def test_match_on_an_empty_csv_is_one_line(groups, tmp_path):
     assert "train.csv" in r.output or "no rows" in r.output
 
 
+def test_one_held_out_group_keeps_the_default_settings(synthetic, tmp_path):
+    """Three groups leave one to validate on: it cannot calibrate (matching everything would win), so the
+    card keeps the defaults and says so, and `match` does not take them for calibrated ones."""
+    from shopee_fastai.config import MATCH_THRESHOLD
+    from shopee_fastai.training import train
+
+    card = train(TrainConfig(data=synthetic, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE,
+                             head_epochs=1, workers=0, models_dir=tmp_path, name="few"))
+    assert card.matching["valid_groups"] == 1 and card.matching["calibrated"] is False
+    assert card.matching["threshold"] == MATCH_THRESHOLD
+    assert M.settings_for(tmp_path / "few.pkl")[1] == "defaults"
+    import pandas as pd
+
+    from ..conftest import make_groups
+
+    table = pd.read_csv(make_groups(tmp_path / "six", n_groups=6) / "train.csv")
+    assert table[S.group_split(table, 0, 0.2).eq(S.VALID).to_numpy()]["label_group"].nunique() == 2
+
+
 def test_too_few_groups_for_an_embedding(tmp_path):
     from ..conftest import make_groups
 
