@@ -133,7 +133,9 @@ def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_
     set_seed(0)
     want = predict_probs(model.learn, test_images, progress=False, tta=True)
     plain = predict_probs(model.learn, test_images, progress=False)
-    assert np.allclose(got.probs, want.probs, atol=1e-5) and not np.allclose(got.probs, plain.probs)
+    assert np.allclose(got.probs, want.probs, atol=1e-5)
+    # the augmented passes change the outputs; a confident model saturates its probabilities, so compare logs
+    assert not np.allclose(np.log(got.probs + 1e-30), np.log(plain.probs + 1e-30))
     onnx = tmp_path / "m.onnx"
     B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
     for path, backend in ((trained_cnn.files.safetensors, "auto"), (trained_cnn.files.pkl, "torch"), (onnx, "auto")):
