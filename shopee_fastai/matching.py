@@ -11,7 +11,7 @@ groups it never trained on (`MatchSettings` in its card).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -89,11 +89,15 @@ def _self_first(emb: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> tuple[np.
     return sims, idx
 
 
-def blend(emb: np.ndarray, threshold: float, k: int = BLEND_K, index: Index | str = Index.auto) -> np.ndarray:
+def blend(emb: np.ndarray, threshold: float, k: int = BLEND_K, index: Index | str = Index.auto,
+          near: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Neighbour blending: each row becomes the similarity-weighted mean of its top-k neighbours at or above
-    `threshold` (itself included), renormalised; confident neighbours pull a listing towards its group."""
+    `threshold` (itself included), renormalised; confident neighbours pull a listing towards its group.
+
+    `near`: a `knn` of `emb` already at hand (k columns or more), so trying several thresholds searches once.
+    """
     emb = np.ascontiguousarray(emb, dtype=np.float32)
-    sims, idx = knn(emb, k, index=index)
+    sims, idx = knn(emb, k, index=index) if near is None else (near[0][:, :k], near[1][:, :k])
     w = np.where(sims >= threshold, sims, 0).astype(np.float32)
     out = np.empty_like(emb)
     for start in range(0, len(emb), KNN_CHUNK):  # [chunk, k, d] at a time
@@ -193,7 +197,7 @@ class MatchSettings:
 
     @classmethod
     def of(cls, values: dict | None) -> MatchSettings | None:
-        known = {"threshold", "min2", "blend"}
+        known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known}) if values else None
 
     def to_dict(self) -> dict:
@@ -240,7 +244,7 @@ def calibrate(emb: np.ndarray, labels: Sequence, min2: bool | None = None, blend
     best: Calibration | None = None
     for t in grid:
         for bl in (False, True) if blend_ is None else (blend_,):
-            sims, idx = knn(blend(emb, t)) if bl else plain
+            sims, idx = knn(blend(emb, t, near=plain)) if bl else plain
             for m2 in (False, True) if min2 is None else (min2,):
                 found = neighbours(sims, idx, t, m2)
                 got = score(union(found, extra) if extra else found, truth)

@@ -115,8 +115,7 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
         learn.loss_func, learn.metrics = goal.loss_func, goal.metrics
         learn.add_cbs(goal.callbacks)
         learn.opt = None  # vision_learner made one for the replaced head
-        if choice.pretrained:
-            learn.freeze()
+        learn.freeze()  # an embedding is always pretrained (TrainConfig checks): the body stays frozen
     learn.precision = configure(learn, cfg.precision)
     return learn
 
