@@ -75,9 +75,20 @@ def distributed(learn):
     with learn.distrib_ctx(sync_bn=False, cpu=not torch.cuda.is_available()):  # gloo on CPU-only machines
         yield
     total = sum(float(p.detach().double().sum()) for p in learn.model.parameters())
-    # Equal on every rank when gradients were synchronised. Flush first so this line goes out in one write of
-    # its own (atomic on a pipe) and the other rank's output cannot cut it.
+    # Equal on every rank when gradients were synchronised. One write of its own, newline included (print writes
+    # the end separately), is atomic on a pipe, so the other rank's output cannot cut the line.
     sys.stdout.flush()
-    print(f"rank {rank}/{n}: weights checksum {total:.10e}", flush=True)
+    sys.stdout.write(f"rank {rank}/{n}: weights checksum {total:.10e}\n")
+    sys.stdout.flush()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def leave_world() -> None:
+    """Close the process group Accelerate started (scoring still gathers through it): a rank that exits with gloo's
+    threads alive can abort."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -10,7 +10,7 @@ from typing import Any
 from ..artifacts import ModelCard, ModelFiles
 from ..config import Recipe, TrainConfig
 from ..data import split as S
-from ..device import world
+from ..device import leave_world, world
 from .learner import Prepared, setup
 from .recipes import fit
 
@@ -105,6 +105,8 @@ def train(cfg: TrainConfig) -> ModelCard:
     """Train and export `models/<name>.pkl` with its split and model card; return the card."""
     trained = fit_learner(cfg)
     export(trained)
+    if world()[1] > 1:
+        leave_world()  # after rank 0's export, so no rank leaves while another still needs the group
     return trained.card
 
 
