@@ -2,9 +2,9 @@
 
 The plain loop is what one writes first: decode each photo in turn (full decode, centre crop, bilinear
 resize, normalise per image), stack a batch, fp32 NCHW forward, softmax. `predict`'s backends run the
-same network on the same photos with the same preprocessing; the table gives photos/s, the ratio to
-the plain loop, top-1 agreement with the plain loop's fp32 predictions, and the share of the machine's
-matrix-product peak. A forward-only table (a fixed batch, no decoding) shows where the time goes.
+same network on the same photos with the same preprocessing (the int8 row: its static quantisation);
+the table gives photos/s, the ratio to the plain loop, top-1 agreement with the plain loop's fp32
+predictions, and the share of the machine's matrix-product peak. A forward-only table (a fixed batch, no decoding) shows where the time goes.
 
     python bench/predict_speed.py --photos ../shared/data/grocery-store/train_images --n 500
     python bench/predict_speed.py --model models/x.pkl   # your own model (default: trains one on the sample)
@@ -121,8 +121,12 @@ def main() -> None:
         for label, backend, precision in (("predict --backend fastai", "fastai", "fp32"),
                                           ("predict --backend torch", "torch", "fp32"),
                                           ("predict --backend torch --precision bf16", "torch", "bf16"),
-                                          ("predict --backend onnx (auto)", "onnx", "fp32")):
+                                          ("predict --backend onnx (auto)", "onnx", "fp32"),
+                                          ("predict --precision int8 (ONNX Runtime, QDQ)", "auto", "int8")):
             if precision == "bf16" and not cpu_has_bf16():
+                continue
+            if precision == "int8" and not ModelFiles.beside(model_file).int8.is_file():
+                print("(no int8 graph beside the model: `shopee-fastai export-onnx --model M --int8 --data DIR` writes one)")
                 continue
             p = load_predictor(model_file, backend=backend, precision=precision)
             p.probs(files[: args.bs], bs=args.bs, progress=False)  # warm-up

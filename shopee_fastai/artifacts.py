@@ -22,6 +22,7 @@ from .errors import ShopeeError
 FORMAT = "shopee-fastai-safetensors/1"
 META_KEY = "shopee_fastai"
 PKL, SAFETENSORS, ONNX = ".pkl", ".safetensors", ".onnx"
+INT8 = ".int8"  # before .onnx: the quantised graph
 # Modules that classes pickled in exported learners lived in before the package had layers.
 MOVED = {"shopee_fastai.transforms": "shopee_fastai.data.loaders", "shopee_fastai.models": "shopee_fastai.nets.cnn"}
 
@@ -47,9 +48,10 @@ class ModelFiles:
 
     @classmethod
     def beside(cls, model_file: Path) -> ModelFiles:
-        """The files of the model whose .pkl/.safetensors/.onnx is `model_file`."""
+        """The files of the model whose .pkl/.safetensors/.onnx/.int8.onnx is `model_file`."""
         p = Path(model_file)
-        return cls(p.with_name(p.name[: -len(p.suffix)] if p.suffix else p.name))
+        name = p.name[: -len(p.suffix)] if p.suffix else p.name
+        return cls(p.with_name(name.removesuffix(INT8) if p.suffix == ONNX else name))
 
     def _with(self, suffix: str) -> Path:
         return Path(f"{self.base}{suffix}")
@@ -65,7 +67,8 @@ class ModelFiles:
     lr_find = property(lambda self: self._with(".lr_find.png"))
     curves = property(lambda self: self._with(".curves.png"))
     safetensors = property(lambda self: self._with(SAFETENSORS))
-    onnx = property(lambda self: self._with(ONNX))
+    onnx = property(lambda self: self._with(ONNX))  # fp32 graph: predicts without fastai or torch
+    int8 = property(lambda self: self._with(INT8 + ONNX))  # its static int8 quantisation
     checkpoint = property(lambda self: self._with(".ckpt.pth"))  # weights + optimizer state
     progress = property(lambda self: self._with(".ckpt.json"))  # phase, epochs done, history so far
     best = property(lambda self: self._with(".best"))  # keep-best's scratch weights (fastai adds .pth)
@@ -97,6 +100,7 @@ class ModelCard:
     # an embedding model's matching settings (threshold, min2, blend), calibrated on groups it never trained on,
     # with the F1 they scored there and on the test photos
     matching: dict[str, Any] | None = None
+    members: list[dict[str, Any]] = field(default_factory=list)  # an ensemble's members, each scored alone
     wall_time_s: dict[str, float] = field(default_factory=dict)  # total and per phase
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -169,10 +173,13 @@ def learner_config(learn, arch: str | None = None, titles: dict[str, str] | None
     from .config import CNN_ARCH, EMBEDDING, PROBS
     from .nets.body import is_embedding
     from .nets.cnn import HandCNN
+    from .nets.ensemble import Ensemble
 
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
     embedding = is_embedding(learn.model)
     output = {"output": EMBEDDING, "dim": int(learn.model[1][-1].num_features)} if embedding else {"output": PROBS}
+    if isinstance(learn.model, Ensemble):
+        output.update(members=len(learn.model.members), top_stages=len(learn.model.members[0][0]) - 2)
     arch = arch or getattr(learn, "arch", None) or (CNN_ARCH if isinstance(learn.model, HandCNN) else None)
     return {"format": FORMAT, "arch": arch if isinstance(arch, str) else None, "classes": [str(c) for c in learn.dls.vocab],
             "size": input_size(learn), "mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(),
@@ -234,6 +241,10 @@ def build_model(cfg: dict[str, Any]):
     model = create_timm_model(arch, n, pretrained=False)[0]
     if cfg.get("output") == EMBEDDING:
         model[1] = embedding_head(body_features(model), int(cfg["dim"]))
+    if cfg.get("members"):
+        from .nets.ensemble import ensemble_of
+
+        model = ensemble_of(model, int(cfg["top_stages"]), int(cfg["members"]))
     return model
 
 
@@ -253,6 +264,9 @@ def load_safetensors(path: Path) -> tuple[Any, dict[str, Any]]:
         model = build_model(cfg)
     except ShopeeError as e:
         raise ShopeeError(f"{path}: its arch {cfg.get('arch')!r} is not known to this version; upgrade shopee-fastai or retrain") from e
+    except (KeyError, ValueError, TypeError, IndexError) as e:
+        raise ShopeeError(f"{path}: its config does not describe a network this version builds ({type(e).__name__}: {e}); "
+                          "re-export it with `shopee-fastai train`") from e
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

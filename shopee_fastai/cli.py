@@ -67,9 +67,10 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "pretrained": (bool, typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)),
     "weights": (Optional[Path], typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)),
     "recipe": (Recipe, typer.Option(Recipe.features, help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE)),
-    "head_epochs": (Optional[int], typer.Option(None, help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}; an embedding: {C.EMBED_HEAD_EPOCHS[True]}).", rich_help_panel=RECIPE)),
+    "head_epochs": (Optional[int], typer.Option(None, help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}; each --ensemble member: {C.ENSEMBLE_HEAD_EPOCHS}; an embedding: {C.EMBED_HEAD_EPOCHS[True]}).", rich_help_panel=RECIPE)),
     "top_stages": (Optional[int], typer.Option(None, help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, {C.EMBED_TOP_STAGES} for an embedding, else 0: head only).", rich_help_panel=RECIPE)),
     "head_views": (Optional[int], typer.Option(None, help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}; an embedding: {C.EMBED_HEAD_VIEWS[True]}).", rich_help_panel=RECIPE)),
+    "ensemble": (int, typer.Option(1, help="Train N classifiers on one cache of the frozen body (each its own seed) and export them as one model that averages their probabilities.", rich_help_panel=RECIPE)),
     "body_lr": (float, typer.Option(C.BODY_LR, help="Learning rate of those body stages.", rich_help_panel=RECIPE)),
     "label_smoothing": (float, typer.Option(C.LABEL_SMOOTHING, help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE)),
     "loss": (Loss, typer.Option(Loss.softmax, help="softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.", rich_help_panel=RECIPE)),
@@ -82,7 +83,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "lr": (Optional[float], typer.Option(None, help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE)),
     "wd": (Optional[float], typer.Option(None, help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)),
     "opt": (Optimizer, typer.Option(Optimizer.adam, help="Optimizer.", rich_help_panel=SCHEDULE)),
-    "name": (Optional[str], typer.Option(None, help="Model name (default: <arch>-pretrained, <arch>-scratch, or <arch>-<loss> for an embedding).", rich_help_panel=RUN)),
+    "name": (Optional[str], typer.Option(None, help="Model name (default: <arch>-pretrained, <arch>-scratch, <arch>-ensembleN, or <arch>-<loss> for an embedding).", rich_help_panel=RUN)),
     "models_dir": (Path, typer.Option(C.MODELS_DIR, help="Where the exported model and its files go.", rich_help_panel=RUN)),
     "checkpoint_every": (int, typer.Option(0, help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN)),
     "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN)),
@@ -238,7 +239,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
     bs: int = typer.Option(C.PREDICT_BS, help="Batch size."),
     backend: Backend = typer.Option(Backend.auto, help="auto: onnx on CPU where onnxruntime is installed, torch on a GPU; fastai: the learner's get_preds."),
-    precision: Precision = typer.Option(Precision.auto, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU; bf16 on CPU needs native bf16."),
+    precision: Precision = typer.Option(Precision.auto, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU; bf16 on CPU needs native bf16; int8: the model's int8 graph (ONNX Runtime)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (fastai's, 5 passes: slower, usually more accurate; .pkl only)."),
 ) -> None:
     """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
@@ -257,13 +258,31 @@ def predict(
 def export_onnx(
     model: Path = typer.Option(..., "--model", help="models/<name>.pkl or .safetensors."),
     out: Optional[Path] = typer.Option(None, help="Where to write (default: the model's path with .onnx)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write the int8 graph (<name>.int8.onnx), calibrated on --data's training photos."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The model's training data (Kaggle layout): photos to calibrate --int8."),
 ) -> None:
-    """Write the model as ONNX (uint8 NHWC images in, probabilities out, config in its metadata) for onnxruntime."""
-    from .artifacts import ModelFiles, load_network
-    from .inference.backends import export_onnx as run
+    """Write the model as ONNX (uint8 NHWC images in, probabilities out, config in its metadata) for onnxruntime.
 
-    dest = run(*load_network(model, cpu=True), out or ModelFiles.beside(model).onnx)
-    typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB); predict with `shopee-fastai predict --model {dest} IMAGES`")
+    `train` writes both graphs itself; this is for models trained elsewhere, or to write them again.
+    """
+    from .artifacts import ModelFiles, load_network
+    from .inference.quantize import write_graphs
+
+    photos = None
+    if int8:
+        if data is None:
+            raise ShopeeError("--int8 calibrates on training photos; add --data DIR (the model's training data)")
+        from .data.table import PATH, read_table
+
+        photos = read_table(data, labels=False)[PATH].sample(frac=1.0, random_state=C.SEED).tolist()
+    elif data is not None:
+        raise ShopeeError("--data is read only with --int8 (its photos calibrate the int8 graph); add --int8 or drop --data")
+    written = write_graphs(*load_network(model, cpu=True), out or ModelFiles.beside(model).onnx, [model], photos)
+    for dest in written:
+        typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+    # beside the model, `predict --model MODEL` finds the graphs by itself; elsewhere, name the graph
+    use = model if out is None else written[-1]
+    typer.echo(f"predict with `shopee-fastai predict --model {use}{' --precision int8' if int8 and out is None else ''} IMAGES`")
 
 
 @command
@@ -320,11 +339,11 @@ def split(
         typer.echo(f"written {out}")
 
 
-def _embeddings(table, model: Optional[Path], arch: str, weights: Optional[Path]):
+def _embeddings(table, model: Optional[Path], arch: str, weights: Optional[Path], precision: str = Precision.auto):
     from .data.table import PATH
     from .inference.embed import embed_images
 
-    return embed_images(list(table[PATH]), model, arch, weights)
+    return embed_images(list(table[PATH]), model, arch, weights, precision=precision)
 
 
 EmbedModelOpt = typer.Option(None, "--model", help="Embed with this model: an embedding model (train --loss arcface) or a classifier's body (.pkl); default: a pretrained backbone.")
@@ -336,6 +355,7 @@ def embed(
     data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
     weights: Optional[Path] = WeightsOpt,
     out: Path = typer.Option(Path("embeddings.npy"), help="Where to write the [rows, dim] float32 array (CSV row order)."),
+    precision: Precision = typer.Option(Precision.auto, help="int8: an embedding model's int8 graph (faster on CPU); auto: fp32 on CPU, mixed on CUDA."),
 ) -> None:
     """L2-normalised image embeddings of every row of the CSV, from a trained model or a pretrained backbone.
 
@@ -345,7 +365,7 @@ def embed(
     from .data.table import read_table
     from .io import atomic_path
 
-    emb = _embeddings(read_table(data, csv, labels=False), model, arch, weights)
+    emb = _embeddings(read_table(data, csv, labels=False), model, arch, weights, precision)
     if emb is None:
         return  # data-parallel: rank 0 gathers and writes
     with atomic_path(out) as tmp, open(tmp, "wb") as f:

@@ -65,6 +65,7 @@ class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    int8 = "int8"  # inference only: ONNX Runtime on the model's quantised graph
 
 
 class Backend(Choice):
@@ -104,6 +105,7 @@ LABEL_SMOOTHING = 0.1
 TOP_STAGES = 3  # last body stages trained with the head, where the body has EfficientNet's layout
 BODY_LR = 5e-4
 HEAD_EPOCHS = {False: 30, True: 5}  # passes over all cached views: head alone / with body stages
+ENSEMBLE_HEAD_EPOCHS = 3  # each member of an --ensemble: more members for the time beat longer-trained ones
 HEAD_VIEWS = {False: 2, True: 4}  # cached views per training photo: head alone / with body stages
 
 # Embedding models (--loss arcface/subcenter); why these values: docs/results.md
@@ -118,6 +120,7 @@ VALID_GROUPS = 0.2  # share of label groups held out, unseen in training, to val
 
 # Inference and matching
 PREDICT_BS = 32
+INT8_PHOTOS = 256  # training photos that calibrate a model's int8 graph
 TOP_K = 5
 MATCH_THRESHOLD = 0.6
 BLEND_K = 5  # neighbours averaged by neighbour blending
@@ -167,6 +170,7 @@ class TrainConfig:
     top_stages: int | None = None  # None: TOP_STAGES where the body allows, else 0
     body_lr: float = BODY_LR
     head_views: int | None = None  # None: HEAD_VIEWS for the body at hand
+    ensemble: int = 1  # members trained on one cache of the frozen part, exported as one model
     mixup: float = 0.0
     # schedule
     epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
@@ -197,13 +201,17 @@ class TrainConfig:
         self._check()
 
     def _check(self) -> None:
+        if self.precision == Precision.int8:
+            raise ShopeeError("--precision int8 is for inference (predict, embed); train with auto, fp32, bf16 or fp16")
+        if self.name and self.name.endswith(".int8"):
+            raise ShopeeError(f"--name {self.name}: names ending .int8 are taken by int8 graphs; choose another")
         if self.mixup < 0:
             raise ShopeeError(f"--mixup {self.mixup}: must be 0 (off) or positive")
         if not 0 <= self.label_smoothing < 1:
             raise ShopeeError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")
         for name, low in (("size", 8), ("bs", 1), ("epochs", 0), ("early_stop", 0), ("checkpoint_every", 0),
                           ("freeze_epochs", 0), ("top_groups", 0), ("top_stages", 0), ("head_epochs", 0),
-                          ("head_views", 1), ("embed_dim", 2), ("scale", 1e-3)):
+                          ("head_views", 1), ("embed_dim", 2), ("scale", 1e-3), ("ensemble", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ShopeeError(f"{option(name)} {value}: must be at least {low}")
@@ -219,6 +227,11 @@ class TrainConfig:
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
         if self.loss.margin and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
+        if self.ensemble > 1 and (self.loss.margin or not self.uses_pretrained or self.recipe != Recipe.features
+                                  or self.arch == CNN_ARCH or self.n_epochs or self.top_stages == 0):
+            raise ShopeeError(f"--ensemble {self.ensemble}: averages classifiers that train body stages on cached maps; use "
+                              "a timm --arch with --pretrained, --recipe features, no --epochs, --top-stages ≥ 1 and the "
+                              "softmax --loss")
         if self.arch == CNN_ARCH and (self.pretrained or self.weights):
             raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
 
@@ -237,7 +250,11 @@ class TrainConfig:
     def model_name(self) -> str:
         if self.name:
             return self.name
-        return f"{self.arch}-{self.loss}" if self.loss.margin else f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
+        if self.loss.margin:
+            return f"{self.arch}-{self.loss}"
+        if self.ensemble > 1:
+            return f"{self.arch}-ensemble{self.ensemble}"
+        return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
 
     @property
     def base_lr(self) -> float:

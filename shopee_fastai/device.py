@@ -41,6 +41,8 @@ def resolve_precision(precision: str, cuda: bool) -> Precision:
     precision = Precision.parse(precision, "--precision")
     if precision == Precision.auto:
         return (Precision.bf16 if torch.cuda.is_bf16_supported() else Precision.fp16) if cuda else Precision.fp32
+    if precision == Precision.int8:
+        raise ShopeeError("--precision int8 runs the model's quantised ONNX graph; use --backend auto or onnx")
     if not cuda and precision == Precision.fp16:
         raise ShopeeError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
     if not cuda and precision == Precision.bf16 and not cpu_has_bf16():

@@ -63,3 +63,12 @@ def file_key(src: Path) -> str:
     """Identity of a file's current content for caches: absolute path, size, modification time."""
     st = Path(src).stat()
     return hashlib.sha1(f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+
+
+def digest(src: Path) -> str:
+    """A short hash of a file's bytes: binds a derived file (a model's ONNX graphs) to the exact file it came from."""
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:24]

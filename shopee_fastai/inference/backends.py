@@ -184,16 +184,18 @@ class OnnxBackend:
         return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: np.ascontiguousarray(images)})[0]
 
 
-def onnx_session(model: bytes | Path):
-    """An ONNX Runtime CPU (or CUDA, when present) session with one thread per core."""
+def onnx_session(model: bytes | Path, cpu: bool = False):
+    """An ONNX Runtime CPU (or CUDA, when present and not `cpu`) session with one thread per core."""
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise ShopeeError("--backend onnx needs onnxruntime; run `pip install onnxruntime` or use --backend torch") from e
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = os.cpu_count() or 1
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    # one per core, or what the launcher set (torchrun gives each of its processes OMP_NUM_THREADS)
+    opts.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+                 and not (cpu and p == "CUDAExecutionProvider")]
     source = str(model) if isinstance(model, Path) else model
     try:
         return ort.InferenceSession(source, opts, providers=providers)
@@ -202,17 +204,54 @@ def onnx_session(model: bytes | Path):
         raise ShopeeError(f"{where}not a readable ONNX model ({str(e).splitlines()[0][:160]}); re-export it with `shopee-fastai export-onnx`") from e
 
 
-def onnx_bytes(model, cfg: dict[str, Any]) -> bytes:
-    """The packaged model as an ONNX graph (dynamic batch), with `cfg` as JSON in the graph's metadata."""
+def onnx_module(module, example) -> Callable[[Any], Any] | None:
+    """`module` (eval mode, float NCHW in, one tensor out) run by ONNX Runtime on CPU, as a torch -> torch function;
+    None where onnxruntime is missing or the exporter cannot trace it (the caller keeps PyTorch).
+
+    ORT fuses convolution, BatchNorm and activation, which eager PyTorch runs one by one: for a body's
+    lower stages several times faster on CPU (docs/speed.md), agreeing to float rounding.
+    """
+    import io
+    import warnings
+
+    import torch
+
+    if not onnx_available():
+        return None
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (example,), buf, input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False)
+        session = onnx_session(buf.getvalue(), cpu=True)
+    except Exception:  # the exporter's and onnxruntime's own exception types: PyTorch runs it instead
+        return None
+
+    def run(x):
+        y = session.run(None, {"x": np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
+        return torch.from_numpy(y).contiguous(memory_format=torch.channels_last) if y.ndim == 4 else torch.from_numpy(y)
+
+    return run
+
+
+def onnx_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def onnx_graph(model, cfg: dict[str, Any]):
+    """The packaged model as an ONNX graph (dynamic batch)."""
+    import copy
     import io
     import warnings
 
     import onnx
     import torch
 
-    from ..artifacts import META_KEY
-
-    module = packaged(model.cpu().float(), cfg["mean"], cfg["std"], cfg.get("output") == EMBEDDING)
+    # a copy: the caller's model stays on its device, in its precision and mode
+    module = packaged(copy.deepcopy(model).cpu().float(), cfg["mean"], cfg["std"], cfg.get("output") == EMBEDDING)
     example = torch.zeros(2, cfg["size"], cfg["size"], 3, dtype=torch.uint8)
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -220,9 +259,21 @@ def onnx_bytes(model, cfg: dict[str, Any]) -> bytes:
         torch.onnx.export(module, (example,), buf, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                           dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
                           opset_version=ONNX_OPSET, dynamo=False)
-    graph = onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(buf.getvalue())
+
+
+def with_config(graph, cfg: dict[str, Any], dest: Path) -> Path:
+    """Write `graph` to `dest` atomically with `cfg` as JSON in its metadata (what predicting from it needs)."""
+    import onnx
+
+    from ..artifacts import META_KEY
+    from ..io import atomic_path
+
+    del graph.metadata_props[:]
     onnx.helper.set_model_props(graph, {META_KEY: json.dumps(cfg)})
-    return graph.SerializeToString()
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(graph.SerializeToString())
+    return dest
 
 
 def onnx_config(session, where: Path | str) -> dict[str, Any]:
@@ -232,14 +283,13 @@ def onnx_config(session, where: Path | str) -> dict[str, Any]:
                         "export it with `shopee-fastai export-onnx`")
 
 
-def export_onnx(model, cfg: dict[str, Any], dest: Path) -> Path:
-    """Write the packaged model to `dest` atomically; it predicts without fastai or torch."""
-    from ..io import atomic_path
+def export_onnx(model, cfg: dict[str, Any], dest: Path, source: dict[str, str] | None = None) -> Path:
+    """Write the packaged model to `dest` atomically; it predicts without fastai or torch.
 
-    data = onnx_bytes(model, cfg)
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
-    return dest
+    `source`: digests of the model files it was exported from ({".pkl": ..., ".safetensors": ...}), so
+    `predict` on one of those can take this graph instead, knowing it holds the same weights.
+    """
+    return with_config(onnx_graph(model, cfg), {**cfg, **({"source": source} if source else {})}, dest)
 
 
 def cached_onnx(model_file: Path, build: Callable[[], tuple[Any, dict[str, Any]]]) -> Path:

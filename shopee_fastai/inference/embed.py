@@ -62,9 +62,10 @@ def embeddings_for(paths: list[str], arch: str = OFFLINE_ARCH, progress: bool = 
 
 
 def embed_images(paths: Sequence[str | Path], model: Path | None = None, arch: str = OFFLINE_ARCH,
-                 weights: Path | None = None, progress: bool = True) -> np.ndarray | None:
+                 weights: Path | None = None, progress: bool = True, precision: str = "auto") -> np.ndarray | None:
     """[n, d] unit vectors in input order (zeros for unreadable photos): from an embedding model (.pkl,
-    .safetensors or .onnx, on the fast path), a classifier learner's body, or a pretrained backbone.
+    .safetensors or .onnx, on the fast path; `precision` int8 runs its int8 graph), a classifier learner's
+    body, or a pretrained backbone.
 
     Launched on several processes (torchrun, accelerate launch), each embeds every n-th photo on its own
     device and rank 0 gathers them and returns the whole array; the other ranks return None.
@@ -73,21 +74,26 @@ def embed_images(paths: Sequence[str | Path], model: Path | None = None, arch: s
 
     rank, n = world()
     if n > 1:
-        return _sharded(paths, rank, n, lambda part: _embed_here(part, model, arch, weights, progress and not rank))
-    return _embed_here(paths, model, arch, weights, progress)
+        return _sharded(paths, rank, n, lambda part: _embed_here(part, model, arch, weights, progress and not rank, precision))
+    return _embed_here(paths, model, arch, weights, progress, precision)
 
 
 def _embed_here(paths: Sequence[str | Path], model: Path | None, arch: str, weights: Path | None,
-                progress: bool) -> np.ndarray:
-    if model is None:
-        return embed_paths(paths, arch, weights, progress=progress)
+                progress: bool, precision: str = "auto") -> np.ndarray:
     from ..artifacts import PKL, load_learner
-    from ..config import EMBEDDING
+    from ..config import EMBEDDING, Precision
     from ..errors import ShopeeError
     from .predictor import load_predictor
 
-    predictor = load_predictor(Path(model))
+    int8 = Precision.parse(precision, "--precision") == Precision.int8
+    if model is None:
+        if int8:
+            raise ShopeeError("--precision int8 runs an embedding model's int8 graph; add --model (train --loss arcface)")
+        return embed_paths(paths, arch, weights, progress=progress)
+    predictor = load_predictor(Path(model), precision=precision)
     if predictor.output != EMBEDDING:
+        if int8:
+            raise ShopeeError(f"--model {model}: a classifier; --precision int8 embeds with an embedding model only")
         if Path(model).suffix != PKL:
             raise ShopeeError(f"--model {model}: a classifier; its body embeds from the .pkl learner, or train an "
                               "embedding model with `train --loss arcface`")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
-from ..artifacts import ONNX, PKL, SAFETENSORS, load_learner, load_network, model_titles, require_file
+from ..artifacts import ONNX, PKL, SAFETENSORS, ModelFiles, load_learner, load_network, model_titles, require_file
 from ..config import Backend, Precision
 from ..device import gpu_present
 from ..errors import ShopeeError
@@ -14,17 +13,21 @@ from .predictions import Predictor
 
 
 def _onnx_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+    from .backends import onnx_available
+
+    return onnx_available()
 
 
 def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Precision.auto, tta: bool = False) -> Predictor:
     """A predictor for `path`.
 
     `auto` runs PyTorch with mixed precision on a CUDA GPU; on CPU, ONNX Runtime where it is installed
-    (the graph exported once per model file and cached, so later runs skip fastai and torch), else
-    PyTorch channels-last; `fastai` is the learner's own `get_preds`. An explicit backend that cannot
-    run is an error, never a silent switch. `tta` (fastai's test-time augmentation: the training
-    pipeline's augmentations, 5 passes) needs the `.pkl` learner and runs on the fastai backend.
+    (the graph `train` wrote beside the model, or else one exported on first use and cached; later runs
+    import neither fastai nor torch), else PyTorch channels-last; `fastai` is the learner's own `get_preds`.
+    `precision` int8 runs the model's quantised graph (written by `train`, or `export-onnx --int8`). An
+    explicit backend or precision that cannot run is an error, never a silent switch. `tta` (fastai's
+    test-time augmentation: the training pipeline's augmentations, 5 passes) needs the `.pkl` learner and
+    runs on the fastai backend.
     The predictor carries the model's class titles, whatever the file's format.
     """
     predictor = _predictor(Path(path), backend, precision, tta)
@@ -40,6 +43,10 @@ def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor
     path = require_file(path)
     if tta and (backend not in (Backend.auto, Backend.fastai) or path.suffix != PKL):
         raise ShopeeError(f"{path}: --tta runs the fastai learner's augmentations; pass the .pkl with --backend auto or fastai")
+    if precision == Precision.int8:
+        if backend not in (Backend.auto, Backend.onnx) or tta:
+            raise ShopeeError("--precision int8 runs the model's quantised ONNX graph; use --backend auto or onnx, without --tta")
+        return _int8(path)
     if (backend in (Backend.onnx, Backend.fastai) or tta) and precision not in (Precision.auto, Precision.fp32):
         raise ShopeeError(f"--precision {precision}: the {'fastai (--tta)' if tta else backend} backend runs fp32; "
                           f"use --backend torch for {precision}")
@@ -56,6 +63,9 @@ def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor
     network = lambda: load_network(path, cpu=not gpu)  # noqa: E731
     if backend == Backend.onnx or (backend == Backend.auto and not gpu and precision in (Precision.auto, Precision.fp32)
                                    and _onnx_available()):
+        beside = _bound(path, ModelFiles.beside(path).onnx)
+        if beside is not None:
+            return beside
         try:
             onnx_file = B.cached_onnx(path, network)
         except ShopeeError:
@@ -68,3 +78,36 @@ def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor
             return B.onnx_predictor(onnx_file)
     model, cfg = network()
     return B.FastPredictor(B.TorchBackend(model, cfg, precision), cfg)
+
+
+def _bound(path: Path, graph: Path):
+    """A predictor on `graph` if it was exported from exactly `path` (its metadata holds `path`'s digest), else None."""
+    from ..io import digest
+    from . import backends as B
+
+    if not graph.is_file() or graph == path:
+        return None
+    try:
+        session = B.onnx_session(graph)
+        cfg = B.onnx_config(session, graph)
+    except ShopeeError:
+        return None  # an unreadable or foreign graph beside the model is simply not used
+    if cfg.get("source", {}).get(path.suffix) != digest(path):
+        return None
+    return B.FastPredictor(B.OnnxBackend(session), cfg)
+
+
+def _int8(path: Path):
+    """The model's int8 graph: `path` itself, or the one beside it made from exactly this file."""
+    from . import backends as B
+
+    if path.suffix == ONNX:
+        predictor = B.onnx_predictor(path)
+        if predictor.cfg.get("precision") == Precision.int8:
+            return predictor
+    predictor = _bound(path, ModelFiles.beside(path).int8)
+    if predictor is None:
+        source = path if path.suffix != ONNX else ModelFiles.beside(path).pkl
+        raise ShopeeError(f"{path}: no int8 graph made from this model beside it; write one with "
+                          f"`shopee-fastai export-onnx --model {source} --int8 --data DIR` (DIR: its training data)")
+    return predictor

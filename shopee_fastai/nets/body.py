@@ -42,6 +42,9 @@ def feature_extractor(model: nn.Module) -> nn.Module:
     """The part of a trained model that produces the pooled features its classifier sees."""
     if isinstance(model, HandCNN):
         return nn.Sequential(model.features, nn.Flatten())
+    if hasattr(model, "members"):  # an Ensemble (nets/ensemble.py): its first member's body
+        top = model.members[0]
+        return nn.Sequential(model.frozen, top[0], top[1][0], top[1][1])
     if isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[1], nn.Sequential):
         return nn.Sequential(model[0], model[1][0], model[1][1])  # fastai vision_learner: body, concat pool, flatten
     raise ShopeeError(f"cannot find the body of a {type(model).__name__}; embed from --arch instead")

@@ -14,15 +14,16 @@ predict and further fine-tuning see the trained weights. Why these settings: doc
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..config import (EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS, EMBED_TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD,
+from ..config import (ENSEMBLE_HEAD_EPOCHS, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS, EMBED_TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD,
                       TrainConfig)
 from ..data.table import LABEL, PATH
+from ..errors import ShopeeError
 from ..nets.body import Split, n_stages, split_model
 from .callbacks import FrozenBatchNormStats, configure
 from .objective import objective
@@ -40,20 +41,48 @@ def resolve(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
         top, epochs, views = EMBED_TOP_STAGES, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS
     else:
         top = TOP_STAGES
-        epochs, views = HEAD_EPOCHS, HEAD_VIEWS
+        epochs = {**HEAD_EPOCHS, True: ENSEMBLE_HEAD_EPOCHS} if cfg.ensemble > 1 else HEAD_EPOCHS
+        views = HEAD_VIEWS
     top = cfg.top_stages if cfg.top_stages is not None else (top if n_stages(model) else 0)
     body = top > 0
     return {"top_stages": top, "head_epochs": epochs[body] if cfg.head_epochs is None else cfg.head_epochs,
             "head_views": views[body] if cfg.head_views is None else cfg.head_views}
 
 
-def _cacher(frozen: nn.Module, half: bool):
-    """`frozen` as the caches run it: eval mode and channels-last (2-3x faster on CPU too); each output moves to
-    main memory (batches go back to the device as they train), in fp16 with `half`."""
-    frozen = frozen.eval().to(memory_format=torch.channels_last)
+def as_ensemble(learn, cfg: TrainConfig) -> None:
+    """Make `learn`'s model an Ensemble of `cfg.ensemble` copies of its top part over its lower body, each then
+    trained as a phase of its own on the one cache (training/recipes.py)."""
+    from fastai.torch_core import trainable_params
+
+    from ..nets.ensemble import ensemble_of
+
+    if not cfg.top_stages:
+        raise ShopeeError(f"--ensemble: {cfg.arch}'s body has no stages to train on cached maps; use an "
+                          "EfficientNet-style timm --arch")
+    learn.model = ensemble_of(learn.model, cfg.top_stages, cfg.ensemble)
+    learn.splitter, learn.opt = trainable_params, None  # fastai's default splitter (picklable): one parameter group
+
+
+@lru_cache(maxsize=1)
+def _onnx_frozen(frozen: nn.Module, size: int):
+    """The frozen part in ONNX Runtime, exported once for the train, valid and augmented passes of a run."""
+    from ..inference.backends import onnx_module
+
+    return onnx_module(frozen, torch.zeros(2, 3, size, size))
+
+
+def _cacher(frozen: nn.Module, half: bool, size: int, device: torch.device):
+    """`frozen` as the caches run it, in eval mode: on CPU through ONNX Runtime where it is installed (several
+    times faster than eager PyTorch), else PyTorch channels-last. Each output moves to main memory (batches
+    go back to the device as they train), in fp16 with `half`."""
+    frozen = frozen.eval()
+    fast = _onnx_frozen(frozen, size) if device.type == "cpu" else None
+    if fast is None:
+        frozen = frozen.to(memory_format=torch.channels_last)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = frozen(x.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)).cpu()
+        x = x.as_subclass(torch.Tensor)
+        out = fast(x) if fast is not None else frozen(x.contiguous(memory_format=torch.channels_last)).cpu()
         return out.half() if half else out
 
     return run
@@ -66,9 +95,10 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
     With `mirror`, [2n, ...]: each image, then every mirror image, from one decoding pass. `half` stores
     fp16 (feature maps are large; they are computed in fp32, and cast back to fp32 for training).
     """
+    from ..artifacts import input_size
     from ..inference.backends import learner_batches
 
-    run = _cacher(frozen, half)
+    run = _cacher(frozen, half, input_size(learn), learn.dls.device)
     plain, flipped, done = [], [], []
     with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
         for ok, dl, _ in learner_batches(learn, [Path(p) for p in paths], bs=HEAD_BS, progress=progress):
@@ -85,7 +115,9 @@ def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, prog
     random crop and `aug_transforms`), in the training set's order, with their labels."""
     from fastprogress.fastprogress import progress_bar
 
-    run = _cacher(frozen, half)
+    from ..artifacts import input_size
+
+    run = _cacher(frozen, half, input_size(learn), learn.dls.device)
     dl = learn.dls.train.new(shuffle=False, drop_last=False)
     xs, ys = [], []
     with torch.no_grad():
@@ -139,8 +171,12 @@ def cached_views(learn, split: Split, views: int) -> dict[str, tuple[torch.Tenso
     return sets
 
 
-def features_learner(learn, cfg: TrainConfig):
-    """A Learner that trains `learn.model`'s top part on cached frozen-part outputs (settings resolved in `cfg`)."""
+def features_learner(learn, cfg: TrainConfig, member: int = 0, shared: dict | None = None):
+    """A Learner that trains `learn.model`'s top part on cached frozen-part outputs (settings resolved in `cfg`).
+
+    For an ensemble (`learn.model` an Ensemble), the top part of `member`, seeded `cfg.seed + member`; the
+    cache is computed once per process and kept in `shared` for the other members.
+    """
     from fastai.callback.mixup import MixUp
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
@@ -148,12 +184,23 @@ def features_learner(learn, cfg: TrainConfig):
     from fastai.optimizer import OptimWrapper
     from fastai.torch_core import params, set_seed, trainable_params
 
+    from ..nets.ensemble import Ensemble, member_split
+
     device = learn.dls.device
     learn.model.to(device)  # fastai moves it only when a fit starts; this phase comes first
-    split = split_model(learn.model, cfg.top_stages)
+    ensemble = isinstance(learn.model, Ensemble)
+    split = member_split(learn.model, member) if ensemble else split_model(learn.model, cfg.top_stages)
+    shared = {} if shared is None else shared
     set_seed(cfg.seed, reproducible=True)
-    sets = cached_views(learn, split, cfg.head_views)
-    for m in learn.model[1].modules():  # PyTorch's default init, not fastai's kaiming-normal (docs/results.md)
+    if "sets" not in shared:
+        shared["sets"] = cached_views(learn, split, cfg.head_views)
+    # the last member takes the cache, so it is freed with its learner rather than kept through later phases
+    sets = shared["sets"] if member < cfg.ensemble - 1 else shared.pop("sets")
+    if member:
+        set_seed(cfg.seed + member, reproducible=True)
+    # the head (all of `trained` when no body stage trains): PyTorch's default init, not fastai's kaiming-normal
+    # (docs/results.md)
+    for m in (split.trained[-1] if split.body is not None else split.trained).modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
     train, valid = _Views(*sets["train"]), _Views(*sets["valid"])

@@ -35,6 +35,11 @@ class Phase:
     fit: Callable[[Any, int, int, list], None]  # (learner, epochs, start epoch, callbacks)
 
 
+def head_phase(member: int, members: int) -> str:
+    """The name of a features phase: "head", or "head k/n" for member k of an ensemble."""
+    return "head" if members == 1 else f"head {member + 1}/{members}"
+
+
 def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
     """The phases `cfg` runs, those with no epochs left out (see README: How the default recipe works)."""
     lr = cfg.base_lr
@@ -51,9 +56,11 @@ def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
     if pretrained and cfg.recipe == Recipe.features:
         from .features import features_learner, fit_features
 
-        phases = [Phase("head", cfg.head_epochs, lambda: features_learner(learn, cfg),
-                        lambda lrn, n, start, cbs: fit_features(lrn, cfg, n, start, cbs)),
-                  Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen)]
+        shared: dict = {}  # the frozen part's cache, computed once for every member of an ensemble
+        fit_head = lambda lrn, n, start, cbs: fit_features(lrn, cfg, n, start, cbs)  # noqa: E731
+        phases = [Phase(head_phase(k, cfg.ensemble), cfg.head_epochs,
+                        lambda k=k: features_learner(learn, cfg, k, shared), fit_head) for k in range(cfg.ensemble)]
+        phases.append(Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen))
     elif pretrained:
         phases = [Phase("frozen", cfg.freeze_epochs, full,
                         lambda lrn, n, start, cbs: lrn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START,

@@ -11,6 +11,7 @@ from ..artifacts import ModelCard, ModelFiles
 from ..config import Recipe, TrainConfig
 from ..data import split as S
 from ..device import leave_world, world
+from ..errors import ShopeeError
 from .learner import Prepared, setup
 from .recipes import fit
 
@@ -44,12 +45,14 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     started = time.perf_counter()
     choice, prep, learn = setup(cfg, files.skipped)
     if choice.pretrained and cfg.recipe == Recipe.features:
-        from .features import resolve
+        from .features import as_ensemble, resolve
 
         cfg = replace(cfg, **resolve(learn.model, cfg))  # the card records what ran
+        if cfg.ensemble > 1:
+            as_ensemble(learn, cfg)
     history, ran, times = fit(learn, cfg, choice.pretrained)
     mean, std = input_stats(cfg.arch)
-    passes = sum(cfg.head_views if h["phase"] == "head" else 1 for h in ran)  # a head epoch passes every cached view
+    passes = sum(cfg.head_views if h["phase"].startswith("head") else 1 for h in ran)  # a head epoch passes every cached view
     card = ModelCard(
         name=cfg.model_name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
         input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
@@ -74,12 +77,31 @@ def _scores(learn, prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
         from .objective import calibrate_matching
 
         return {"matching": calibrate_matching(learn, prep)}
-    return {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
-            "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
+    scores = {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
+              "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
+    if cfg.ensemble > 1:
+        scores["members"] = _member_scores(learn, prep)
+    return scores
+
+
+def _member_scores(learn, prep: Prepared) -> list[dict[str, float | None]]:
+    """Each ensemble member's accuracy alone, to show what averaging adds."""
+    from ..evaluation import accuracy_on
+
+    whole, out = learn.model, []
+    try:
+        for k in range(len(whole.members)):
+            learn.model = whole.member(k)
+            out.append({"valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)),
+                        "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))})
+    finally:
+        learn.model = whole
+    return out
 
 
 def export(trained: Trained) -> None:
-    """Write split, curves, learner, weights and card, each atomically; the card last, so a card always has its model.
+    """Write split, curves, learner, weights, ONNX graphs and card, each atomically; the card last, so a card
+    always has its model.
 
     Under data-parallel training only rank 0 writes.
     """
@@ -97,8 +119,30 @@ def export(trained: Trained) -> None:
     with atomic_path(files.pkl) as tmp:
         trained.learn.export(tmp.resolve())
     write_safetensors(trained.learn, card.arch, files.safetensors, card.titles)
+    _write_graphs(trained)
     card.write(files.card)
     remove_checkpoint(files)  # the model is complete now
+
+
+def _write_graphs(trained: Trained) -> None:
+    """The fp32 and int8 ONNX graphs, so the model's first `predict` loads neither fastai nor torch. They are
+    optional: where they cannot be written (an arch the exporter cannot trace, a full disk), the model keeps
+    its .pkl and .safetensors and predicts through PyTorch."""
+    import warnings
+
+    from ..artifacts import learner_config
+    from ..data.table import PATH
+    from ..inference.quantize import write_graphs
+
+    learn, card = trained.learn, trained.card
+    photos = trained.prep.rows(S.TRAIN)[PATH].sample(frac=1.0, random_state=card.split["seed"]).tolist()
+    try:
+        files = trained.files
+        write_graphs(learn.model, learner_config(learn, card.arch, card.titles), files.onnx, [files.pkl, files.safetensors], photos)
+    except Exception as e:  # ShopeeError, and the exporter's and quantiser's own exception types
+        for graph in (trained.files.onnx, trained.files.int8):
+            graph.unlink(missing_ok=True)  # never leave a graph of an older model beside this one
+        warnings.warn(f"{card.arch}: no ONNX graphs written ({type(e).__name__}: {str(e)[:120]}); predict runs PyTorch")
 
 
 def train(cfg: TrainConfig) -> ModelCard:

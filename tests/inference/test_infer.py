@@ -50,14 +50,18 @@ def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cn
     assert np.allclose(model.probs(test_images, progress=False).probs, reference, atol=1e-4)  # these are small: no draft
 
 
-def test_auto_backend_caches_the_onnx_graph_once_per_model_file(trained_cnn, test_images, reference):
-    first = load_predictor(trained_cnn.files.pkl)
+def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained_cnn, test_images, reference, tmp_path):
+    import shutil
+
+    alone = tmp_path / "alone.pkl"  # a .pkl copied without its .onnx (as from another machine)
+    shutil.copy(trained_cnn.files.pkl, alone)
+    first = load_predictor(alone)
     assert first.backend.name == "onnx"
-    graphs = list((cache_dir() / "onnx").glob("*.onnx"))
-    assert graphs
-    stamps = {g: g.stat().st_mtime_ns for g in graphs}
-    second = load_predictor(trained_cnn.files.pkl)
-    assert {g: g.stat().st_mtime_ns for g in graphs} == stamps  # reused, not re-exported
+    graphs = list((cache_dir() / "onnx").glob("alone-*.onnx"))
+    assert len(graphs) == 1
+    stamp = graphs[0].stat().st_mtime_ns
+    second = load_predictor(alone)
+    assert graphs[0].stat().st_mtime_ns == stamp  # reused, not re-exported
     assert np.allclose(second.probs(test_images, progress=False).probs, reference, atol=1e-4)
 
 

@@ -112,3 +112,21 @@ def test_top_stages_the_body_cannot_train_is_one_clear_error(synthetic, tmp_path
                       size=SIZE, workers=0, models_dir=tmp_path)
     with pytest.raises(ShopeeError, match=message):
         fit_learner(cfg)
+
+
+def test_the_frozen_part_caches_through_onnx_runtime_and_agrees_with_pytorch():
+    from fastai.vision.learner import create_timm_model
+
+    from shopee_fastai.config import OFFLINE_ARCH
+    from shopee_fastai.inference.backends import onnx_module
+    from shopee_fastai.training.features import _cacher
+
+    torch.manual_seed(0)
+    split = split_model(create_timm_model(OFFLINE_ARCH, 3, pretrained=False)[0], TOP_STAGES)
+    x = torch.randn(5, 3, 64, 64)  # another batch size than the export's example: the batch axis is dynamic
+    with torch.no_grad():
+        want = split.frozen.eval()(x)
+    assert onnx_module(split.frozen, torch.zeros(2, 3, 64, 64)) is not None  # ONNX Runtime runs it here
+    got = _cacher(split.frozen, False, 64, torch.device("cpu"))(x)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4)
+    assert torch.equal(_cacher(split.frozen, True, 64, torch.device("cpu"))(x), got.half())

@@ -1,0 +1,53 @@
+"""int8 against fp32 on photos from another occasion: top-1 agreement, accuracy of each, and photos/s.
+
+The bar for int8 to become `predict`'s default on CPU: top-1 agreement ≥ 99.5 % and accuracy within 0.3
+points of fp32, for every model measured.
+
+    python bench/int8_agreement.py --data ../shared/data/grocery-store --rows '^val_' --model models/a.pkl models/b.pkl
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shopee_fastai.data.table import ID, LABEL, PATH, read_table
+from shopee_fastai.inference.predictor import load_predictor
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--rows", default="^val_", help="regex on posting_id: the photos to compare on")
+    ap.add_argument("--model", type=Path, nargs="+", required=True, help=".pkl files trained by `shopee-fastai train`")
+    args = ap.parse_args()
+
+    table = read_table(args.data)
+    rows = table[table[ID].astype(str).str.contains(args.rows)]
+    paths = [Path(p) for p in rows[PATH]]
+    print(f"{len(paths)} photos of {args.data} whose posting_id matches {args.rows!r}\n")
+    print("| model | top-1 agreement | fp32 accuracy | int8 accuracy | max prob diff | fp32 photos/s | int8 photos/s |")
+    print("|---|---|---|---|---|---|---|")
+    for model in args.model:
+        out = {}
+        for precision in ("fp32", "int8"):
+            p = load_predictor(model, precision=precision)
+            p.probs(paths[:32], progress=False)  # warm-up
+            start = time.perf_counter()
+            got = p.probs(paths, progress=False)
+            rate = len(got.paths) / (time.perf_counter() - start)
+            labels = dict(zip(map(str, rows[PATH]), rows[LABEL].astype(str)))
+            truth = np.array([labels[str(q)] for q in got.paths])
+            predicted = np.array(p.vocab)[got.probs.argmax(1)]
+            out[precision] = (got.probs, float((predicted == truth).mean()), rate)
+        (f, fa, fr), (q, qa, qr) = out["fp32"], out["int8"]
+        agree = float((f.argmax(1) == q.argmax(1)).mean())
+        print(f"| {model.name} | {100 * agree:.1f} % | {fa:.4f} | {qa:.4f} | {np.abs(f - q).max():.3f} | {fr:.0f} | {qr:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
