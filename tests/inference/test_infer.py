@@ -53,15 +53,17 @@ def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cn
 def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained_cnn, test_images, reference, tmp_path):
     import shutil
 
+    from shopee_fastai.io import file_key
+
     alone = tmp_path / "alone.pkl"  # a .pkl copied without its .onnx (as from another machine)
     shutil.copy(trained_cnn.files.pkl, alone)
+    graph = cache_dir() / "onnx" / f"alone-{file_key(alone)}.onnx"
+    assert not graph.exists()
     first = load_predictor(alone)
-    assert first.backend.name == "onnx"
-    graphs = list((cache_dir() / "onnx").glob("alone-*.onnx"))
-    assert len(graphs) == 1
-    stamp = graphs[0].stat().st_mtime_ns
+    assert first.backend.name == "onnx" and graph.is_file()
+    stamp = graph.stat().st_mtime_ns
     second = load_predictor(alone)
-    assert graphs[0].stat().st_mtime_ns == stamp  # reused, not re-exported
+    assert graph.stat().st_mtime_ns == stamp  # reused, not re-exported
     assert np.allclose(second.probs(test_images, progress=False).probs, reference, atol=1e-4)
 
 

@@ -21,7 +21,9 @@ def test_auto_precision_is_fp32_on_cpu_and_mixed_on_cuda():
     with pytest.raises(ShopeeError, match="needs a CUDA GPU"):
         resolve_precision("fp16", cuda=False)
     with pytest.raises(ShopeeError, match="choose one of"):
-        resolve_precision("int8", cuda=False)
+        resolve_precision("fp8", cuda=False)
+    with pytest.raises(ShopeeError, match="int8 runs the model's quantised ONNX graph"):
+        resolve_precision("int8", cuda=False)  # inference's ONNX path only, never a torch precision
 
 
 def test_bad_precision_fails_before_any_work(synthetic, tmp_path):

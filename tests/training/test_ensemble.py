@@ -13,18 +13,19 @@ from shopee_fastai.inference.predictor import load_predictor
 from shopee_fastai.nets.ensemble import Ensemble
 
 from ..conftest import COLOURS, SIZE, fit_and_export
+from .test_checkpoint import HEAD_EPOCHS  # colour blobs look alike to an ImageNet body: it takes epochs to part them
 
 
 @pytest.fixture(scope="module")
 def ensemble(synthetic, tmp_path_factory):
     return fit_and_export(TrainConfig(data=synthetic, arch=OFFLINE_ARCH, pretrained=True, split="random", size=SIZE,
-                                      head_epochs=4, ensemble=2, workers=0, models_dir=tmp_path_factory.mktemp("m")))
+                                      head_epochs=HEAD_EPOCHS, ensemble=2, workers=0, models_dir=tmp_path_factory.mktemp("m")))
 
 
 def test_members_train_one_after_another_and_each_is_scored(ensemble):
     card = ensemble.card
     assert card.name == f"{OFFLINE_ARCH}-ensemble2" and isinstance(ensemble.learn.model, Ensemble)
-    assert [h["phase"] for h in card.history] == ["head 1/2"] * 4 + ["head 2/2"] * 4
+    assert [h["phase"] for h in card.history] == ["head 1/2"] * HEAD_EPOCHS + ["head 2/2"] * HEAD_EPOCHS
     assert len(card.members) == 2 and all(m["test_accuracy"] is not None for m in card.members)
     assert card.test_accuracy > 1 / len(COLOURS)
     a, b = (m[1][-1].weight for m in ensemble.learn.model.members)
@@ -74,7 +75,7 @@ def test_a_killed_ensemble_resumes_in_the_member_it_was_training(synthetic, tmp_
     import subprocess
     import time
 
-    from .test_checkpoint import HEAD_EPOCHS, default_recipe_cli
+    from .test_checkpoint import default_recipe_cli
 
     models = tmp_path / "m"
     cmd = default_recipe_cli(synthetic, models, "--ensemble", "2")
