@@ -483,7 +483,7 @@ def demo(
     photo = dest / "train_images" / read_table(dest)[IMAGE].iloc[0]
     typer.echo(f"4/4 predict {photo}")
     _print_predictions(load_predictor(files.pkl), [photo], 3, False, C.PREDICT_BS)
-    typer.echo(f"done: model {files.pkl}, card {files.card}, curves {files.curves}, ONNX-ready weights {files.safetensors}; "
+    typer.echo(f"done: model {files.pkl}, card {files.card}, curves {files.curves}, weights {files.safetensors}, ONNX graph {files.onnx}; "
                f"next: `shopee-fastai predict --model {files.pkl} PHOTO.jpg`")
 
 
