@@ -211,20 +211,12 @@ def onnx_module(module, example) -> Callable[[Any], Any] | None:
     ORT fuses convolution, BatchNorm and activation, which eager PyTorch runs one by one: for a body's
     lower stages several times faster on CPU (docs/speed.md), agreeing to float rounding.
     """
-    import io
-    import warnings
-
     import torch
 
     if not onnx_available():
         return None
-    buf = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), (example,), buf, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False)
-        session = onnx_session(buf.getvalue(), cpu=True)
+        session = onnx_session(_traced(module.eval(), example, "x", "y"), cpu=True)
     except Exception:  # the exporter's and onnxruntime's own exception types: PyTorch runs it instead
         return None
 
@@ -233,6 +225,22 @@ def onnx_module(module, example) -> Callable[[Any], Any] | None:
         return torch.from_numpy(y).contiguous(memory_format=torch.channels_last) if y.ndim == 4 else torch.from_numpy(y)
 
     return run
+
+
+def _traced(module, example, input_name: str, output_name: str) -> bytes:
+    """`module` traced by torch's ONNX exporter on `example`, batch axis dynamic, exporter warnings silenced."""
+    import io
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buf, input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          opset_version=ONNX_OPSET, dynamo=False)
+    return buf.getvalue()
 
 
 def onnx_available() -> bool:
@@ -244,8 +252,6 @@ def onnx_available() -> bool:
 def onnx_graph(model, cfg: dict[str, Any]):
     """The packaged model as an ONNX graph (dynamic batch)."""
     import copy
-    import io
-    import warnings
 
     import onnx
     import torch
@@ -253,13 +259,7 @@ def onnx_graph(model, cfg: dict[str, Any]):
     # a copy: the caller's model stays on its device, in its precision and mode
     module = packaged(copy.deepcopy(model).cpu().float(), cfg["mean"], cfg["std"], cfg.get("output") == EMBEDDING)
     example = torch.zeros(2, cfg["size"], cfg["size"], 3, dtype=torch.uint8)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                          dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-                          opset_version=ONNX_OPSET, dynamo=False)
-    return onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(_traced(module, example, ONNX_INPUT, ONNX_OUTPUT))
 
 
 def with_config(graph, cfg: dict[str, Any], dest: Path) -> Path:
