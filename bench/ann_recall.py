@@ -20,6 +20,7 @@ import numpy as np
 from match_speed import shopee_like
 from shopee_fastai.config import Index
 from shopee_fastai.matching import HNSW_EF_SEARCH, _faiss_index
+from shopee_fastai.machine import summary
 
 K = 10
 
@@ -31,6 +32,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=10_000)
     ap.add_argument("--latent", type=int, default=48)
     args = ap.parse_args()
+    print(summary())
     emb = shopee_like(args.n, args.dim, latent=args.latent)
     q = emb[np.random.default_rng(1).choice(args.n, min(args.queries, args.n), replace=False)]
     scale = args.n / len(q)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from shopee_fastai.machine import summary
 
 
 def synthetic_shopee(root: Path, n: int, seed: int = 0) -> Path:
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: fastai's)")
     args = ap.parse_args()
+    print(summary())
     from shopee_fastai.config import CACHE_ENV
 
     tmp = Path(tempfile.mkdtemp(prefix="shopee-bench-"))

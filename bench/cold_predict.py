@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from shopee_fastai.machine import summary
 
 PLAIN = r"""
 import sys, json
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
+    print(summary())
 
     from shopee_fastai.artifacts import ModelCard, ModelFiles
     from shopee_fastai.data.images import collect_images

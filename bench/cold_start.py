@@ -20,6 +20,7 @@ from pathlib import Path
 from shopee_fastai.artifacts import ModelFiles
 from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.table import SAMPLE_DIR
+from shopee_fastai.machine import summary
 
 PARTS = r"""
 import sys, time
@@ -57,7 +58,9 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="an exported .pkl (default: train one on the bundled sample)")
     ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", help="only the cases whose label contains this text (and no fastai-path breakdown)")
     args = ap.parse_args()
+    print(summary())
 
     image = sorted((SAMPLE_DIR / "train_images").glob("*.jpg"))[0]
     cli = [sys.executable, "-m", "shopee_fastai"]
@@ -70,8 +73,10 @@ def main() -> None:
             card = train(TrainConfig(data=SAMPLE_DIR, arch=args.arch, pretrained=True, top_groups=0, split="random",
                                      models_dir=Path(tmp)))
             pkl = ModelFiles.of(Path(tmp), card.name).pkl
-        onnx = Path(tmp) / "model.onnx"
-        subprocess.run([*cli, "export-onnx", "--model", str(pkl), "--out", str(onnx)], capture_output=True, check=True)
+        onnx = ModelFiles.beside(pkl).onnx  # the graph train wrote beside the model, else exported here
+        if not onnx.is_file():
+            onnx = Path(tmp) / "model.onnx"
+            subprocess.run([*cli, "export-onnx", "--model", str(pkl), "--out", str(onnx)], capture_output=True, check=True)
         cases = [("shopee-fastai --help", [*cli, "--help"])]
         for label, model, backend in (("predict 1 photo, .pkl, --backend fastai", pkl, "fastai"),
                                       ("predict 1 photo, .pkl, --backend torch", pkl, "torch"),
@@ -79,11 +84,14 @@ def main() -> None:
                                       ("predict 1 photo, .pkl, auto (cached ONNX)", pkl, "auto"),
                                       ("predict 1 photo, .onnx", onnx, "auto")):
             cases.append((label, [*cli, "predict", str(image), "--model", str(model), "--backend", backend]))
+        cases = [c for c in cases if args.only is None or args.only in c[0]]
         print("| cold process | seconds (best) |")
         print("|---|---|")
         for label, cmd in cases:
             s = seconds(cmd, args.repeat)
             print(f"| {label} | {s:.2f} |", flush=True)
+        if args.only is not None:
+            return
         out = subprocess.run([sys.executable, "-c", PARTS, str(pkl), str(image)], capture_output=True, text=True, check=True)
         parts = [float(v) for v in out.stdout.split()]
         print("\n| fastai path, in one cold process | seconds |")

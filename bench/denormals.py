@@ -17,6 +17,7 @@ import torch
 
 from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.table import SAMPLE_DIR
+from shopee_fastai.machine import summary
 
 TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
 
@@ -58,6 +59,7 @@ def main() -> None:
     ap.add_argument("--num-it", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
+    print(summary())
 
     from shopee_fastai.config import TrainConfig
     from shopee_fastai.training.learner import setup

@@ -51,6 +51,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SHOPEE_FAST
 SF="python3 -m shopee_fastai"
 DATA=.gpu-data/grocery-store
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/summary.md"
+$SF doctor | tee -a "$OUT/summary.md"  # the CPU beside the GPU: its figures are in the summary too
 
 timed() {  # label, command...: wall seconds into the summary, output into a log
   local label=$1; shift

@@ -16,6 +16,7 @@ import numpy as np
 
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.machine import summary
 
 
 def main() -> None:
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--rows", default="^val_", help="regex on posting_id: the photos to compare on")
     ap.add_argument("--model", type=Path, nargs="+", required=True, help=".pkl files trained by `shopee-fastai train`")
     args = ap.parse_args()
+    print(summary())
 
     table = read_table(args.data)
     rows = table[table[ID].astype(str).str.contains(args.rows)]

@@ -20,6 +20,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.backends import ONNX_INPUT, FastPredictor, OnnxBackend, batches, onnx_config, onnx_session
+from shopee_fastai.machine import summary
 
 
 def main() -> None:
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--rows", default="^val_", help="posting_id regex of the photos compared")
     ap.add_argument("variants", nargs="+")
     args = ap.parse_args()
+    print(summary())
 
     session = onnx_session(args.model)
     cfg = onnx_config(session, args.model)

@@ -28,6 +28,7 @@ from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.split import VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
+from shopee_fastai.machine import summary
 
 SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
 OCCASION = "^val_"  # grocery-store's photos from another occasion
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--train-args", default="", help="more `train` options for every model, e.g. '--size 64'")
     ap.add_argument("--classifier-args", default=CLASSIFIER_ARGS, help="the classifier's own options")
     args = ap.parse_args()
+    print(summary())
     wanted = args.sources.split(",")
 
     from shopee_fastai.inference.embed import embed_images

@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+from shopee_fastai.machine import summary
 
 K, THRESHOLD = 50, 0.6
 METHODS = ("baseline", "chunked", "faiss")
@@ -79,6 +80,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.n, args.dim)))
         return
+    print(summary())
     emb_mb = args.n * args.dim * 4 / 2**20
     print(f"{args.n:,} embeddings x {args.dim} dims ({emb_mb:.0f} MB), k={K}, threshold {THRESHOLD}")
     print(f"{'method':10s} {'seconds':>8s} {'peak MB':>8s} {'vs baseline':>12s}  same matches")

@@ -24,6 +24,7 @@ from shopee_fastai.data.neardup import clusters, leaked
 from shopee_fastai.data.split import TEST, TRAIN, make_split
 from shopee_fastai.data.table import ID, LABEL, PATH, clean, read_table
 from shopee_fastai.inference.embed import embeddings_for
+from shopee_fastai.machine import summary
 
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90, 0.95)
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--arch", default=OFFLINE_ARCH)
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
+    print(summary())
 
     df = clean(read_table(args.data), args.top_groups)
     start = time.perf_counter()

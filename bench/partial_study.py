@@ -27,6 +27,7 @@ from shopee_fastai.data.table import ID, LABEL, PATH, SAMPLE_DIR, clean, read_ta
 from shopee_fastai.nets.body import input_stats
 
 from recipe_study import mirrored, pretrained_body  # bench/recipe_study.py, beside this script
+from shopee_fastai.machine import summary
 
 BS = 32
 STEM_STAGES = 6  # maps are cached after blocks[:6] (192 x 7 x 7 at 224 px); the last stage and conv_head can train
@@ -106,6 +107,7 @@ def main() -> None:
     ap.add_argument("--holdout", default="^val_")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/partial_study"))
     args = ap.parse_args()
+    print(summary())
 
     table = clean(read_table(args.data), 0)
     paths = list(table[PATH])

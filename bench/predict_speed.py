@@ -29,6 +29,7 @@ from shopee_fastai.inference.backends import ONNX_INPUT
 from shopee_fastai.inference.predictor import load_predictor
 
 from yardstick import forward_gflops, fraction, peak_gflops  # bench/yardstick.py, beside this script
+from shopee_fastai.machine import summary
 
 GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store" / "train_images"
 
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, help="an exported .pkl (default: train Lite0 on the bundled sample)")
     ap.add_argument("--arch", default=OFFLINE_ARCH)
     args = ap.parse_args()
+    print(summary())
 
     files = collect_images([args.photos])[: args.n]
     with tempfile.TemporaryDirectory() as tmp:

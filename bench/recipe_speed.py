@@ -20,6 +20,7 @@ from shopee_fastai.config import OFFLINE_ARCH, TOP_STAGES
 from shopee_fastai.inference.backends import onnx_module
 from shopee_fastai.nets.body import split_model
 from shopee_fastai.training.features import HEAD_BS
+from shopee_fastai.machine import summary
 
 
 def per_image_ms(fn, bs: int, repeat: int = 3) -> float:
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
+    print(summary())
     torch.manual_seed(0)
     model = create_timm_model(OFFLINE_ARCH, 81, pretrained=False)[0]
     split = split_model(model, TOP_STAGES)

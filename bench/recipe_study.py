@@ -27,6 +27,7 @@ from shopee_fastai.data.table import ID, LABEL, PATH, SAMPLE_DIR, clean, read_ta
 from shopee_fastai.inference.backends import normalised
 from shopee_fastai.nets.body import input_stats
 from shopee_fastai.nets.weights import resolve_weights
+from shopee_fastai.machine import summary
 
 BS = 32
 
@@ -103,7 +104,9 @@ def main() -> None:
     ap.add_argument("--holdout", default="^val_")
     ap.add_argument("--only", type=int, nargs="+", help="run only these variants (0-based rows of the table per group set)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/recipe_study"))
+    ap.add_argument("--epochs", type=int, help="every variant's epochs (default: each its own)")
     args = ap.parse_args()
+    print(summary())
 
     table = clean(read_table(args.data), 0)
     paths = list(table[PATH])
@@ -121,19 +124,22 @@ def main() -> None:
 
     test_mask = table[ID].astype(str).str.contains(args.holdout).to_numpy()
     print(f"{(~test_mask).sum()} training photos, {test_mask.sum()} test photos ({args.holdout})")
+    base = args.sizes[0]
     variants = [  # (head, epochs, lr, wd, smoothing, sizes, mirror TTA)
-        ("fastai", 30, 2e-3, 0.01, 0.0, (224,), False),  # fastai's head alone, no smoothing, no TTA: the baseline row
-        ("fastai", 30, 2e-3, 0.01, 0.0, (224,), True),
-        ("fastai", 30, 2e-3, 0.01, 0.1, (224,), True),
-        ("linear", 30, 2e-3, 0.01, 0.0, (224,), True),
-        ("linear", 30, 2e-3, 0.01, 0.1, (224,), True),
-        ("fastai", 60, 2e-3, 0.01, 0.1, (224,), True),
-        ("fastai", 30, 1e-2, 0.1, 0.1, (224,), True),
-    ] + [("fastai", 30, 2e-3, 0.01, 0.1, (s,), True) for s in args.sizes if s != 224] \
-      + [("linear", 30, 2e-3, 0.01, 0.1, (s,), True) for s in args.sizes if s != 224] \
+        ("fastai", 30, 2e-3, 0.01, 0.0, (base,), False),  # fastai's head alone, no smoothing, no TTA: the baseline row
+        ("fastai", 30, 2e-3, 0.01, 0.0, (base,), True),
+        ("fastai", 30, 2e-3, 0.01, 0.1, (base,), True),
+        ("linear", 30, 2e-3, 0.01, 0.0, (base,), True),
+        ("linear", 30, 2e-3, 0.01, 0.1, (base,), True),
+        ("fastai", 60, 2e-3, 0.01, 0.1, (base,), True),
+        ("fastai", 30, 1e-2, 0.1, 0.1, (base,), True),
+    ] + [("fastai", 30, 2e-3, 0.01, 0.1, (s,), True) for s in args.sizes if s != base] \
+      + [("linear", 30, 2e-3, 0.01, 0.1, (s,), True) for s in args.sizes if s != base] \
       + [("fastai", 30, 2e-3, 0.01, 0.1, tuple(args.sizes), True),
          ("linear", 30, 2e-3, 0.01, 0.1, tuple(args.sizes), True)]
     variants = [v for i, v in enumerate(variants) if set(v[5]) <= set(args.sizes) and (args.only is None or i in args.only)]
+    if args.epochs:
+        variants = [(v[0], args.epochs, *v[2:]) for v in variants]
     print("| groups | head | epochs | lr | wd | label smoothing | sizes | mirror TTA | val_ accuracy (mean ± sd) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for top in args.top_groups:

@@ -30,6 +30,7 @@ from shopee_fastai.data.table import SAMPLE_DIR
 from shopee_fastai.inference.predictor import load_predictor
 
 from predict_speed import GROCERY, sample_model  # bench/predict_speed.py, beside this script
+from shopee_fastai.machine import summary
 
 STARTUP_S = 300
 
@@ -129,6 +130,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60, help="time per load phase at most")
     ap.add_argument("--rss-at", default="200,2000", help="request counts after which the server's memory is read")
     args = ap.parse_args()
+    print(summary())
 
     files = collect_images([args.photos])[: args.n]
     photos = [(f.name, f.read_bytes()) for f in files]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from shopee_fastai.machine import summary
 
 IMAGES_PER_ROW = 32412 / 34250
 GROUPS_PER_ROW = 11014 / 34250
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=34250)
     ap.add_argument("--out", type=Path, default=Path("/tmp/shopee-synthetic"))
     args = ap.parse_args()
+    print(summary())
     start = time.perf_counter()
     data = build(args.out, args.rows)
     print(f"built {data} ({args.rows:,} rows) in {time.perf_counter() - start:.0f} s")

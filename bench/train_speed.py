@@ -23,6 +23,7 @@ from shopee_fastai.data.split import SPLIT, TRAIN, VALID
 from shopee_fastai.data.table import PATH, SAMPLE_DIR, clean, read_table
 
 from yardstick import forward_gflops, fraction, peak_gflops  # bench/yardstick.py, beside this script
+from shopee_fastai.machine import summary
 
 GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
 LR = 1e-3
@@ -108,7 +109,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: fastai's)")
     ap.add_argument("--precision", default="auto", help="train's --precision (auto: fp32 on CPU)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds after an untimed warm-up round; the best of each side is kept")
+    ap.add_argument("--peak-n", type=int, default=4096, help="matrix side of the yardstick's peak")
     args = ap.parse_args()
+    print(summary())
 
     learn = learner(args.data, args.arch, args.images, args.size, args.bs, args.workers, args.precision)
     batches = [(x.as_subclass(torch.Tensor).clone(), y.as_subclass(torch.Tensor).clone()) for x, y in learn.dls.train]
@@ -129,7 +132,7 @@ def main() -> None:
         if r == 0:
             fast, plain, plain_cl, waits = [], [], [], []
     best_fast, best_plain, best_cl = max(fast), max(plain), max(plain_cl)
-    peak = peak_gflops()
+    peak = peak_gflops(n=args.peak_n)
     step = TRAIN_STEP_FLOPS * forward_gflops(copy.deepcopy(plain_model), args.size)
     print(f"\nyardstick: fp32 matmul peak {peak:.0f} GFLOP/s; a training step ≈ {step:.2f} GFLOP per image\n")
     print("| training loop | images/s (best of rounds) | × plain | × plain channels-last | data-wait share | share of fp32 peak |")

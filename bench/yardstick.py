@@ -7,9 +7,13 @@ Imported by the speed benches; run alone it prints the peak:
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
+
+from shopee_fastai.device import cpu_has_bf16
+from shopee_fastai.machine import summary
 
 MATMUL_N = 4096
 
@@ -41,6 +45,24 @@ def fraction(rate: float, gflop_per_item: float, peak: float) -> str:
     return f"{100 * rate * gflop_per_item / peak:.1f} %"
 
 
+def peak_line(n: int = MATMUL_N) -> str:
+    """fp32 peak on all threads and on one (two threads on the two hardware threads of one core scale far less
+    than on two cores), and bf16's where the CPU has native bf16: without it a bf16 product is emulated,
+    minutes long."""
+    threads = torch.get_num_threads()
+    bf16 = (f"bf16 matmul {peak_gflops(torch.bfloat16, n):.0f} GFLOP/s" if cpu_has_bf16() else
+            "bf16 not timed (no native bf16 on this CPU)")
+    full = peak_gflops(n=n)
+    torch.set_num_threads(1)
+    try:
+        one = peak_gflops(n=n)
+    finally:
+        torch.set_num_threads(threads)
+    return (f"{threads} threads: fp32 matmul {full:.0f} GFLOP/s ({full / one:.2f}× one thread's {one:.0f}), {bf16}")
+
+
 if __name__ == "__main__":
-    print(f"{torch.get_num_threads()} threads: fp32 matmul {peak_gflops():.0f} GFLOP/s, "
-          f"bf16 matmul {peak_gflops(torch.bfloat16):.0f} GFLOP/s")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=MATMUL_N, help="Matrix side.")
+    print(summary())
+    print(peak_line(ap.parse_args().n))

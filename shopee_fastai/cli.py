@@ -20,6 +20,7 @@ import typer
 from . import config as C
 from .config import Aug, Backend, Index, Loss, Optimizer, Precision, Recipe, Split
 from .errors import ShopeeError
+from .machine import pin_threads
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sort product photos into their label group and match listings, with fastai + timm (Kaggle Shopee layout).")
@@ -248,6 +249,7 @@ def predict(
 
     files = collect_images(images)
     predictor = load_predictor(model, backend, precision, tta)
+    typer.echo(f"model: {predictor.why}", err=True)
     if predictor.output == C.EMBEDDING:
         raise ShopeeError(f"--model {model}: an embedding model (train --loss arcface) has no classes to predict; "
                           "find its matches with `shopee-fastai match --model`")
@@ -487,5 +489,16 @@ def demo(
                f"next: `shopee-fastai predict --model {files.pkl} PHOTO.jpg`")
 
 
+@command
+def doctor(as_json: bool = typer.Option(False, "--json", help="One JSON object.")) -> None:
+    """Versions, CPU model and instruction sets, usable cores and threads, GPU, ONNX Runtime providers, cache folder:
+    paste it into a bug report."""
+    from .machine import format_report, report
+
+    r = report()
+    typer.echo(json.dumps(r) if as_json else format_report(r))
+
+
 def main() -> None:
+    pin_threads()  # before anything imports torch
     app()

@@ -166,6 +166,8 @@ def describe(service: Service, host: str, port: int) -> str:
     cat = f"; catalogue {service.catalog.folder} ({h['catalog']['listings']} listings)" if service.catalog else ""
     what = f"{len(h['classes'])} groups" if service.classifies else "an embedding model"
     routes = [f"POST {where}/api/predict"] * service.classifies + [f"POST {where}/api/match"] * bool(service.catalog)
+    why = getattr(service.predictor, "why", None)
     return (f"serving {service.model} ({what}, backend {h['backend']}{cat}) at {where}/\n"
-            f"JSON: {', '.join(routes)}, GET {where}/health, e.g. curl -F {FIELD}=@photo.jpg {routes[0].split()[1]}\n"
+            + (f"model: {why}\n" if why else "")
+            + f"JSON: {', '.join(routes)}, GET {where}/health, e.g. curl -F {FIELD}=@photo.jpg {routes[0].split()[1]}\n"
             "Ctrl-C stops")

@@ -14,7 +14,6 @@ validation pipeline, so every backend gives the learner's predictions up to floa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..data.cache import use_cache
 from ..data.images import decode, decode_chunks, load_rgb
 from ..device import resolve_precision
 from ..errors import ShopeeError
+from ..machine import threads
 from .predictions import Predictions
 
 ONNX_OPSET = 17
@@ -192,8 +192,7 @@ def onnx_session(model: bytes | Path, cpu: bool = False):
         raise ShopeeError("--backend onnx needs onnxruntime; run `pip install onnxruntime` or use --backend torch") from e
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # one per core, or what the launcher set (torchrun gives each of its processes OMP_NUM_THREADS)
-    opts.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    opts.intra_op_num_threads = threads()  # one per usable core, or what the launcher set
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
                  and not (cpu and p == "CUDAExecutionProvider")]
     source = str(model) if isinstance(model, Path) else model

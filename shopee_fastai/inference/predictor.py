@@ -9,6 +9,7 @@ from ..artifacts import ONNX, PKL, SAFETENSORS, ModelFiles, load_learner, load_n
 from ..config import Backend, Precision
 from ..device import gpu_present
 from ..errors import ShopeeError
+from ..machine import cpu
 from .predictions import Predictor
 
 
@@ -30,12 +31,21 @@ def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Pre
     runs on the fastai backend.
     The predictor carries the model's class titles, whatever the file's format.
     """
-    predictor = _predictor(Path(path), backend, precision, tta)
+    predictor, why = _predictor(Path(path), backend, precision, tta)
     predictor.titles = model_titles(path, getattr(predictor, "cfg", None))
+    predictor.why = why
     return predictor
 
 
-def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor:
+def _int8_note() -> str:
+    """Why int8 is not the default here: it moves some top-1 predictions everywhere, and gains less without VNNI."""
+    vnni = cpu().has("VNNI") or cpu().has("I8MM")
+    return "int8 is opt-in (--precision int8): it changes some top-1 predictions" + (
+        "" if vnni else "; this CPU has no VNNI, so int8 may be no faster")
+
+
+def _predictor(path: Path, backend: str, precision: str, tta: bool) -> tuple[Predictor, str]:
+    """The predictor, and one line saying which network runs on what, and why."""
     from . import backends as B
 
     backend = Backend.parse(backend, "--backend")
@@ -46,26 +56,28 @@ def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor
     if precision == Precision.int8:
         if backend not in (Backend.auto, Backend.onnx) or tta:
             raise ShopeeError("--precision int8 runs the model's quantised ONNX graph; use --backend auto or onnx, without --tta")
-        return _int8(path)
+        vnni = "" if cpu().has("VNNI") or cpu().has("I8MM") else "; this CPU has no VNNI: compare speed with --precision fp32"
+        return _int8(path), f"ONNX Runtime, int8 graph (asked for with --precision int8{vnni})"
     if (backend in (Backend.onnx, Backend.fastai) or tta) and precision not in (Precision.auto, Precision.fp32):
         raise ShopeeError(f"--precision {precision}: the {'fastai (--tta)' if tta else backend} backend runs fp32; "
                           f"use --backend torch for {precision}")
     if path.suffix == ONNX:
         if backend not in (Backend.auto, Backend.onnx):
             raise ShopeeError(f"{path}: an ONNX model runs on --backend onnx only; pass the .pkl or .safetensors for {backend}")
-        return B.onnx_predictor(path)
+        return B.onnx_predictor(path), f"ONNX Runtime, {path.name}"
     if backend == Backend.fastai or tta:
         if path.suffix == SAFETENSORS:
             raise ShopeeError(f"{path}: --backend fastai needs the .pkl learner; a .safetensors runs on onnx or torch")
-        return B.LearnerPredictor(load_learner(path), tta)
+        return B.LearnerPredictor(load_learner(path), tta), f"fastai learner{' with TTA' if tta else ''} ({'--tta' if tta else '--backend fastai'})"
 
     gpu = backend in (Backend.auto, Backend.torch) and gpu_present()
     network = lambda: load_network(path, cpu=not gpu)  # noqa: E731
     if backend == Backend.onnx or (backend == Backend.auto and not gpu and precision in (Precision.auto, Precision.fp32)
                                    and _onnx_available()):
-        beside = _bound(path, ModelFiles.beside(path).onnx)
+        graph = ModelFiles.beside(path).onnx
+        beside = _bound(path, graph)
         if beside is not None:
-            return beside
+            return beside, f"ONNX Runtime, fp32 graph {graph.name} written with the model; {_int8_note()}"
         try:
             onnx_file = B.cached_onnx(path, network)
         except ShopeeError:
@@ -75,9 +87,12 @@ def _predictor(path: Path, backend: str, precision: str, tta: bool) -> Predictor
                 raise ShopeeError(f"{path}: cannot be exported to ONNX ({type(e).__name__}: {str(e)[:160]}); use --backend torch") from e
             warnings.warn(f"{path}: ONNX export failed ({type(e).__name__}); predicting with PyTorch instead")
         else:
-            return B.onnx_predictor(onnx_file)
+            return B.onnx_predictor(onnx_file), f"ONNX Runtime, fp32 graph exported from {path.name} and cached; {_int8_note()}"
     model, cfg = network()
-    return B.FastPredictor(B.TorchBackend(model, cfg, precision), cfg)
+    torch_backend = B.TorchBackend(model, cfg, precision)
+    where = "GPU" if gpu else "CPU"
+    why = "--backend torch" if backend == Backend.torch else ("a GPU" if gpu else "no onnxruntime, or a --precision it does not run")
+    return B.FastPredictor(torch_backend, cfg), f"PyTorch on {where}, {torch_backend.precision} ({why})"
 
 
 def _bound(path: Path, graph: Path):

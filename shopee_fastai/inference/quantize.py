@@ -9,6 +9,7 @@ bodies (depthwise convolutions are sensitive), so int8 is opt-in: agreement and 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -71,18 +72,21 @@ def _quantize(graph: Path, reader, dest: Path, cfg: dict[str, Any], source: dict
         return with_config(onnx.load(str(out)), meta, dest)
 
 
-def write_graphs(model, cfg: dict[str, Any], dest: Path, sources: Sequence[Path], photos: Sequence[Path] | None) -> list[Path]:
+def write_graphs(model, cfg: dict[str, Any], dest: Path, sources: Sequence[Path], photos: Sequence[Path] | None,
+                 timings: dict[str, float] | None = None) -> list[Path]:
     """A model's ONNX graphs: fp32 at `dest` and, given calibration `photos`, its int8 quantisation beside it.
 
     Each graph records the digests of `sources` (the model files it was made from), so `predict` on one of
     them takes the graph (no fastai, no torch) only while it still holds the same weights. Returns what was
-    written.
+    written; `timings` gets each graph's seconds ("onnx", "int8").
     """
     from ..artifacts import ONNX, ModelFiles
     from ..io import digest
     from .backends import export_onnx
 
+    timings = {} if timings is None else timings
     source = {Path(p).suffix: digest(Path(p)) for p in sources if Path(p).is_file()}
+    started = time.perf_counter()
     try:
         written = [export_onnx(model, cfg, dest, source)]
     except ShopeeError:
@@ -90,6 +94,9 @@ def write_graphs(model, cfg: dict[str, Any], dest: Path, sources: Sequence[Path]
     except Exception as e:  # the exporter's own exception types: an arch it cannot trace
         raise ShopeeError(f"{dest}: ONNX export failed ({type(e).__name__}: {str(e)[:160]}); predict with the "
                           "model file itself (--backend torch)") from e
+    timings["onnx"] = round(time.perf_counter() - started, 1)
     if photos is not None:
+        started = time.perf_counter()
         written.append(quantize(dest, photos, ModelFiles.beside(dest).int8, {**source, ONNX: digest(dest)}))
+        timings["int8"] = round(time.perf_counter() - started, 1)
     return written

@@ -7,9 +7,11 @@ fastai's own frozen/unfrozen phases checkpoint, resume, stop early and keep thei
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
@@ -134,7 +136,7 @@ class Checkpoint(Callback):
             return  # an epoch skipped on resume, or not a checkpoint epoch
         if world()[0]:
             return  # one writer under data-parallel training
-        state = {"model": self.model.state_dict(), "opt": self.learn.opt.state_dict()}
+        state = {"model": self.model.state_dict(), "opt": self.learn.opt.state_dict(), "rng": _rng_state(self.learn)}
         if _has_params(self.learn.loss_func):  # a margin loss's class centres
             state["loss"] = self.learn.loss_func.state_dict()
         with atomic_path(self.files.checkpoint) as tmp:
@@ -173,9 +175,27 @@ def load_checkpoint(files: ModelFiles, model: nn.Module, learn=None) -> None:
             learn.opt.load_state_dict(state["opt"])
             if "loss" in state:
                 learn.loss_func.load_state_dict(state["loss"])
+            if "rng" in state:
+                _set_rng_state(learn, state["rng"])
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         raise ShopeeError(f"{files.checkpoint}: checkpoint unreadable or from other options ({str(e).splitlines()[0][:120]}); "
                           "resume with the options it was trained with, or train afresh") from e
+
+
+def _rng_state(learn) -> dict[str, Any]:
+    """Every random state the next epochs draw from (the training loader's shuffle, dropout, augmentation), so a
+    resumed run goes on exactly as the uninterrupted one would have."""
+    shuffle = getattr(learn.dls.train, "rng", None)
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "shuffle": shuffle.getstate() if shuffle is not None else None}
+
+
+def _set_rng_state(learn, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state["shuffle"] is not None and getattr(learn.dls.train, "rng", None) is not None:
+        learn.dls.train.rng.setstate(state["shuffle"])
 
 
 def _has_params(module) -> bool:

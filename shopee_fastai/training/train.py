@@ -125,24 +125,26 @@ def export(trained: Trained) -> None:
 
 
 def _write_graphs(trained: Trained) -> None:
-    """The fp32 and int8 ONNX graphs, so the model's first `predict` loads neither fastai nor torch. They are
-    optional: where they cannot be written (an arch the exporter cannot trace, a full disk), the model keeps
-    its .pkl and .safetensors and predicts through PyTorch."""
+    """The fp32 and int8 ONNX graphs, so the model's first `predict` loads neither fastai nor torch; the card
+    records each one's seconds. They are optional: where they cannot be written (an arch the exporter cannot
+    trace, a full disk), the model keeps its .pkl and .safetensors and predicts through PyTorch."""
     import warnings
 
     from ..artifacts import learner_config
     from ..data.table import PATH
     from ..inference.quantize import write_graphs
 
-    learn, card = trained.learn, trained.card
+    learn, card, files = trained.learn, trained.card, trained.files
     photos = trained.prep.rows(S.TRAIN)[PATH].sample(frac=1.0, random_state=card.split["seed"]).tolist()
+    started = time.perf_counter()
     try:
-        files = trained.files
-        write_graphs(learn.model, learner_config(learn, card.arch, card.titles), files.onnx, [files.pkl, files.safetensors], photos)
+        write_graphs(learn.model, learner_config(learn, card.arch, card.titles), files.onnx, [files.pkl, files.safetensors],
+                     photos, timings=card.wall_time_s)
     except Exception as e:  # ShopeeError, and the exporter's and quantiser's own exception types
-        for graph in (trained.files.onnx, trained.files.int8):
+        for graph in (files.onnx, files.int8):
             graph.unlink(missing_ok=True)  # never leave a graph of an older model beside this one
         warnings.warn(f"{card.arch}: no ONNX graphs written ({type(e).__name__}: {str(e)[:120]}); predict runs PyTorch")
+    card.wall_time_s["total"] = round(card.wall_time_s["total"] + time.perf_counter() - started, 1)
 
 
 def train(cfg: TrainConfig) -> ModelCard:

@@ -61,6 +61,15 @@ def test_predict_text_shows_titles_beside_groups(cli_model, synthetic):
     assert "2002 · product 2002" in result.stdout
 
 
+def test_predict_says_which_network_runs_and_why(cli_model, synthetic):
+    image = sorted((synthetic / "train_images").glob("*.jpg"))[0]
+    said = {extra: run("predict", image, "--model", cli_model, *extra).stderr.splitlines()[0]
+            for extra in ((), ("--precision", "int8"), ("--backend", "torch"))}
+    assert said[()].startswith("model: ONNX Runtime, fp32 graph tiny.onnx written with the model; int8 is opt-in")
+    assert said[("--precision", "int8")].startswith("model: ONNX Runtime, int8 graph (asked for with --precision int8")
+    assert said[("--backend", "torch")] == "model: PyTorch on CPU, fp32 (--backend torch)"
+
+
 def test_predict_goes_on_past_a_bad_image_and_exits_2(cli_model, synthetic, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "shopee_fastai"
 # Lowest first. A module may import from its own layer and any layer before it, never from a later one.
 LAYERS = [
     {"__init__", "errors", "io", "config"},
-    {"device"},
+    {"device", "machine"},
     {"data"},
     {"plots"},
     {"nets"},

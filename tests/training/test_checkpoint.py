@@ -1,10 +1,12 @@
 import json
+from dataclasses import replace
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
@@ -14,13 +16,26 @@ from shopee_fastai.training import train
 from ..conftest import SIZE
 
 EPOCHS = 30
-HEAD_EPOCHS = 40
+# The default recipe on colour blobs, which an ImageNet body sees alike: at lr 1e-2 its top part parts them in 16
+# epochs (test accuracy 1.0 on 3 of 3 seeds; 40 epochs at the default 2e-3 did the same at 2.5x the time).
+HEAD_EPOCHS = 16
+HEAD_LR = 1e-2
 
 
 def cli(data, models, *extra):
     return [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", "cnn", "--split", "random",
             "--epochs", str(EPOCHS), "--size", str(SIZE), "--bs", "8", "--aug", "none", "--workers", "0", "--lr", "3e-3",
             "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
+
+
+def cnn_config(data, models, **extra) -> TrainConfig:
+    """What `cli` runs, for the steps that need no process of their own (only the kill does)."""
+    return TrainConfig(**{**dict(data=data, arch="cnn", split="random", epochs=EPOCHS, size=SIZE, bs=8, aug="none", workers=0,
+                                 lr=3e-3, models_dir=models, name="r", checkpoint_every=1), **extra})
+
+
+def valid_losses(history: list[dict]) -> list[float]:
+    return [h["valid_loss"] for h in history]
 
 
 def kill_after_three_epochs(cmd, models) -> dict:
@@ -45,19 +60,16 @@ def test_killed_training_resumes_to_a_model_as_good(synthetic, tmp_path):
     state = models / "r.ckpt.json"
     assert 3 <= kill_after_three_epochs(cli(synthetic, models), models)["epochs_done"] < EPOCHS
     saved = state.read_bytes()
-    other = subprocess.run(cli(synthetic, models, "--resume", "--lr", "1e-2"), capture_output=True, text=True)
-    assert other.returncode == 2 and "--lr was 0.003, now 0.01" in other.stderr.splitlines()[-1]
+    with pytest.raises(ShopeeError, match="--lr was 0.003, now 0.01"):
+        train(replace(cnn_config(synthetic, models, resume=True), lr=1e-2))
     assert state.read_bytes() == saved  # a refused resume changes nothing
     # Early stopping and keep-best may join on resume; they must ignore the epochs the resumed phase skips.
-    done = subprocess.run(cli(synthetic, models, "--resume", "--keep-best", "--early-stop", str(EPOCHS)),
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    train(cnn_config(synthetic, models, resume=True, keep_best=True, early_stop=EPOCHS))
     card = json.loads((models / "r.json").read_text())
     assert [h["epoch"] for h in card["history"]] == list(range(EPOCHS))  # one schedule, no epoch twice
     assert card["test_accuracy"] >= 0.8
     assert not state.exists()  # checkpoint removed once the model is exported
-    fresh = train(TrainConfig(data=synthetic, arch="cnn", split="random", epochs=EPOCHS, size=SIZE, bs=8, aug="none",
-                              workers=0, lr=3e-3, models_dir=tmp_path / "fresh", name="r"))
+    fresh = train(cnn_config(synthetic, tmp_path / "fresh", checkpoint_every=0))
     assert abs(card["test_accuracy"] - fresh.test_accuracy) <= 0.25  # as good as uninterrupted, within noise
 
 
@@ -97,7 +109,13 @@ def test_full_disk_is_one_clear_error_and_no_partial_model(synthetic, tmp_path):
 def default_recipe_cli(data, models, *extra):
     return [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", OFFLINE_ARCH, "--pretrained",
             "--split", "random", "--head-epochs", str(HEAD_EPOCHS), "--size", str(SIZE), "--workers", "0",
-            "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
+            "--lr", str(HEAD_LR), "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
+
+
+def default_recipe_config(data, models, **extra) -> TrainConfig:
+    """What `default_recipe_cli` runs."""
+    return TrainConfig(**{**dict(data=data, arch=OFFLINE_ARCH, pretrained=True, split="random", head_epochs=HEAD_EPOCHS,
+                                 size=SIZE, workers=0, lr=HEAD_LR, models_dir=models, name="r", checkpoint_every=1), **extra})
 
 
 def test_killed_head_phase_resumes_to_a_model_as_good(synthetic, tmp_path):
@@ -107,14 +125,13 @@ def test_killed_head_phase_resumes_to_a_model_as_good(synthetic, tmp_path):
     saved = kill_after_three_epochs(default_recipe_cli(synthetic, models), models)
     assert saved["phase"] == "head" and 3 <= saved["epochs_done"] < HEAD_EPOCHS
 
-    done = subprocess.run(default_recipe_cli(synthetic, models, "--resume"), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    train(default_recipe_config(synthetic, models, resume=True))
     card = json.loads((models / "r.json").read_text())
     assert [(h["phase"], h["epoch"]) for h in card["history"]] == [("head", e) for e in range(HEAD_EPOCHS)]  # one schedule
     assert not state.exists()  # the checkpoint goes once the model is exported
 
-    fresh = train(TrainConfig(data=synthetic, arch=OFFLINE_ARCH, pretrained=True, split="random", head_epochs=HEAD_EPOCHS,
-                              size=SIZE, workers=0, models_dir=tmp_path / "fresh", name="r"))
+    fresh = train(default_recipe_config(synthetic, tmp_path / "fresh", checkpoint_every=0))
     assert card["test_accuracy"] >= 0.8
-    assert abs(card["test_accuracy"] - fresh.test_accuracy) <= 0.25  # as good as uninterrupted, within noise
-    assert abs(card["history"][-1]["train_loss"] - fresh.history[-1]["train_loss"]) < 0.5 * fresh.history[0]["train_loss"]
+    # the checkpoint holds every random state (shuffle, dropout), so it goes on exactly as the uninterrupted run
+    assert np.allclose(valid_losses(card["history"]), valid_losses(fresh.history), atol=1e-4)
+    assert card["test_accuracy"] == fresh.test_accuracy

@@ -1,0 +1,97 @@
+"""The bench scripts still run, on tiny inputs; nothing is timed here.
+
+Scripts that measure work inside one process run in this one (runpy), so each test pays no second import of
+torch and fastai; those that measure whole processes start them as a user would.
+"""
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from shopee_fastai.data.table import SAMPLE_DIR
+from shopee_fastai.device import cpu_has_bf16
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def run_script(capsys, monkeypatch):
+    """Run a bench script as __main__ in this process; its stdout. Global state it changes is put back."""
+    monkeypatch.syspath_prepend(str(BENCH))  # scripts import their neighbours (yardstick, match_speed)
+    for name in ("SHOPEE_FASTAI_CACHE",):
+        monkeypatch.setenv(name, os.environ[name])
+
+    def run(script: str, args: list[str], expect: str) -> str:
+        monkeypatch.setattr(sys, "argv", [str(BENCH / script), *args])
+        try:
+            runpy.run_path(str(BENCH / script), run_name="__main__")
+        except SystemExit as e:
+            assert not e.code, e.code
+        finally:
+            torch.set_flush_denormal(False)
+        out = capsys.readouterr().out
+        assert out.startswith("CPU: ") and "usable core" in out  # every figure names its machine
+        assert expect in out, out[-2000:]
+        return out
+
+    return run
+
+
+def run_process(script: str, args: list[str], expect: str) -> str:
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("CPU: ") and expect in out.stdout, out.stdout[-2000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("ann_recall.py", ["--n", "3000", "--dim", "32", "--queries", "200"], "recall@10"),
+    ("cache_speed.py", ["--synthetic", "4", "--size", "32", "--bs", "2", "--workers", "0"], "synthetic"),
+    ("near_duplicates.py", ["--data", str(SAMPLE_DIR), "--seeds", "1"], "overstates"),
+    ("denormals.py", ["--arch", "cnn", "--size", "32", "--num-it", "6", "--rounds", "1"], "flushed to zero"),
+    ("train_speed.py", ["--data", str(SAMPLE_DIR), "--images", "16", "--bs", "8", "--size", "32", "--rounds", "1",
+                        "--peak-n", "256"], "× plain"),
+])
+def test_in_process_script_runs(run_script, script, args, expect):
+    run_script(script, args, expect)
+
+
+def test_yardstick_times_bf16_only_where_the_cpu_has_it(run_script):
+    out = run_script("yardstick.py", ["--n", "256"], "GFLOP/s")
+    assert ("bf16 matmul" in out) == cpu_has_bf16()
+    assert ("bf16 not timed (no native bf16 on this CPU)" in out) == (not cpu_has_bf16())
+
+
+def test_match_speed_methods_agree():
+    out = run_process("match_speed.py", ["--n", "400", "--dim", "16", "--match-dim", "16"], "--blend --min2")
+    assert out.count("True") == 3  # every method found the same matches
+
+
+def test_predict_speed_backends_agree(run_script, trained_cnn):
+    out = run_script("predict_speed.py", ["--photos", str(SAMPLE_DIR / "train_images"), "--n", "8", "--bs", "4",
+                                          "--model", str(trained_cnn.files.pkl)], "ONNX Runtime fp32")
+    assert "| 100.0 % |" in out  # the ONNX and torch backends agree with the plain loop here
+
+
+def test_cold_start_times_whole_processes(trained_cnn):
+    run_process("cold_start.py", ["--repeat", "0", "--model", str(trained_cnn.files.pkl), "--only", ".onnx"],
+                "predict 1 photo, .onnx")
+
+
+def test_accuracy_studies_run(run_script, tmp_path):
+    held_out = ["--data", str(SAMPLE_DIR), "--holdout", "_00[1-3]$", "--top-groups", "0", "--seeds", "1"]
+    run_script("recipe_study.py", [*held_out, "--sizes", "64", "--only", "0", "--epochs", "2", "--cache", str(tmp_path / "r")],
+               "| all (6) | fastai |")
+    run_script("partial_study.py", [*held_out, "--size", "64", "--epochs", "1", "--from-stages", "7", "--cache", str(tmp_path / "p")],
+               "| all (6) | head only |")
+
+
+def test_matching_protocol_runs(tmp_path):
+    run_process("match_protocol.py", ["--data", str(SAMPLE_DIR), "--work", str(tmp_path), "--seeds", "1", "--test-groups", "2",
+                                      "--draws", "1", "--occasion", "_00[1-4]$", "--sources", "backbone,arcface",
+                                      "--train-args", "--size 32 --head-epochs 1"], "arcface    calibrated")
