@@ -15,8 +15,8 @@ over seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from shopee_fastai.cli import app
 from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.split import VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
-from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
 from shopee_fastai.machine import summary
+from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
 
 SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
 OCCASION = "^val_"  # grocery-store's photos from another occasion
@@ -62,7 +63,10 @@ def train(data: Path, models: Path, name: str, seed: int, occasion: str, extra: 
            "--holdout", occasion, "--seed", str(seed), "--name", name, "--models-dir", str(models), *extra]
     print("+", " ".join(cmd), flush=True)
     began = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the command itself, in this process
+        code = app(cmd[3:], standalone_mode=False)
+    if code:
+        raise SystemExit(f"train exited with {code}")
     return model, time.perf_counter() - began
 
 

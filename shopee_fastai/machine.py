@@ -200,6 +200,7 @@ def report() -> dict[str, object]:
         "cpu": c.name, "arch": c.arch, "features": {n: c.has(n) for n in (X86 if c.arch in ("x86_64", "AMD64") else ARM)},
         "logical_cpus": c.logical, "affinity_cpus": c.affinity, "cgroup_quota": c.quota, "usable_cores": c.usable,
         "threads": threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "versions": {m: _version(m) for m in ("torch", "torchvision", "fastai", "timm", "onnxruntime", "onnx", "numpy",
                                               "pillow", "faiss-cpu", "pytorch-metric-learning", "gradio")},
         **_runtimes(),
@@ -218,6 +219,8 @@ def format_report(r: dict[str, object]) -> str:
         f"{r['usable_cores']} usable",
         f"threads: {r['threads']} for compute (OMP_NUM_THREADS {r['OMP_NUM_THREADS'] or 'unset'}); torch uses "
         f"{r.get('torch_threads', '?')}, kernels {r.get('torch_kernels', '?')}",
+        f"load: {r['load_1min']} over the last minute" + (" (other work shares these cores: training can run 2x slower or more; "
+                                                          "OMP_WAIT_POLICY=PASSIVE helps)" if (r["load_1min"] or 0) >= r["usable_cores"] else ""),
         "GPU: " + (", ".join(r["cuda"]) if r.get("cuda") else f"none (torch built for CUDA {r.get('torch_cuda_build', '?')})"),  # type: ignore[arg-type]
         "ONNX Runtime providers: " + ", ".join(r.get("onnxruntime_providers", [])),  # type: ignore[arg-type]
         f"on CPU: fp32 by default; bf16 autocast {'available (native BF16)' if r['features'].get('BF16') else 'refused (no native BF16)'}; "  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,29 @@ class FrozenBatchNormStats(Callback):
                 m.eval()
 
 
+class EpochTimer(Callback):
+    """Each epoch's wall seconds (training and validation), for the card's history: what a user compares across
+    machines."""
+
+    order = 55  # after the Recorder (50), before a Checkpoint (65) writes the history
+
+    def before_fit(self):
+        self.learn.epoch_seconds = {}
+
+    def before_epoch(self):
+        self.started = time.perf_counter()
+
+    def after_epoch(self):
+        self.learn.epoch_seconds[self.epoch] = round(time.perf_counter() - self.started, 2)
+
+
 def history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
     """Per-epoch rows of the Recorder for `phase` from epoch `start` (fastai records skipped epochs as empty rows)."""
     names = learn.recorder.metric_names[1:-1]
     rows = learn.recorder.values[start:]
-    return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)}} for i, row in enumerate(rows)]
+    seconds = getattr(learn, "epoch_seconds", {})
+    return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)},
+             **({"seconds": seconds[start + i]} if start + i in seconds else {})} for i, row in enumerate(rows)]
 
 
 class ValidLoss(Callback):

@@ -16,7 +16,7 @@ from ..artifacts import ModelFiles
 from ..config import Recipe, TrainConfig
 from ..device import distributed
 from ..errors import ShopeeError
-from .callbacks import Checkpoint, history, load_checkpoint, read_progress, stopping_callbacks
+from .callbacks import Checkpoint, EpochTimer, history, load_checkpoint, read_progress, stopping_callbacks
 
 # Options that a resumed run may change: they do not alter what the saved epochs computed.
 RESUMABLE = ("resume", "checkpoint_every", "early_stop", "keep_best", "workers", "models_dir", "score_train")
@@ -112,7 +112,7 @@ def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], list[dic
                 load_checkpoint(files, learn.model, lrn)  # again, after the phase's set-up, with its optimizer state
             cbs = [Checkpoint(files, learn.model, phase.name, cfg.checkpoint_every, list(done), start, options)
                    ] if cfg.checkpoint_every else []
-            phase.fit(lrn, phase.epochs, start, cbs + stopping_callbacks(cfg, files, start))
+            phase.fit(lrn, phase.epochs, start, [EpochTimer(), *cbs, *stopping_callbacks(cfg, files, start)])
             rows = history(lrn, phase.name, start)
             ran += rows
             done += rows

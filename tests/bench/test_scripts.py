@@ -91,7 +91,13 @@ def test_accuracy_studies_run(run_script, tmp_path):
                "| all (6) | head only |")
 
 
-def test_matching_protocol_runs(tmp_path):
-    run_process("match_protocol.py", ["--data", str(SAMPLE_DIR), "--work", str(tmp_path), "--seeds", "1", "--test-groups", "2",
+def test_matching_protocol_runs(run_script, tmp_path):
+    run_script("match_protocol.py", ["--data", str(SAMPLE_DIR), "--work", str(tmp_path), "--seeds", "1", "--test-groups", "2",
                                       "--draws", "1", "--occasion", "_00[1-4]$", "--sources", "backbone,arcface",
                                       "--train-args", "--size 32 --head-epochs 1"], "arcface    calibrated")
+
+
+def test_cpu_kernels_compares_cases_as_whole_processes(synthetic):
+    out = run_process("cpu_kernels.py", ["--data", str(synthetic), "--size", "32", "--epochs", "1",
+                                         "--case", "this CPU's kernels"], "| this CPU's kernels |")
+    assert "| 1.00 |" in out

@@ -1,5 +1,7 @@
 import json
+import threading
 from dataclasses import replace
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -118,11 +120,37 @@ def default_recipe_config(data, models, **extra) -> TrainConfig:
                                  size=SIZE, workers=0, lr=HEAD_LR, models_dir=models, name="r", checkpoint_every=1), **extra})
 
 
-def test_killed_head_phase_resumes_to_a_model_as_good(synthetic, tmp_path):
-    """The default pretrained recipe's cached-features phase checkpoints too, and resumes after a hard kill."""
+def interrupt_after_three_epochs(cfg: TrainConfig) -> dict:
+    """Run `cfg` in this process and press Ctrl-C (SIGINT) once its checkpoint has 3 epochs done; the saved progress."""
+    state = Path(cfg.models_dir) / f"{cfg.model_name}.ckpt.json"
+    done = threading.Event()
+
+    def press_ctrl_c():
+        while not done.is_set():
+            if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=press_ctrl_c, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+    finally:
+        done.set()
+        watcher.join()
+    left = [p.name for p in Path(cfg.models_dir).iterdir()]
+    assert f"{cfg.model_name}.pkl" not in left and not [n for n in left if n.endswith(".tmp")]
+    return json.loads(state.read_text())
+
+
+def test_interrupted_head_phase_resumes_exactly(synthetic, tmp_path):
+    """The default pretrained recipe's cached-features phase checkpoints too: after Ctrl-C, --resume goes on from the
+    last epoch saved as the uninterrupted run would have (a kill -9: the ensemble's test)."""
     models = tmp_path / "m"
     state = models / "r.ckpt.json"
-    saved = kill_after_three_epochs(default_recipe_cli(synthetic, models), models)
+    saved = interrupt_after_three_epochs(default_recipe_config(synthetic, models))
     assert saved["phase"] == "head" and 3 <= saved["epochs_done"] < HEAD_EPOCHS
 
     train(default_recipe_config(synthetic, models, resume=True))

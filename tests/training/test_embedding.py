@@ -1,7 +1,7 @@
 """Embedding models for matching: `train --loss arcface/subcenter`, calibrated on groups they never saw."""
 
 import json
-import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +14,7 @@ from shopee_fastai.errors import ShopeeError
 from shopee_fastai.inference.embed import embed_images
 
 from ..conftest import SIZE
-from .test_checkpoint import kill_after_three_epochs
+from .test_checkpoint import interrupt_after_three_epochs
 
 
 def chance_f1(labels, seed=0) -> float:
@@ -146,21 +146,19 @@ def test_too_few_groups_for_an_embedding(tmp_path):
         S.group_split(__import__("pandas").read_csv(make_groups(tmp_path, n_groups=2) / "train.csv"), 0, 0.2)
 
 
-def test_killed_embedding_training_resumes_with_its_class_centres(groups, tmp_path):
-    """The margin loss's class centres are part of the checkpoint: a resumed run goes on from them."""
-    models = tmp_path / "m"
-    cmd = [sys.executable, "-m", "shopee_fastai", "train", "--data", str(groups), "--arch", OFFLINE_ARCH, "--pretrained",
-           "--loss", "subcenter", "--holdout", "^val_", "--head-epochs", "12", "--size", str(SIZE), "--workers", "0",
-           "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1"]
-    saved = kill_after_three_epochs(cmd, models)
+def test_interrupted_embedding_training_resumes_with_its_class_centres(groups, tmp_path):
+    """The margin loss's class centres are part of the checkpoint: after Ctrl-C, a resumed run goes on from them."""
     import torch
 
-    state = torch.load(models / "r.ckpt.pth", weights_only=False)
-    assert state["loss"]["loss.W"].shape[0] == 512  # the class centres travel with the weights
     from shopee_fastai.training import train
 
-    train(TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="subcenter", holdout="^val_", head_epochs=12,
-                      size=SIZE, workers=0, models_dir=models, name="r", checkpoint_every=1, resume=True))
+    models = tmp_path / "m"
+    cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="subcenter", holdout="^val_", head_epochs=12,
+                      size=SIZE, workers=0, models_dir=models, name="r", checkpoint_every=1)
+    saved = interrupt_after_three_epochs(cfg)
+    state = torch.load(models / "r.ckpt.pth", weights_only=False)
+    assert state["loss"]["loss.W"].shape[0] == 512  # the class centres travel with the weights
+    train(replace(cfg, resume=True))
     card = json.loads((models / "r.json").read_text())
     resumed = card["history"][saved["epochs_done"]]
     assert [h["epoch"] for h in card["history"]] == list(range(12))

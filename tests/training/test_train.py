@@ -28,6 +28,7 @@ def test_cnn_beats_chance_and_exports_everything(trained_cnn):
     assert saved["classes"] == sorted(COLOURS)
     assert [h["phase"] for h in saved["history"]] == ["scratch"] * 4
     assert {"train_loss", "valid_loss", "accuracy"} <= set(saved["history"][0])
+    assert all(h["seconds"] > 0 for h in saved["history"])  # each epoch's wall time, to compare machines
     assert saved["split"]["train"] + saved["split"]["valid"] + saved["split"]["test"] == 3 * 12
     assert set(saved["versions"]) >= {"fastai", "timm", "torch"}
 
