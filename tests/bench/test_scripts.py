@@ -96,8 +96,3 @@ def test_matching_protocol_runs(run_script, tmp_path):
                                       "--draws", "1", "--occasion", "_00[1-4]$", "--sources", "backbone,arcface",
                                       "--train-args", "--size 32 --head-epochs 1"], "arcface    calibrated")
 
-
-def test_cpu_kernels_compares_cases_as_whole_processes(synthetic):
-    out = run_process("cpu_kernels.py", ["--data", str(synthetic), "--size", "32", "--epochs", "1",
-                                         "--case", "this CPU's kernels"], "| this CPU's kernels |")
-    assert "| 1.00 |" in out

@@ -7,8 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from shopee_fastai.artifacts import ModelFiles
+from shopee_fastai.cli import app
 from shopee_fastai.config import TrainConfig
 from shopee_fastai.data import split as S
 from shopee_fastai.data import table as D
@@ -92,8 +94,8 @@ def test_export_onnx_writes_an_int8_graph_for_a_model_trained_elsewhere(trained_
     assert out.returncode == 2 and out.stderr.strip() == ("error: --int8 calibrates on training photos; add --data DIR "
                                                          "(the model's training data)")
     assert not (tmp_path / "elsewhere.onnx").exists()
-    out = subprocess.run([*cli, "--data", str(synthetic)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    done = CliRunner().invoke(app, [*cli[3:], "--data", str(synthetic)])  # the same command, in this process
+    assert done.exit_code == 0, done.output
     assert (tmp_path / "elsewhere.int8.onnx").is_file()
     got = cold_predict(model, test_images, "int8")
     assert got["backend"] == "onnx" and got["heavy"] == []
