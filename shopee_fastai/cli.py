@@ -391,13 +391,21 @@ def match(
     index: Index = typer.Option(Index.auto, help=f"Neighbour search: exact, hnsw (approximate), auto (exact up to {C.EXACT_MAX:,} postings)."),
     seed: int = typer.Option(C.SEED, help="Seed for --tune's split of the label groups."),
     out: Path = typer.Option(Path("submission.csv"), help="posting_id,matches as the competition's submission."),
+    catalog: Optional[Path] = typer.Option(None, "--catalog", help="Match --data's listings (new ones) against this Kaggle-layout folder's listings instead of among themselves; its embeddings are cached."),
+    catalog_csv: str = typer.Option("train.csv", help="The CSV inside --catalog."),
 ) -> None:
-    """Match postings of the same product; write the submission file; print F1 when label_group is known."""
+    """Match postings of the same product; write the submission file; print F1 when label_group is known.
+
+    With --catalog, each listing of --data gets its matches among the catalogue's listings instead."""
     import numpy as np
 
     from .data.table import ID, read_table
     from .matching import match_table, settings_for, write_submission
 
+    if catalog is not None:
+        _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out,
+                       refused={"--embeddings": embeddings, "--tune": tune, "--phash": phash, "--titles": titles})
+        return
     table = read_table(data, csv, labels=False)
     if embeddings:
         if not embeddings.is_file():
@@ -416,6 +424,24 @@ def match(
     if result.score:
         typer.echo(f"all {len(table)} postings: {result.score.line()}")
     typer.echo(f"submission: {out}")
+
+
+def _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out, refused) -> None:
+    from .matching import match_new_listings, settings_for, write_catalog_matches
+
+    given = [name for name, value in refused.items() if value]
+    if given:
+        raise ShopeeError(f"{given[0]} does not combine with --catalog, which embeds both tables itself and matches "
+                          "across them; drop one of the two")
+    settings, source = settings_for(model, threshold, min2, blend)
+    result = match_new_listings(data, catalog, model, settings, csv, catalog_csv, arch, weights, k, index)
+    write_catalog_matches(out, result)
+    matched = sum(bool(m) for m in result.matches)
+    typer.echo(f"matching at {result.settings.line()} ({source})")
+    typer.echo(f"{len(result.new)} new listing(s) against {len(result.catalog)} in {catalog}: {matched} matched one or more")
+    if result.score:
+        typer.echo(f"against the catalogue's label groups: {result.score.line()}")
+    typer.echo(f"matches: {out}")
 
 
 @command

@@ -314,3 +314,110 @@ def match_table(table: pd.DataFrame, emb: np.ndarray, settings: MatchSettings = 
     if labelled:
         result.score = score(found, true_matches(table[D.LABEL].tolist()))
     return result
+
+
+def find_in(catalog: np.ndarray, queries: np.ndarray, settings: MatchSettings, k: int = MAX_K,
+            index: Index | str = Index.auto) -> list[set[int]]:
+    """Per query row, the catalogue rows it matches under `settings`. A new listing is not in the catalogue, so
+    it may match none; with min-2, its nearest listing when none passes. Blending blends the catalogue among
+    itself, then each query with its confident catalogue neighbours (itself included, as in a table)."""
+    catalog = np.ascontiguousarray(catalog, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if settings.blend:
+        catalog = blend(catalog, settings.threshold, index=index)
+        sims, idx = _search(catalog, queries, BLEND_K, index)
+        w = np.where((sims >= settings.threshold) & (idx >= 0), sims, 0).astype(np.float32)
+        mixed = queries + np.einsum("nk,nkd->nd", w, catalog[np.maximum(idx, 0)])
+        queries = (mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    sims, idx = _search(catalog, queries, k, index)
+    out = []
+    for s, j in zip(sims, idx):
+        keep = set(j[(s >= settings.threshold) & (j >= 0)].tolist())
+        if settings.min2 and not keep and len(j) and j[0] >= 0:
+            keep = {int(j[0])}
+        out.append(keep)
+    return out
+
+
+def _search(base: np.ndarray, queries: np.ndarray, k: int, index: Index | str) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of `base` for each query row (similarities, indices; -1 where the base has fewer rows)."""
+    try:
+        sims, idx = _faiss_index(base, resolve_index(len(base), index)).search(queries, min(k, len(base)))
+    except ImportError:
+        raise ShopeeError("faiss is not installed; `pip install faiss-cpu`") from None
+    return sims, idx.astype(np.int64)
+
+
+@dataclass
+class CatalogMatch:
+    """New listings matched against a catalogue: per new row, catalogue row numbers."""
+
+    new: pd.DataFrame
+    catalog: pd.DataFrame
+    matches: list[set[int]]
+    settings: MatchSettings
+    score: Score | None = None  # when both tables carry label_group
+
+
+def match_catalog(new: pd.DataFrame, new_emb: np.ndarray, catalog: pd.DataFrame, catalog_emb: np.ndarray,
+                  settings: MatchSettings = MatchSettings(), k: int = MAX_K, index: Index | str = Index.auto) -> CatalogMatch:
+    """Each new listing's matches among the catalogue's listings, scored when both sides are labelled (a new
+    listing's truth: the catalogue's listings of its label group; none at all is a perfect answer for one
+    whose group the catalogue lacks)."""
+    if not 1 <= k <= MAX_K:
+        raise ShopeeError(f"--k {k}: choose 1 to {MAX_K} (Shopee's groups hold at most 50 postings)")
+    if not np.abs(catalog_emb).sum(1).any():
+        raise ShopeeError(f"none of the catalogue's {len(catalog)} photos could be read; check its images folder")
+    found = find_in(catalog_emb, new_emb, settings, k, index)
+    result = CatalogMatch(new, catalog, found, settings)
+    if D.LABEL in new.columns and D.LABEL in catalog.columns and new[D.LABEL].notna().all():
+        rows = pd.Series(np.arange(len(catalog))).groupby(catalog[D.LABEL].astype(str).to_numpy()).agg(set).to_dict()
+        truth = [rows.get(str(g), set()) for g in new[D.LABEL]]
+        f1 = [1.0 if not p and not t else 2 * len(p & t) / (len(p) + len(t)) for p, t in zip(found, truth)]
+        prec = [len(p & t) / len(p) if p else float(not t) for p, t in zip(found, truth)]
+        rec = [len(p & t) / len(t) if t else float(not p) for p, t in zip(found, truth)]
+        result.score = Score(*(round(float(np.mean(v)), 4) for v in (f1, prec, rec)))
+    return result
+
+
+def same_layout(new: pd.DataFrame, catalog: pd.DataFrame, where: Path) -> None:
+    """New listings must come in the catalogue's columns (label_group may be missing: a new listing's group is
+    what matching finds)."""
+    cols = lambda t: set(t.columns) - {D.PATH, D.LABEL}  # noqa: E731
+    if cols(new) != cols(catalog):
+        extra, missing = sorted(cols(new) - cols(catalog)), sorted(cols(catalog) - cols(new))
+        raise ShopeeError(f"{where}: its columns differ from the catalogue's (" + "; ".join(
+            part for part in (f"not in the catalogue: {', '.join(extra)}" if extra else "",
+                              f"missing: {', '.join(missing)}" if missing else "") if part) + "); give both one layout")
+
+
+def write_catalog_matches(dest: Path, result: CatalogMatch) -> None:
+    """posting_id of each new listing, then the posting_ids of the catalogue listings it matches (atomically)."""
+    from .io import write_text
+
+    ids = result.catalog[D.ID].astype(str).to_numpy()
+    rows = [" ".join(ids[sorted(m)]) for m in result.matches]
+    write_text(dest, pd.DataFrame({D.ID: result.new[D.ID], "matches": rows}).to_csv(index=False))
+
+
+def match_new_listings(data: Path, catalog: Path, model: Path | None = None, settings: MatchSettings = MatchSettings(),
+                       csv: str = "train.csv", catalog_csv: str = "train.csv", arch: str | None = None,
+                       weights: Path | None = None, k: int = MAX_K, index: Index | str = Index.auto) -> CatalogMatch:
+    """`match --catalog`: embed the new listings of `data` and match them against `catalog`'s listings, whose
+    embeddings are cached on disk by the photos' and the model's identities, so a daily batch of new
+    listings costs only its own embedding."""
+    # the embedding path loads torch; `match --embeddings` stays free of it
+    from .config import OFFLINE_ARCH
+    from .inference.embed import embed_images, embeddings_for
+
+    arch = arch or OFFLINE_ARCH
+    photos = D.images_dir(catalog, catalog_csv)
+    if Path(catalog).is_dir() and not photos.is_dir():
+        raise ShopeeError(f"--catalog {catalog}: no {photos.name}/ folder beside {catalog_csv}; a catalogue needs its "
+                          "listings' photos")
+    cat = D.read_table(catalog, catalog_csv, labels=False)
+    new = D.read_table(data, csv, labels=False)
+    same_layout(new, cat, Path(data) / csv)
+    cat_emb = (embeddings_for(list(cat[D.PATH]), arch, model=model) if weights is None
+               else embed_images(list(cat[D.PATH]), model, arch, weights))
+    return match_catalog(new, embed_images(list(new[D.PATH]), model, arch, weights), cat, cat_emb, settings, k, index)
