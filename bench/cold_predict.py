@@ -65,7 +65,7 @@ def run(cmd: list[str], env: dict[str, str]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True, help="a .pkl trained by `shopee-fastai train` (graphs beside it)")
+    ap.add_argument("--model", type=Path, required=True, help="a .pkl trained by `shopee-fastai train --int8` (both graphs beside it)")
     ap.add_argument("--photos", type=Path, required=True)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=3)

@@ -67,7 +67,7 @@ timed sample-fine-tune $SF train --data shopee_fastai/sample --arch tf_efficient
 timed sample-default $SF train --data shopee_fastai/sample --arch tf_efficientnet_lite0 --pretrained --top-groups 0 \
   --split random --models-dir /tmp/m --name default
 timed grocery81-default $SF train --data $DATA --arch tf_efficientnet_lite0 --pretrained --top-groups 0 --split random \
-  --holdout '^val_' --seed 1 --models-dir /tmp/m --name g81
+  --holdout '^val_' --seed 1 --models-dir /tmp/m --name g81 --int8
 python3 - <<'EOF' | tee -a "$OUT/summary.md"
 import json
 c = json.load(open("/tmp/m/g81.json"))

@@ -91,6 +91,7 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
     "early_stop": (int, typer.Option(0, help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN)),
     "keep_best": (bool, typer.Option(False, "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN)),
     "precision": (Precision, typer.Option(Precision.auto, help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)),
+    "int8": (bool, typer.Option(False, "--int8", help="Also write the int8 ONNX graph for `predict --precision int8` (calibrated on up to 256 training photos).", rich_help_panel=RUN)),
 }
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
 # lr-find runs the first phase's learner: the recipe, schedule length, lr and checkpointing do not touch it.

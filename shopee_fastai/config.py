@@ -187,6 +187,7 @@ class TrainConfig:
     resume: bool = False
     score_train: bool = False  # also score the training photos (compare reports the gap)
     precision: Precision = Precision.auto
+    int8: bool = False  # also write the int8 ONNX graph (calibration costs 2-15 % of a training run: docs/speed.md)
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)

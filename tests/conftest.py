@@ -58,7 +58,7 @@ def trained_cnn(synthetic, tmp_path_factory):
     # Colour blobs under noise all look alike to an ImageNet backbone: every group would be one
     # near-duplicate cluster, so the model tests use the plain split (tests/data/test_neardup.py covers the other).
     return fit_and_export(TrainConfig(data=synthetic, arch="cnn", size=SIZE, bs=8, epochs=4, aug="none", workers=0,
-                                      split="random", models_dir=tmp_path_factory.mktemp("models"), lr=3e-3))
+                                      split="random", models_dir=tmp_path_factory.mktemp("models"), lr=3e-3, int8=True))
 
 
 def fit_and_export(cfg):

@@ -19,7 +19,7 @@ from ..errors import ShopeeError
 from .callbacks import Checkpoint, EpochTimer, history, load_checkpoint, read_progress, stopping_callbacks
 
 # Options that a resumed run may change: they do not alter what the saved epochs computed.
-RESUMABLE = ("resume", "checkpoint_every", "early_stop", "keep_best", "workers", "models_dir", "score_train")
+RESUMABLE = ("resume", "checkpoint_every", "early_stop", "keep_best", "workers", "models_dir", "score_train", "int8")
 LR_MULT = 100  # discriminative learning rates after unfreezing: the stem learns 100x slower than the head
 UNFROZEN_DIV, UNFROZEN_PCT_START = 5, 0.3  # fastai fine_tune's one-cycle settings for the unfrozen phase
 FROZEN_PCT_START = 0.99

@@ -125,8 +125,8 @@ def export(trained: Trained) -> None:
 
 
 def _write_graphs(trained: Trained) -> None:
-    """The fp32 and int8 ONNX graphs, so the model's first `predict` loads neither fastai nor torch; the card
-    records each one's seconds. They are optional: where they cannot be written (an arch the exporter cannot
+    """The fp32 ONNX graph, so the model's first `predict` loads neither fastai nor torch, and with `--int8` its
+    int8 graph; the card records each one's seconds. They are optional: where they cannot be written (an arch the exporter cannot
     trace, a full disk), the model keeps its .pkl and .safetensors and predicts through PyTorch."""
     import warnings
 
@@ -135,7 +135,9 @@ def _write_graphs(trained: Trained) -> None:
     from ..inference.quantize import write_graphs
 
     learn, card, files = trained.learn, trained.card, trained.files
-    photos = trained.prep.rows(S.TRAIN)[PATH].sample(frac=1.0, random_state=card.split["seed"]).tolist()
+    photos = (trained.prep.rows(S.TRAIN)[PATH].sample(frac=1.0, random_state=card.split["seed"]).tolist()
+              if card.config.get("int8") else None)
+    files.int8.unlink(missing_ok=True)  # an int8 graph beside the model describes these weights or is gone
     started = time.perf_counter()
     try:
         write_graphs(learn.model, learner_config(learn, card.arch, card.titles), files.onnx, [files.pkl, files.safetensors],

@@ -29,7 +29,8 @@ def one_line_error(result, *fragments: str) -> None:
 def cli_model(synthetic, tmp_path_factory):
     models = tmp_path_factory.mktemp("cli-models")
     result = run("train", "--data", synthetic, "--arch", "cnn", "--epochs", 3, "--size", SIZE, "--bs", 8,
-                 "--aug", "none", "--workers", 0, "--lr", 3e-3, "--split", "random", "--models-dir", models, "--name", "tiny")
+                 "--aug", "none", "--workers", 0, "--lr", 3e-3, "--split", "random", "--models-dir", models, "--name", "tiny",
+                 "--int8")
     assert result.exit_code == 0, result.output
     assert "exported" in result.stdout
     return models / "tiny.pkl"
