@@ -33,6 +33,7 @@ def test_health_names_model_classes_titles_and_backend(served, trained_cnn):
     h = httpx.get(f"{served.url}/health").json()
     assert h["model"] == trained_cnn.files.name and h["classes"] == ["1001", "2002", "3003"]
     assert h["titles"] == TITLES and h["backend"] == "onnx" and h["catalog"]["listings"] == 36
+    assert "model: ONNX Runtime, fp32 graph" in served.output()  # which network runs, and why, in one line
 
 
 def test_binds_to_this_machine_only_by_default(served):
