@@ -11,9 +11,14 @@ from __future__ import annotations
 import math
 import os
 import platform
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from . import __version__
+from .config import CACHE_ENV, cache_dir
 
 # What each reported feature means, as /proc/cpuinfo (x86) or its ARM "Features" line spells it.
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -156,8 +161,6 @@ def summary() -> str:
 
 
 def _version(module: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(module)
     except PackageNotFoundError:
@@ -188,11 +191,6 @@ def _runtimes() -> dict[str, object]:
 
 def report() -> dict[str, object]:
     """Everything `shopee-fastai doctor` prints: what a bug report about speed or a crash needs."""
-    import sys
-
-    from . import __version__
-    from .config import CACHE_ENV, cache_dir
-
     c = cpu()
     cache = cache_dir()
     return {
