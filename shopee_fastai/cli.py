@@ -358,7 +358,7 @@ def embed(
     data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
     weights: Optional[Path] = WeightsOpt,
     out: Path = typer.Option(Path("embeddings.npy"), help="Where to write the [rows, dim] float32 array (CSV row order)."),
-    precision: Precision = typer.Option(Precision.auto, help="int8: an embedding model's int8 graph (faster on CPU); auto: fp32 on CPU, mixed on CUDA."),
+    precision: Precision = typer.Option(Precision.auto, help="int8: an embedding model's int8 graph (train --int8; it lowers match F1, docs/speed.md); auto: fp32 on CPU, mixed on CUDA."),
 ) -> None:
     """L2-normalised image embeddings of every row of the CSV, from a trained model or a pretrained backbone.
 
