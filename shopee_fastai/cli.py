@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, List, Optional
@@ -52,46 +53,48 @@ def command(fn: Callable) -> Callable:
     return app.command(fn.__name__.replace("_", "-"))(wrapper)
 
 
-# Every TrainConfig option, declared once: name -> (type, typer option). Commands take the ones that affect them.
+# Every TrainConfig option, declared once: name -> (type, typer option), its default the dataclass field's.
+# Commands take the ones that affect them.
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(C.TrainConfig)}
 OPTIONS: dict[str, tuple[Any, Any]] = {
     "data": (Path, typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).", rich_help_panel=DATA)),
-    "top_groups": (Optional[int], typer.Option(None, help=f"Keep the N largest label groups (0 keeps all; default {C.TOP_GROUPS}, all with a margin --loss).", rich_help_panel=DATA)),
-    "holdout": (Optional[str], typer.Option(None, help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)),
-    "split": (Split, typer.Option(Split.leak_free, help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)),
-    "dup_threshold": (float, typer.Option(C.DUP_THRESHOLD, help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)),
-    "seed": (int, typer.Option(C.SEED, help="Seed for the split and initialisation.", rich_help_panel=DATA)),
-    "size": (int, typer.Option(C.SIZE, help="Image side in pixels.", rich_help_panel=DATA)),
-    "bs": (int, typer.Option(C.BS, help="Batch size.", rich_help_panel=DATA)),
-    "aug": (Aug, typer.Option(Aug.fastai, help="Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.", rich_help_panel=DATA)),
-    "workers": (Optional[int], typer.Option(None, help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).", rich_help_panel=DATA)),
-    "arch": (str, typer.Option(C.DEFAULT_ARCH, help="'cnn' (the study's hand-written CNN) or any timm model name.", rich_help_panel=MODEL)),
-    "pretrained": (bool, typer.Option(False, "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)),
-    "weights": (Optional[Path], typer.Option(None, help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)),
-    "recipe": (Recipe, typer.Option(Recipe.features, help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE)),
-    "head_epochs": (Optional[int], typer.Option(None, help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}; each --ensemble member: {C.ENSEMBLE_HEAD_EPOCHS}; an embedding: {C.EMBED_HEAD_EPOCHS[True]}).", rich_help_panel=RECIPE)),
-    "top_stages": (Optional[int], typer.Option(None, help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, {C.EMBED_TOP_STAGES} for an embedding, else 0: head only).", rich_help_panel=RECIPE)),
-    "head_views": (Optional[int], typer.Option(None, help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}; an embedding: {C.EMBED_HEAD_VIEWS[True]}).", rich_help_panel=RECIPE)),
-    "ensemble": (int, typer.Option(1, help="Train N classifiers on one cache of the frozen body (each its own seed) and export them as one model that averages their probabilities.", rich_help_panel=RECIPE)),
-    "body_lr": (float, typer.Option(C.BODY_LR, help="Learning rate of those body stages.", rich_help_panel=RECIPE)),
-    "label_smoothing": (float, typer.Option(C.LABEL_SMOOTHING, help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE)),
-    "loss": (Loss, typer.Option(Loss.softmax, help="softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.", rich_help_panel=RECIPE)),
-    "embed_dim": (int, typer.Option(C.EMBED_DIM, help="Embedding size of a margin --loss.", rich_help_panel=RECIPE)),
-    "margin": (float, typer.Option(C.MARGIN, help="Angular margin of a margin --loss, in degrees.", rich_help_panel=RECIPE)),
-    "scale": (float, typer.Option(C.SCALE, help="Logit scale of a margin --loss.", rich_help_panel=RECIPE)),
-    "mixup": (float, typer.Option(0.0, help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE)),
-    "epochs": (Optional[int], typer.Option(None, help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE)),
-    "freeze_epochs": (int, typer.Option(1, help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE)),
-    "lr": (Optional[float], typer.Option(None, help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE)),
-    "wd": (Optional[float], typer.Option(None, help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)),
-    "opt": (Optimizer, typer.Option(Optimizer.adam, help="Optimizer.", rich_help_panel=SCHEDULE)),
-    "name": (Optional[str], typer.Option(None, help="Model name (default: <arch>-pretrained, <arch>-scratch, <arch>-ensembleN, or <arch>-<loss> for an embedding).", rich_help_panel=RUN)),
-    "models_dir": (Path, typer.Option(C.MODELS_DIR, help="Where the exported model and its files go.", rich_help_panel=RUN)),
-    "checkpoint_every": (int, typer.Option(0, help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN)),
-    "resume": (bool, typer.Option(False, "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN)),
-    "early_stop": (int, typer.Option(0, help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN)),
-    "keep_best": (bool, typer.Option(False, "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN)),
-    "precision": (Precision, typer.Option(Precision.auto, help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)),
-    "int8": (bool, typer.Option(False, "--int8", help="Also write the int8 ONNX graph for `predict --precision int8` (calibrated on up to 256 training photos).", rich_help_panel=RUN)),
+    "top_groups": (Optional[int], typer.Option(DEFAULTS["top_groups"], help=f"Keep the N largest label groups (0 keeps all; default {C.TOP_GROUPS}, all with a margin --loss).", rich_help_panel=DATA)),
+    "holdout": (Optional[str], typer.Option(DEFAULTS["holdout"], help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)),
+    "split": (Split, typer.Option(DEFAULTS["split"], help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)),
+    "dup_threshold": (float, typer.Option(DEFAULTS["dup_threshold"], help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)),
+    "seed": (int, typer.Option(DEFAULTS["seed"], help="Seed for the split and initialisation.", rich_help_panel=DATA)),
+    "size": (int, typer.Option(DEFAULTS["size"], help="Image side in pixels.", rich_help_panel=DATA)),
+    "bs": (int, typer.Option(DEFAULTS["bs"], help="Batch size.", rich_help_panel=DATA)),
+    "aug": (Aug, typer.Option(DEFAULTS["aug"], help="Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.", rich_help_panel=DATA)),
+    "workers": (Optional[int], typer.Option(DEFAULTS["workers"], help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).", rich_help_panel=DATA)),
+    "arch": (str, typer.Option(DEFAULTS["arch"], help="'cnn' (the study's hand-written CNN) or any timm model name.", rich_help_panel=MODEL)),
+    "pretrained": (bool, typer.Option(DEFAULTS["pretrained"], "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)),
+    "weights": (Optional[Path], typer.Option(DEFAULTS["weights"], help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)),
+    "recipe": (Recipe, typer.Option(DEFAULTS["recipe"], help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE)),
+    "head_epochs": (Optional[int], typer.Option(DEFAULTS["head_epochs"], help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}; each --ensemble member: {C.ENSEMBLE_HEAD_EPOCHS}; an embedding: {C.EMBED_HEAD_EPOCHS[True]}).", rich_help_panel=RECIPE)),
+    "top_stages": (Optional[int], typer.Option(DEFAULTS["top_stages"], help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, {C.EMBED_TOP_STAGES} for an embedding, else 0: head only).", rich_help_panel=RECIPE)),
+    "head_views": (Optional[int], typer.Option(DEFAULTS["head_views"], help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}; an embedding: {C.EMBED_HEAD_VIEWS[True]}).", rich_help_panel=RECIPE)),
+    "ensemble": (int, typer.Option(DEFAULTS["ensemble"], help="Train N classifiers on one cache of the frozen body (each its own seed) and export them as one model that averages their probabilities.", rich_help_panel=RECIPE)),
+    "body_lr": (float, typer.Option(DEFAULTS["body_lr"], help="Learning rate of those body stages.", rich_help_panel=RECIPE)),
+    "label_smoothing": (float, typer.Option(DEFAULTS["label_smoothing"], help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE)),
+    "loss": (Loss, typer.Option(DEFAULTS["loss"], help="softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.", rich_help_panel=RECIPE)),
+    "embed_dim": (int, typer.Option(DEFAULTS["embed_dim"], help="Embedding size of a margin --loss.", rich_help_panel=RECIPE)),
+    "margin": (float, typer.Option(DEFAULTS["margin"], help="Angular margin of a margin --loss, in degrees.", rich_help_panel=RECIPE)),
+    "scale": (float, typer.Option(DEFAULTS["scale"], help="Logit scale of a margin --loss.", rich_help_panel=RECIPE)),
+    "mixup": (float, typer.Option(DEFAULTS["mixup"], help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE)),
+    "epochs": (Optional[int], typer.Option(DEFAULTS["epochs"], help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE)),
+    "freeze_epochs": (int, typer.Option(DEFAULTS["freeze_epochs"], help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE)),
+    "lr": (Optional[float], typer.Option(DEFAULTS["lr"], help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE)),
+    "wd": (Optional[float], typer.Option(DEFAULTS["wd"], help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)),
+    "opt": (Optimizer, typer.Option(DEFAULTS["opt"], help="Optimizer.", rich_help_panel=SCHEDULE)),
+    "name": (Optional[str], typer.Option(DEFAULTS["name"], help="Model name (default: <arch>-pretrained, <arch>-scratch, <arch>-ensembleN, or <arch>-<loss> for an embedding).", rich_help_panel=RUN)),
+    "models_dir": (Path, typer.Option(DEFAULTS["models_dir"], help="Where the exported model and its files go.", rich_help_panel=RUN)),
+    "checkpoint_every": (int, typer.Option(DEFAULTS["checkpoint_every"], help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN)),
+    "resume": (bool, typer.Option(DEFAULTS["resume"], "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN)),
+    "early_stop": (int, typer.Option(DEFAULTS["early_stop"], help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN)),
+    "keep_best": (bool, typer.Option(DEFAULTS["keep_best"], "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN)),
+    "precision": (Precision, typer.Option(DEFAULTS["precision"], help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)),
+    "int8": (bool, typer.Option(DEFAULTS["int8"], "--int8", help="Also write the int8 ONNX graph for `predict --precision int8` (calibrated on up to 256 training photos).", rich_help_panel=RUN)),
 }
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
 # lr-find runs the first phase's learner: the recipe, schedule length, lr and checkpointing do not touch it.

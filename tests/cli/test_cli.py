@@ -172,3 +172,18 @@ def test_predict_from_weights_only_export(cli_model, synthetic):
     a, b = (json.loads(r.stdout)["predictions"] for r in (from_pkl, from_safe))
     assert [x["label_group"] for x in a] == [x["label_group"] for x in b]
     assert all(abs(x["probability"] - y["probability"]) < 1e-4 for x, y in zip(a, b))
+
+
+def test_every_train_option_defaults_to_the_settings_dataclass():
+    """What `train --help` shows and runs with is TrainConfig's own default, for every option the two share."""
+    from dataclasses import MISSING, fields
+
+    from typer.main import get_command
+
+    from shopee_fastai.config import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    params = {p.name: p.default for p in get_command(app).commands["train"].params}
+    shared = sorted(set(defaults) & set(params))
+    assert len(shared) >= 35  # every option but --data
+    assert {k: params[k] for k in shared} == {k: defaults[k] for k in shared}

@@ -36,23 +36,23 @@ def cold_predict(model, images, precision="auto"):
 
 
 @pytest.fixture(scope="module")
-def test_images(trained_cnn):
+def photos(trained_cnn):
     return list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
 
 
-def test_train_writes_both_graphs_and_the_first_predict_imports_neither_fastai_nor_torch(trained_cnn, test_images):
+def test_train_writes_both_graphs_and_the_first_predict_imports_neither_fastai_nor_torch(trained_cnn, photos):
     files = trained_cnn.files
     assert files.onnx.is_file() and files.int8.is_file()
-    want = predict_probs(trained_cnn.learn, test_images, progress=False).probs
+    want = predict_probs(trained_cnn.learn, photos, progress=False).probs
     for model in (files.pkl, files.safetensors):
-        got = cold_predict(model, test_images)
+        got = cold_predict(model, photos)
         assert got["backend"] == "onnx" and got["heavy"] == []
         assert np.allclose(got["probs"], want, atol=1e-4)
 
 
-def test_int8_graph_keeps_the_top_prediction(trained_cnn, test_images):
-    fp32 = load_predictor(trained_cnn.files.pkl).probs(test_images, progress=False).probs
-    got = cold_predict(trained_cnn.files.pkl, test_images, "int8")
+def test_int8_graph_keeps_the_top_prediction(trained_cnn, photos):
+    fp32 = load_predictor(trained_cnn.files.pkl).probs(photos, progress=False).probs
+    got = cold_predict(trained_cnn.files.pkl, photos, "int8")
     assert got["heavy"] == []
     int8 = np.array(got["probs"])
     assert (int8.argmax(1) == fp32.argmax(1)).mean() >= 0.9
@@ -61,7 +61,7 @@ def test_int8_graph_keeps_the_top_prediction(trained_cnn, test_images):
     assert load_predictor(trained_cnn.files.int8).cfg["precision"] == "int8"
 
 
-def test_a_graph_left_from_other_weights_is_never_used(trained_cnn, synthetic, test_images, tmp_path):
+def test_a_graph_left_from_other_weights_is_never_used(trained_cnn, synthetic, photos, tmp_path):
     """Retraining under the same name (or copying another .pkl over it) leaves the graphs describing other weights."""
     other = TrainConfig(data=synthetic, arch="cnn", size=trained_cnn.card.input["size"], bs=8, epochs=1, aug="none",
                         workers=0, split="random", models_dir=tmp_path / "other", seed=7)
@@ -73,8 +73,8 @@ def test_a_graph_left_from_other_weights_is_never_used(trained_cnn, synthetic, t
     shutil.copy(trained_cnn.files.int8, mine.int8)
     learn.export(mine.pkl.resolve())  # new weights, old graphs beside them
     got = load_predictor(mine.pkl)
-    want = predict_probs(learn, test_images, progress=False).probs
-    assert np.allclose(got.probs(test_images, progress=False).probs, want, atol=1e-4)  # exported afresh from the .pkl
+    want = predict_probs(learn, photos, progress=False).probs
+    assert np.allclose(got.probs(photos, progress=False).probs, want, atol=1e-4)  # exported afresh from the .pkl
     with pytest.raises(ShopeeError, match="no int8 graph made from this model"):
         load_predictor(mine.pkl, precision="int8")
 
@@ -86,7 +86,7 @@ def test_int8_mistakes_are_one_line_errors(trained_cnn, synthetic, tmp_path):
         TrainConfig(data=synthetic, precision="int8")
 
 
-def test_export_onnx_writes_an_int8_graph_for_a_model_trained_elsewhere(trained_cnn, synthetic, tmp_path, test_images):
+def test_export_onnx_writes_an_int8_graph_for_a_model_trained_elsewhere(trained_cnn, synthetic, tmp_path, photos):
     model = tmp_path / "elsewhere.safetensors"
     shutil.copy(trained_cnn.files.safetensors, model)
     cli = [sys.executable, "-m", "shopee_fastai", "export-onnx", "--model", str(model), "--int8"]
@@ -97,5 +97,5 @@ def test_export_onnx_writes_an_int8_graph_for_a_model_trained_elsewhere(trained_
     done = CliRunner().invoke(app, [*cli[3:], "--data", str(synthetic)])  # the same command, in this process
     assert done.exit_code == 0, done.output
     assert (tmp_path / "elsewhere.int8.onnx").is_file()
-    got = cold_predict(model, test_images, "int8")
+    got = cold_predict(model, photos, "int8")
     assert got["backend"] == "onnx" and got["heavy"] == []

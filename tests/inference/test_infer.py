@@ -16,13 +16,13 @@ from shopee_fastai.inference.predictor import load_predictor
 
 
 @pytest.fixture(scope="module")
-def test_images(trained_cnn):
+def photos(trained_cnn):
     return list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
 
 
 @pytest.fixture(scope="module")
-def reference(trained_cnn, test_images):
-    return predict_probs(trained_cnn.learn, test_images, progress=False).probs
+def reference(trained_cnn, photos):
+    return predict_probs(trained_cnn.learn, photos, progress=False).probs
 
 
 def test_crop_resize_is_fastais_validation_resize(tmp_path):
@@ -34,23 +34,23 @@ def test_crop_resize_is_fastais_validation_resize(tmp_path):
     assert np.array_equal(np.asarray(crop_resize(im, 24)), expected)
 
 
-def test_torch_backend_predicts_like_the_learner(trained_cnn, test_images, reference):
+def test_torch_backend_predicts_like_the_learner(trained_cnn, photos, reference):
     cfg = learner_config(trained_cnn.learn)
     model = B.FastPredictor(B.TorchBackend(trained_cnn.learn.model, cfg), cfg, draft=False)
-    got = model.probs(test_images, bs=3, progress=False)
-    assert [str(p) for p in got.paths] == test_images
+    got = model.probs(photos, bs=3, progress=False)
+    assert [str(p) for p in got.paths] == photos
     assert np.allclose(got.probs, reference, atol=1e-4)
 
 
-def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cnn, test_images, reference, tmp_path):
+def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cnn, photos, reference, tmp_path):
     cfg = learner_config(trained_cnn.learn)
     dest = B.export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
     model = load_predictor(dest)
     assert model.backend.name == "onnx" and model.cfg == cfg and model.vocab == cfg["classes"]
-    assert np.allclose(model.probs(test_images, progress=False).probs, reference, atol=1e-4)  # these are small: no draft
+    assert np.allclose(model.probs(photos, progress=False).probs, reference, atol=1e-4)  # these are small: no draft
 
 
-def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained_cnn, test_images, reference, tmp_path):
+def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained_cnn, photos, reference, tmp_path):
     import shutil
 
     from shopee_fastai.io import file_key
@@ -64,24 +64,24 @@ def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained
     stamp = graph.stat().st_mtime_ns
     second = load_predictor(alone)
     assert graph.stat().st_mtime_ns == stamp  # reused, not re-exported
-    assert np.allclose(second.probs(test_images, progress=False).probs, reference, atol=1e-4)
+    assert np.allclose(second.probs(photos, progress=False).probs, reference, atol=1e-4)
 
 
-def test_every_backend_agrees_and_lists_bad_images(trained_cnn, test_images, tmp_path):
+def test_every_backend_agrees_and_lists_bad_images(trained_cnn, photos, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
-    images = [test_images[0], str(bad), *test_images[1:]]
+    images = [photos[0], str(bad), *photos[1:]]
     results = {b: load_predictor(trained_cnn.files.pkl, backend=b).probs(images, progress=False)
                for b in ("fastai", "torch", "onnx")}
     for b, preds in results.items():
-        assert [str(p) for p in preds.paths] == test_images, b
+        assert [str(p) for p in preds.paths] == photos, b
         assert len(preds.failures) == 1 and "bad.jpg" in preds.failures[0], b
         assert np.allclose(preds.probs, results["fastai"].probs, atol=1e-4), b
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
-def test_bf16_keeps_the_top_prediction(trained_cnn, test_images, reference):
-    got = load_predictor(trained_cnn.files.pkl, backend="torch", precision="bf16").probs(test_images, progress=False)
+def test_bf16_keeps_the_top_prediction(trained_cnn, photos, reference):
+    got = load_predictor(trained_cnn.files.pkl, backend="torch", precision="bf16").probs(photos, progress=False)
     assert (got.probs.argmax(1) == reference.argmax(1)).mean() >= 0.9
     assert np.allclose(got.probs, reference, atol=0.05)
 
@@ -120,7 +120,7 @@ def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
         load_predictor(foreign)
 
 
-def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, test_images, reference, monkeypatch):
+def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, photos, reference, monkeypatch):
     import shopee_fastai.inference.predictor as P
 
     monkeypatch.setattr(P, "_onnx_available", lambda: False)  # as on a machine without the package
@@ -130,15 +130,15 @@ def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, test_images, 
         load_predictor(trained_cnn.files.pkl, backend="onnx", precision="bf16")
 
 
-def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_cnn, test_images, tmp_path):
+def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_cnn, photos, tmp_path):
     from fastai.torch_core import set_seed
 
     model = load_predictor(trained_cnn.files.pkl, tta=True)
     set_seed(0)
-    got = model.probs(test_images, progress=False)
+    got = model.probs(photos, progress=False)
     set_seed(0)
-    want = predict_probs(model.learn, test_images, progress=False, tta=True)
-    plain = predict_probs(model.learn, test_images, progress=False)
+    want = predict_probs(model.learn, photos, progress=False, tta=True)
+    plain = predict_probs(model.learn, photos, progress=False)
     assert np.allclose(got.probs, want.probs, atol=1e-5)
     # the augmented passes change the outputs; a confident model saturates its probabilities, so compare logs
     assert not np.allclose(np.log(got.probs + 1e-30), np.log(plain.probs + 1e-30))
