@@ -12,8 +12,6 @@ from typer.testing import CliRunner
 from shopee_fastai.artifacts import ModelFiles
 from shopee_fastai.cli import app
 from shopee_fastai.config import TrainConfig
-from shopee_fastai.data import split as S
-from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
 from shopee_fastai.inference.backends import predict_probs
 from shopee_fastai.inference.predictor import load_predictor
@@ -33,11 +31,6 @@ def cold_predict(model, images, precision="auto"):
     out = subprocess.run([sys.executable, "-c", COLD, str(model), precision, json.dumps(images)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def photos(trained_cnn):
-    return list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
 
 
 def test_train_writes_both_graphs_and_the_first_predict_imports_neither_fastai_nor_torch(trained_cnn, photos):

@@ -5,19 +5,12 @@ from PIL import Image
 
 from shopee_fastai.artifacts import learner_config
 from shopee_fastai.config import cache_dir
-from shopee_fastai.data import split as S
-from shopee_fastai.data import table as D
 from shopee_fastai.data.images import crop_resize, decode
 from shopee_fastai.device import cpu_has_bf16
 from shopee_fastai.errors import ShopeeError
 from shopee_fastai.inference import backends as B
 from shopee_fastai.inference.backends import predict_probs
 from shopee_fastai.inference.predictor import load_predictor
-
-
-@pytest.fixture(scope="module")
-def photos(trained_cnn):
-    return list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
 
 
 @pytest.fixture(scope="module")
