@@ -52,6 +52,12 @@ class CPU:
         return any(f in self.flags for f in FEATURES[feature])
 
     @property
+    def int8_dot(self) -> bool:
+        """Native int8 dot products (VNNI, ARM's I8MM): without them an int8 graph gains little and its AVX2
+        kernels can saturate."""
+        return self.has("VNNI") or self.has("I8MM")
+
+    @property
     def generation(self) -> str:
         """A readable generation where cpuid alone tells it (virtual machines often hide the model name)."""
         if "AMD" in self.model and self.family is not None:
@@ -196,6 +202,7 @@ def report() -> dict[str, object]:
     return {
         "shopee_fastai": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "cpu": c.name, "arch": c.arch, "features": {n: c.has(n) for n in (X86 if c.arch in ("x86_64", "AMD64") else ARM)},
+        "int8_dot": c.int8_dot,
         "logical_cpus": c.logical, "affinity_cpus": c.affinity, "cgroup_quota": c.quota, "usable_cores": c.usable,
         "threads": threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
@@ -222,7 +229,7 @@ def format_report(r: dict[str, object]) -> str:
         "GPU: " + (", ".join(r["cuda"]) if r.get("cuda") else f"none (torch built for CUDA {r.get('torch_cuda_build', '?')})"),  # type: ignore[arg-type]
         "ONNX Runtime providers: " + ", ".join(r.get("onnxruntime_providers", [])),  # type: ignore[arg-type]
         f"on CPU: fp32 by default; bf16 autocast {'available (native BF16)' if r['features'].get('BF16') else 'refused (no native BF16)'}; "  # type: ignore[union-attr]
-        f"int8 graphs {'with VNNI dot products' if r['features'].get('VNNI') or r['features'].get('I8MM') else 'without VNNI (opt-in; may be no faster than fp32)'}",  # type: ignore[union-attr]
+        f"int8 graphs {'with native int8 dot products' if r['int8_dot'] else 'without VNNI (opt-in; may be no faster than fp32)'}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),  # type: ignore[union-attr]
         f"cache: {r['cache']} ({'exists' if r['cache_exists'] else 'not created yet'}; {r['cache_env']} moves it)",
     ]

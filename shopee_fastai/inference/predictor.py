@@ -39,9 +39,8 @@ def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Pre
 
 def _int8_note() -> str:
     """Why int8 is not the default here: it moves some top-1 predictions everywhere, and gains less without VNNI."""
-    vnni = cpu().has("VNNI") or cpu().has("I8MM")
     return "int8 is opt-in (--precision int8): it changes some top-1 predictions" + (
-        "" if vnni else "; this CPU has no VNNI, so int8 may be no faster")
+        "" if cpu().int8_dot else "; this CPU has no VNNI, so int8 may be no faster")
 
 
 def _predictor(path: Path, backend: str, precision: str, tta: bool) -> tuple[Predictor, str]:
@@ -56,7 +55,7 @@ def _predictor(path: Path, backend: str, precision: str, tta: bool) -> tuple[Pre
     if precision == Precision.int8:
         if backend not in (Backend.auto, Backend.onnx) or tta:
             raise ShopeeError("--precision int8 runs the model's quantised ONNX graph; use --backend auto or onnx, without --tta")
-        vnni = "" if cpu().has("VNNI") or cpu().has("I8MM") else "; this CPU has no VNNI: compare speed with --precision fp32"
+        vnni = "" if cpu().int8_dot else "; this CPU has no VNNI: compare speed with --precision fp32"
         return _int8(path), f"ONNX Runtime, int8 graph (asked for with --precision int8{vnni})"
     if (backend in (Backend.onnx, Backend.fastai) or tta) and precision not in (Precision.auto, Precision.fp32):
         raise ShopeeError(f"--precision {precision}: the {'fastai (--tta)' if tta else backend} backend runs fp32; "
