@@ -3,7 +3,7 @@ the cores this process may use, and the threads that follow from them.
 
 Every figure in docs/speed.md names the CPU it came from, because the same command runs several times
 slower on another CPU generation. Bench scripts print `summary()` first; `shopee-fastai doctor` prints
-all of it for a bug report. Reads /proc and cgroup files only: nothing here imports torch.
+all of it for a bug report. Reads /proc and cgroup files; only `report()` imports torch and ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -80,11 +80,15 @@ class CPU:
         fam = f" (family {self.family} model {self.model_number}{gen})" if self.family is not None else ""
         return f"{self.model}{fam}"
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The features worth reporting for this architecture."""
+        return X86 if self.arch in ("x86_64", "AMD64", "i686") else ARM
+
     def features(self) -> str:
         """'AVX2 AVX-512 VNNI BF16, no AMX': the instruction sets that decide speed here."""
-        names = X86 if self.arch in ("x86_64", "AMD64", "i686") else ARM
-        have = [n for n in names if self.has(n)]
-        lack = [n for n in names if not self.has(n)]
+        have = [n for n in self.feature_names if self.has(n)]
+        lack = [n for n in self.feature_names if not self.has(n)]
         return " ".join(have) + (f", no {' '.join(lack)}" if lack else "")
 
 
@@ -201,7 +205,7 @@ def report() -> dict[str, object]:
     cache = cache_dir()
     return {
         "shopee_fastai": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-        "cpu": c.name, "arch": c.arch, "features": {n: c.has(n) for n in (X86 if c.arch in ("x86_64", "AMD64") else ARM)},
+        "cpu": c.name, "arch": c.arch, "features": {n: c.has(n) for n in c.feature_names},
         "int8_dot": c.int8_dot,
         "logical_cpus": c.logical, "affinity_cpus": c.affinity, "cgroup_quota": c.quota, "usable_cores": c.usable,
         "threads": threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),

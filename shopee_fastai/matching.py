@@ -98,13 +98,20 @@ def blend(emb: np.ndarray, threshold: float, k: int = BLEND_K, index: Index | st
     """
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     sims, idx = knn(emb, k, index=index) if near is None else (near[0][:, :k], near[1][:, :k])
-    w = np.where(sims >= threshold, sims, 0).astype(np.float32)
-    out = np.empty_like(emb)
-    for start in range(0, len(emb), KNN_CHUNK):  # [chunk, k, d] at a time
-        part = slice(start, start + KNN_CHUNK)
-        out[part] = np.einsum("nk,nkd->nd", w[part], emb[idx[part]])
+    return _pulled(emb, np.zeros_like(emb), emb, sims, idx, threshold)
+
+
+def _pulled(rows: np.ndarray, start: np.ndarray, base: np.ndarray, sims: np.ndarray, idx: np.ndarray,
+            threshold: float) -> np.ndarray:
+    """`start` plus the similarity-weighted sum of each row's neighbours in `base` at or above `threshold`,
+    renormalised (the row itself where nothing is left). Neighbour index -1 (none found) weighs nothing."""
+    w = np.where((sims >= threshold) & (idx >= 0), sims, 0).astype(np.float32)
+    out = start.astype(np.float32, copy=True)
+    for first in range(0, len(rows), KNN_CHUNK):  # [chunk, k, d] at a time
+        part = slice(first, first + KNN_CHUNK)
+        out[part] += np.einsum("nk,nkd->nd", w[part], base[np.maximum(idx[part], 0)])
     norm = np.linalg.norm(out, axis=1, keepdims=True)
-    return np.where(norm > 0, out / np.maximum(norm, 1e-12), emb).astype(np.float32)
+    return np.where(norm > 0, out / np.maximum(norm, 1e-12), rows).astype(np.float32)
 
 
 def neighbours(sims: np.ndarray, idx: np.ndarray, threshold: float, min2: bool = False) -> list[set[int]]:
@@ -160,11 +167,17 @@ class Score:
 
 
 def score(predicted: list[set[int]], truth: list[set[int]]) -> Score:
-    """Mean per-row F1 (the competition's metric), precision and recall."""
+    """Mean per-row F1 (the competition's metric), precision and recall. A row with nothing to find and nothing
+    found (a new listing whose product a catalogue lacks) scores 1; nothing found where something was, 0."""
     inter = np.array([len(p & t) for p, t in zip(predicted, truth)], float)
     np_, nt = np.array([len(p) for p in predicted], float), np.array([len(t) for t in truth], float)
-    return Score(round(float(np.mean(2 * inter / (np_ + nt))), 4), round(float(np.mean(inter / np_)), 4),
-                 round(float(np.mean(inter / nt)), 4))
+
+    def ratio(num, den, empty):
+        return np.where(den > 0, num / np.maximum(den, 1), empty)
+
+    return Score(round(float(np.mean(ratio(2 * inter, np_ + nt, 1.0))), 4),
+                 round(float(np.mean(ratio(inter, np_, (nt == 0).astype(float)))), 4),
+                 round(float(np.mean(ratio(inter, nt, (np_ == 0).astype(float)))), 4))
 
 
 def restrict(sets: list[set[int]], rows: np.ndarray) -> list[set[int]]:
@@ -325,10 +338,7 @@ def find_in(catalog: np.ndarray, queries: np.ndarray, settings: MatchSettings, k
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if settings.blend:
         catalog = blend(catalog, settings.threshold, index=index)
-        sims, idx = _search(catalog, queries, BLEND_K, index)
-        w = np.where((sims >= settings.threshold) & (idx >= 0), sims, 0).astype(np.float32)
-        mixed = queries + np.einsum("nk,nkd->nd", w, catalog[np.maximum(idx, 0)])
-        queries = (mixed / np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        queries = _pulled(queries, queries, catalog, *_search(catalog, queries, BLEND_K, index), settings.threshold)
     sims, idx = _search(catalog, queries, k, index)
     out = []
     for s, j in zip(sims, idx):
@@ -372,11 +382,7 @@ def match_catalog(new: pd.DataFrame, new_emb: np.ndarray, catalog: pd.DataFrame,
     result = CatalogMatch(new, catalog, found, settings)
     if D.LABEL in new.columns and D.LABEL in catalog.columns and new[D.LABEL].notna().all():
         rows = pd.Series(np.arange(len(catalog))).groupby(catalog[D.LABEL].astype(str).to_numpy()).agg(set).to_dict()
-        truth = [rows.get(str(g), set()) for g in new[D.LABEL]]
-        f1 = [1.0 if not p and not t else 2 * len(p & t) / (len(p) + len(t)) for p, t in zip(found, truth)]
-        prec = [len(p & t) / len(p) if p else float(not t) for p, t in zip(found, truth)]
-        rec = [len(p & t) / len(t) if t else float(not p) for p, t in zip(found, truth)]
-        result.score = Score(*(round(float(np.mean(v)), 4) for v in (f1, prec, rec)))
+        result.score = score(found, [rows.get(str(g), set()) for g in new[D.LABEL]])
     return result
 
 
