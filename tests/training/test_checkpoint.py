@@ -132,6 +132,8 @@ def interrupt_after_three_epochs(cfg: TrainConfig) -> dict:
                 return
             time.sleep(0.02)
 
+    # Python's own Ctrl-C handler, also where this process was started with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     watcher = threading.Thread(target=press_ctrl_c, daemon=True)
     watcher.start()
     try:
@@ -140,6 +142,7 @@ def interrupt_after_three_epochs(cfg: TrainConfig) -> dict:
     finally:
         done.set()
         watcher.join()
+        signal.signal(signal.SIGINT, previous)
     left = [p.name for p in Path(cfg.models_dir).iterdir()]
     assert f"{cfg.model_name}.pkl" not in left and not [n for n in left if n.endswith(".tmp")]
     return json.loads(state.read_text())
