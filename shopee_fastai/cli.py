@@ -305,6 +305,41 @@ def eda(
 
 
 @command
+def audit(
+    data: Path = DataOpt,
+    out: Optional[Path] = typer.Option(None, help=f"Folder for issues.csv, report.md, contact.png and fixes.csv (default {C.AUDIT_OUT}); with --apply, the new cleaned folder."),
+    apply: Optional[Path] = typer.Option(None, "--apply", help="Apply this fixes.csv: write --data's cleaned copy into --out (photos linked, never copied)."),
+    top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every group).", rich_help_panel=DATA),
+    folds: int = typer.Option(C.AUDIT_FOLDS, help="Cross-validation folds of the out-of-fold probabilities.", rich_help_panel=RECIPE),
+    cv_min: int = typer.Option(C.AUDIT_CV_MIN, help="Groups with fewer photos are judged by their photos' neighbours.", rich_help_panel=RECIPE),
+    neighbours: int = typer.Option(C.AUDIT_NEIGHBOURS, help="Neighbours that vote on a photo's group and define an outlier.", rich_help_panel=RECIPE),
+    titles: bool = typer.Option(True, "--titles/--no-titles", help="Count a title that disagrees with its group as evidence.", rich_help_panel=RECIPE),
+    arch: str = typer.Option(C.OFFLINE_ARCH, help="Pretrained timm body whose features are judged.", rich_help_panel=MODEL),
+    dup_threshold: float = typer.Option(C.AUDIT_DUP_THRESHOLD, help="Cosine similarity from which photos in two groups are one photo.", rich_help_panel=RECIPE),
+    seed: int = typer.Option(C.SEED, help="Seed of the folds.", rich_help_panel=RUN),
+) -> None:
+    """Find listings in the wrong group, groups that are one product, odd and duplicated photos; --apply writes the fixes."""
+    from .audit import AuditConfig, apply_fixes, run_audit
+
+    if apply is not None:
+        if out is None:
+            raise ShopeeError("--apply writes a cleaned copy of --data; name its new folder with --out")
+        done = apply_fixes(data, apply, out)
+        typer.echo(f"cleaned copy of {data} in {done} (photos linked); train on it with --data {done}")
+        return
+    out = out or C.AUDIT_OUT
+    cfg = AuditConfig(data=data, out=out, top_groups=top_groups, folds=folds, cv_min=cv_min, neighbours=neighbours,
+                      titles=titles, arch=arch, dup_threshold=dup_threshold, seed=seed)
+    result, paths = run_audit(cfg)
+    counts = ", ".join(f"{n} {kind}" for kind, n in result.counts().items())
+    typer.echo(f"{len(result.table)} listings in {result.table['label_group'].nunique()} groups: {counts} "
+               f"({result.seconds['total']:.0f} s)")
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    typer.echo(f"review with `shopee-fastai serve --audit {out}` or edit {paths['fixes.csv']}, then "
+               f"`shopee-fastai audit --data {data} --apply {paths['fixes.csv']} --out CLEANED`")
+
+
+@command
 def prepare(
     data: Path = DataOpt, size: int = OPTIONS["size"][1],
     top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every image in the CSV)."),
@@ -450,23 +485,30 @@ def _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, thresh
 
 @command
 def serve(
-    model: Path = typer.Option(..., "--model", help="models/<name>.pkl, .safetensors or .onnx (the last two load without unpickling)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="models/<name>.pkl, .safetensors or .onnx (the last two load without unpickling)."),
     catalog: Optional[Path] = typer.Option(None, "--catalog", help="Kaggle-layout folder of listings to find matches in (embedded once, cached)."),
+    audit: Optional[Path] = typer.Option(None, "--audit", help="An `audit --out` folder: adds a Review tab whose buttons write its fixes.csv (no --model needed)."),
     host: str = typer.Option(C.SERVE_HOST, help="Address to listen on (127.0.0.1: this machine only)."),
     port: int = typer.Option(C.SERVE_PORT, help="Port to listen on."),
 ) -> None:
-    """A web page (classify photos; find matching listings with --catalog) and a JSON API on one server."""
+    """A web page (classify photos; find matching listings with --catalog; review an audit with --audit) and a JSON API on one server."""
     from .app import require_web_stack
 
+    if model is None and audit is None:
+        raise ShopeeError("serve needs --model FILE (classify, match) or --audit DIR (review an audit's findings)")
+    if model is None and catalog is not None:
+        raise ShopeeError("--catalog matches photos with a model's embeddings; add --model FILE")
     require_web_stack()
+    from .app.review import Review
     from .app.server import check_address, describe
     from .app.server import serve as run
     from .app.service import Service
 
     check_address(host, port)
-    service = Service.load(model, catalog)
-    typer.echo(describe(service, host, port))
-    run(service, host, port)
+    review = Review.load(audit) if audit is not None else None
+    service = Service.load(model, catalog) if model is not None else None
+    typer.echo(describe(service, host, port, review))
+    run(service, host, port, review=review)
 
 
 def _copy_sample(dest: Path) -> bool:

@@ -127,6 +127,13 @@ BLEND_K = 5  # neighbours averaged by neighbour blending
 EXACT_MAX = 50_000  # postings up to which matching searches exactly: Shopee's 34,250 take seconds, n² beyond
 TITLE_THRESHOLD = 0.75
 
+# Auditing a catalogue (`audit`); why these values: docs/results.md
+AUDIT_FOLDS = 5  # cross-validation folds of the out-of-fold probabilities
+AUDIT_CV_MIN = 5  # groups with fewer photos are judged by their photos' neighbours instead
+AUDIT_NEIGHBOURS = 10  # neighbours that vote on a photo's group, and that define an outlier
+AUDIT_DUP_THRESHOLD = 0.95  # cosine similarity from which photos in two groups are one photo (stricter than a split's twins)
+AUDIT_OUT = Path("reports/audit")
+
 # Serving (`serve`)
 SERVE_HOST = "127.0.0.1"  # this machine only, unless --host says otherwise
 SERVE_PORT = 7860  # Gradio's usual port

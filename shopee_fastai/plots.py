@@ -31,7 +31,7 @@ def figure(dest: Path, figsize: tuple[float, float]) -> Iterator[Any]:
         fig.savefig(tmp, format="png", dpi=DPI)
 
 
-def _thumbnail(path: str) -> Image.Image:
+def thumbnail(path: str) -> Image.Image:
     im = load_rgb(path, draft_size=THUMB)
     im.thumbnail((THUMB, THUMB))
     return im
@@ -39,7 +39,7 @@ def _thumbnail(path: str) -> Image.Image:
 
 def image_grid(dest: Path, paths: Sequence[str], captions: Sequence[str], title: str) -> None:
     """Thumbnails of up to GRID_MAX images with captions; unreadable images are left out."""
-    thumbs = [im for im, _ in decode_all(list(paths)[:GRID_MAX], _thumbnail)]
+    thumbs = [im for im, _ in decode_all(list(paths)[:GRID_MAX], thumbnail)]
     shown = [(t, c) for t, c in zip(thumbs, captions) if t is not None]
     cols = max(1, min(GRID_COLS, len(shown)))
     nrows = max(1, math.ceil(len(shown) / cols))

@@ -1,5 +1,6 @@
-"""The Gradio page: classify photos (top groups with titles, example training photos, a CSV to download) and,
-with a catalogue, find a photo's matching listings. Every problem with a photo is shown on the page."""
+"""The Gradio page: classify photos (top groups with titles, example training photos, a CSV to download), with a
+catalogue find a photo's matching listings, and with an audit review its findings one at a time. Every
+problem with a photo is shown on the page."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..config import SERVE_NEIGHBOURS, TOP_K
 from ..errors import ShopeeError
 from ..inference.predictions import display_name
 from ..io import write_text
+from .review import Review
 from .service import Service
 
 CSV_KEEP_S = 600  # downloadable CSVs older than this are removed (Gradio has copied them into its cache by then)
@@ -79,10 +81,67 @@ def _inputs(files: Sequence[Any] | None, pasted: str | None) -> list[tuple[str, 
     return [(p.name, p) for p in paths] + ([("pasted photo", Path(pasted))] if pasted else [])
 
 
-def build_page(service: Service):
-    """The Blocks app; the caller mounts it (server.py)."""
+def finding_html(card: dict | None, done: int, total: int, fixes: Path) -> str:
+    """A finding in words, or the end of the review."""
+    if card is None:
+        return (f'<div class="shopee-results"><p id="review-done">All {total} findings decided; apply them with '
+                f"<code>shopee-fastai audit --data DATA --apply {html.escape(str(fixes))} --out CLEANED</code></p></div>")
+    e = lambda k: html.escape(str(card[k]))  # noqa: E731
+    return (f'<div class="shopee-results"><p>finding {card["row"] + 1} of {total} · {done} decided</p>'
+            f'<h4 id="review-kind">{e("kind")} · score {card["score"]:.3f} · {e("method")}</h4>'
+            f"<table><tr><th>listing</th><td id='review-posting'>{e('posting_id') or '(the whole group)'}</td></tr>"
+            f"<tr><th>given group</th><td>{e('given')} {e('given_title')}</td></tr>"
+            f"<tr><th>suggested</th><td>{e('suggested')} {e('suggested_title')} ({e('proposed')})</td></tr></table></div>")
+
+
+def review_tab(review: Review):
+    """Inside a gr.Tabs: the Review tab, whose buttons write fixes.csv and bring the next undecided finding."""
     import gradio as gr
 
+    def render(i):
+        done, total = review.progress()
+        if i is None:
+            return finding_html(None, done, total, review.fixes_path), [], None
+        card = review.card(i)
+        shown = [(str(card["photo"]), f"this listing · {card['given']}")] if card["photo"] else []
+        shown += [(str(p), f"given {card['given']}") for p in card["given_photos"]]
+        shown += [(str(p), f"suggested {card['suggested']}") for p in card["suggested_photos"]]
+        return finding_html(card, done, total, review.fixes_path), shown, i
+
+    def act(i, action):
+        if i is None:
+            return render(None)
+        try:
+            return render(review.decide(i, review.card(i)["proposed"] if action == "accept" else action))
+        except ShopeeError as e:
+            page, shown, _ = render(i)
+            return _errors_html([{"error": str(e)}]) + page, shown, i
+
+    with gr.Tab("Review", id="review", elem_id="tab-review"):
+        state = gr.State(None)
+        info = gr.HTML(elem_id="review-finding")
+        photos = gr.Gallery(label="the listing, its given group, the suggested group", columns=4, height=300,
+                            elem_id="review-photos")
+        with gr.Row():
+            keep = gr.Button("Keep as filed", elem_id="review-keep")
+            accept = gr.Button("Relabel / merge as suggested", variant="primary", elem_id="review-relabel")
+            drop = gr.Button("Drop the listing", variant="stop", elem_id="review-drop")
+        for button, action in ((keep, "keep"), (accept, "accept"), (drop, "drop")):
+            button.click(lambda i, a=action: act(i, a), state, [info, photos, state], api_name=False)
+    return lambda: render(review.next_open()), [info, photos, state]
+
+
+def build_page(service: Service | None, review: Review | None = None):
+    """The Blocks app; the caller mounts it (server.py). Without a model, the Review tab alone."""
+    import gradio as gr
+
+    if service is None:
+        with gr.Blocks(title="shopee-fastai: review", analytics_enabled=False) as page:
+            gr.Markdown(f"## Review of {html.escape(str(review.folder))}")
+            with gr.Tabs(selected="review"):
+                first, outputs = review_tab(review)
+            page.load(first, None, outputs)
+        return page
     csv_out = CsvOut()
     titles = service.titles
 
@@ -116,7 +175,7 @@ def build_page(service: Service):
     with gr.Blocks(title=f"shopee-fastai: {health['model']}", analytics_enabled=False) as page:
         gr.Markdown(f"## {html.escape(health['model'])}\n{what} · backend {health['backend']}"
                     + (f" · catalogue of {health['catalog']['listings']} listings" if health["catalog"] else ""))
-        with gr.Tabs(selected="classify" if service.classifies else "match"):
+        with gr.Tabs(selected="review" if review else "classify" if service.classifies else "match"):
             with gr.Tab("Classify", id="classify", elem_id="tab-classify", visible=service.classifies):
                 with gr.Row():
                     with gr.Column():
@@ -144,4 +203,8 @@ def build_page(service: Service):
                             thumbs = gr.Gallery(label="nearest listings (✓: passes the match threshold)", columns=4,
                                                 height=320, elem_id="match-gallery")
                     search.click(find, [query, n], [found, thumbs], api_name=False)
+            if review is not None:
+                first, outputs = review_tab(review)
+        if review is not None:
+            page.load(first, None, outputs)
     return page

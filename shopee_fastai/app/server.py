@@ -4,12 +4,15 @@ naming the problem; nothing a client sends stops the server. Only `serve` import
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request  # module level: FastAPI resolves route annotations from module globals
 
 from ..config import SERVE_HOST, SERVE_MAX_BODY, SERVE_NEIGHBOURS, SERVE_PORT, TOP_K
+from ..data import table as D
 from ..errors import ShopeeError
+from .review import Review
 from .service import BadInput, Service, Upload, staged
 
 FIELD = "file"  # the multipart field that carries photos, as in `curl -F file=@photo.jpg`
@@ -89,8 +92,9 @@ def _answer(results: list[dict], failures: list[dict], n: int) -> Any:
                        "failures": failures, "results": results})
 
 
-def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
-    """The FastAPI app: JSON routes first, the Gradio page at `/`, a body limit around both."""
+def create_app(service: Service | None, max_body: int = SERVE_MAX_BODY, review: Review | None = None):
+    """The FastAPI app: JSON routes first, the Gradio page at `/`, a body limit around both. Without a model
+    (`serve --audit` alone), the page is the Review tab and the photo routes answer 404."""
     import gradio as gr
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
@@ -109,10 +113,19 @@ def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
 
     @api.get("/health")
     def health() -> dict:
-        return service.health()
+        h = service.health() if service is not None else {"status": "ok", "model": None}
+        if review is not None:
+            done, total = review.progress()
+            h["review"] = {"folder": str(review.folder), "findings": total, "decided": done}
+        return h
+
+    def need_model() -> Service:
+        if service is None:
+            raise BadInput("this server reviews an audit and has no model; start it with `serve --model FILE`", 404)
+        return service
 
     async def run(request: Request, work, k_default: int, k_most: int, k_name: str):
-        k = service.check_k(request.query_params.get(k_name, k_default), k_most, k_name)
+        k = Service.check_k(request.query_params.get(k_name, k_default), k_most, k_name)
         uploads = await read_uploads(request)
 
         def job():
@@ -123,18 +136,21 @@ def create_app(service: Service, max_body: int = SERVE_MAX_BODY):
 
     @api.post("/api/predict")
     async def predict(request: Request):
-        return await run(request, service.classify, TOP_K, len(service.predictor.vocab), "top_k")
+        model = need_model()
+        return await run(request, model.classify, TOP_K, len(model.predictor.vocab), "top_k")
 
     @api.post("/api/match")
     async def match(request: Request):
-        service.require_catalog()  # before reading the body: nothing to match against
+        need_model().require_catalog()  # before reading the body: nothing to match against
         return await run(request, service.match, SERVE_NEIGHBOURS, SERVE_NEIGHBOURS * 5, "neighbours")
 
-    allowed = [str(p) for paths in service.examples.values() for p in paths]
-    if service.catalog is not None:
+    allowed = [str(p) for paths in service.examples.values() for p in paths] if service is not None else []
+    if service is not None and service.catalog is not None:
         allowed.append(str(service.catalog.image_dir))
+    if review is not None:
+        allowed += sorted({str(Path(p).parent) for p in review.table[D.PATH]})
     api.add_middleware(BodyLimit, limit=max_body)
-    return gr.mount_gradio_app(api, build_page(service), path="/", allowed_paths=allowed, max_file_size=max_body,
+    return gr.mount_gradio_app(api, build_page(service, review), path="/", allowed_paths=allowed, max_file_size=max_body,
                                css=CSS, footer_links=[])
 
 
@@ -152,22 +168,29 @@ def check_address(host: str, port: int) -> None:
                           "choose another port, or stop what listens there") from None
 
 
-def serve(service: Service, host: str = SERVE_HOST, port: int = SERVE_PORT, max_body: int = SERVE_MAX_BODY) -> None:
+def serve(service: Service | None, host: str = SERVE_HOST, port: int = SERVE_PORT, max_body: int = SERVE_MAX_BODY,
+          review: Review | None = None) -> None:
     """Serve until Ctrl-C (or SIGTERM)."""
     import uvicorn
 
-    uvicorn.run(create_app(service, max_body), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(service, max_body, review), host=host, port=port, log_level="warning")
 
 
-def describe(service: Service, host: str, port: int) -> str:
+def describe(service: Service | None, host: str, port: int, review: Review | None = None) -> str:
     """What the server offers, for the command to print."""
-    h = service.health()
     where = f"http://{host}:{port}"
+    audit = ""
+    if review is not None:
+        done, total = review.progress()
+        audit = f"review: {total} findings of {review.folder} ({done} decided) in the Review tab; decisions go to {review.fixes_path}\n"
+    if service is None:
+        return f"serving the review of {review.folder} at {where}/\n{audit}Ctrl-C stops"
+    h = service.health()
     cat = f"; catalogue {service.catalog.folder} ({h['catalog']['listings']} listings)" if service.catalog else ""
     what = f"{len(h['classes'])} groups" if service.classifies else "an embedding model"
     routes = [f"POST {where}/api/predict"] * service.classifies + [f"POST {where}/api/match"] * bool(service.catalog)
     why = getattr(service.predictor, "why", None)
     return (f"serving {service.model} ({what}, backend {h['backend']}{cat}) at {where}/\n"
-            + (f"model: {why}\n" if why else "")
+            + (f"model: {why}\n" if why else "") + audit
             + f"JSON: {', '.join(routes)}, GET {where}/health, e.g. curl -F {FIELD}=@photo.jpg {routes[0].split()[1]}\n"
             "Ctrl-C stops")

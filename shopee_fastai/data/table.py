@@ -56,13 +56,18 @@ def read_table(data: Path, csv_name: str = "train.csv", labels: bool = True) -> 
     return df
 
 
+def largest_groups(df: pd.DataFrame, top_groups: int) -> pd.DataFrame:
+    """The rows of the `top_groups` largest label groups (0 keeps all); ties broken by name, so the choice is stable."""
+    if not top_groups:
+        return df.reset_index(drop=True)
+    counts = df[LABEL].value_counts()
+    order = sorted(counts.index, key=lambda g: (-counts[g], g))
+    return df[df[LABEL].isin(order[:top_groups])].reset_index(drop=True)
+
+
 def clean(df: pd.DataFrame, top_groups: int = TOP_GROUPS) -> pd.DataFrame:
     """The study's cleaning: keep the `top_groups` largest label groups (0 keeps all), then drop reused image files."""
-    if top_groups:
-        counts = df[LABEL].value_counts()
-        order = sorted(counts.index, key=lambda g: (-counts[g], g))  # ties broken by name, so the choice is stable
-        df = df[df[LABEL].isin(order[:top_groups])]
-    return df.drop_duplicates(subset=IMAGE, keep="first").reset_index(drop=True)
+    return largest_groups(df, top_groups).drop_duplicates(subset=IMAGE, keep="first").reset_index(drop=True)
 
 
 def group_titles(df: pd.DataFrame) -> dict[str, str]:

@@ -33,13 +33,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(model: Path, log: Path, catalog: Path | None = None):
+def running(model: Path | None, log: Path, catalog: Path | None = None, audit: Path | None = None):
     """`serve` in a child process until the block ends; fails with the server's output if it never answers."""
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "shopee_fastai", "serve", "--model", str(model), "--port", str(port)]
+    cmd = [sys.executable, "-m", "shopee_fastai", "serve", "--port", str(port)]
+    cmd += ["--model", str(model)] if model else []
     cmd += ["--catalog", str(catalog)] if catalog else []
+    cmd += ["--audit", str(audit)] if audit else []
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     server = Server(f"http://127.0.0.1:{port}", log, proc)
@@ -64,6 +66,26 @@ def running(model: Path, log: Path, catalog: Path | None = None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def audited_folder(tmp_path_factory) -> Path:
+    """An audit of a small catalogue with planted mislabels (tests/audit)."""
+    from shopee_fastai.audit import AuditConfig, run_audit
+
+    from ..audit.test_audit import make_catalogue
+
+    data = make_catalogue(tmp_path_factory.mktemp("review-data"))
+    out = tmp_path_factory.mktemp("review") / "audit"
+    run_audit(AuditConfig(data=data, out=out), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reviewing(audited_folder, tmp_path_factory):
+    """`serve --audit` alone: the Review tab, no model."""
+    with running(None, tmp_path_factory.mktemp("serve-review") / "serve.log", audit=audited_folder) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

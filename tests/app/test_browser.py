@@ -112,3 +112,25 @@ def test_find_the_matches_of_a_photo_in_the_catalogue(browser, served, synthetic
     assert rows[2].startswith("p1001_3 product 1001 1.000 match"), text
     WebDriverWait(browser, WAIT_S).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#match-gallery img"))
     _save(browser, shots / "serve-match.png")
+
+
+def test_review_an_audit_and_the_buttons_write_fixes_csv(browser, reviewing, audited_folder, shots):
+    """Relabel, keep, drop: each click writes its decision into fixes.csv and brings the next finding."""
+    import pandas as pd
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(reviewing.url)
+    finding = lambda b: b.find_element(By.ID, "review-finding").text  # noqa: E731
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.find_elements(By.ID, "review-finding") and "finding 1 of" in finding(b))
+    first = pd.read_csv(audited_folder / "issues.csv", dtype=str).iloc[0]
+    assert first["posting_id"] in finding(browser) and "wrong_group" in finding(browser)
+    WebDriverWait(browser, WAIT_S).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#review-photos img"))
+    _save(browser, shots / "serve-review.png")
+    for n, button in enumerate(("review-relabel", "review-keep", "review-drop"), 2):
+        browser.find_element(By.ID, button).click()
+        WebDriverWait(browser, WAIT_S).until(lambda b: f"finding {n} of" in finding(b) or "All" in finding(b))
+    fixes = pd.read_csv(audited_folder / "fixes.csv", dtype=str, keep_default_na=False)
+    assert fixes["action"].head(3).tolist() == ["relabel", "keep", "drop"]
+    assert (fixes["action"].iloc[3:] == "").all()
+    assert fixes["new_group"].iloc[0] == first["suggested_group"]

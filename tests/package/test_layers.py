@@ -19,7 +19,7 @@ LAYERS = [
     {"inference"},
     {"evaluation", "matching"},
     {"training"},
-    {"eda"},
+    {"eda", "audit"},
     {"app"},
     {"cli", "__main__"},
 ]

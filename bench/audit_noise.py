@@ -1,0 +1,135 @@
+"""How well `audit` finds planted label errors and split groups, and what fixing them is worth.
+
+Noise: a share of the training photos (not the `val_` occasion) is relabelled to another random group,
+and each moved photo's title moves with it (grocery's titles are its class names, so a title left behind
+would give the answer away). The audit runs with and without titles as evidence; precision@N and recall@N
+rank every photo by cleanlab's label quality, N = the number moved. Merge: 3 groups are each split into
+two label ids; all 3 should be among the top 5 merge candidates. Retrain (--retrain): the default recipe
+on the noisy labels, on the labels after the audit's top-N relabels, and on the clean labels, tested on
+the `val_` photos.
+
+    python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shopee_fastai.audit import AuditConfig, apply_fixes, audit
+from shopee_fastai.audit.find import KIND, SAME_PRODUCT, SUGGESTED, WRONG_GROUP
+from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
+from shopee_fastai.data.table import ID, LABEL, PATH, TITLE, group_titles, read_table
+from shopee_fastai.machine import summary
+from shopee_fastai.training import fit_learner
+
+OCCASION = "^val_"
+
+
+def folder(dest: Path, table: pd.DataFrame, images: Path) -> Path:
+    """A Kaggle-layout folder of `table` whose train_images/ links to the original photos."""
+    dest.mkdir(parents=True, exist_ok=True)
+    table.drop(columns=[PATH]).to_csv(dest / "train.csv", index=False)
+    link = dest / "train_images"
+    if not link.exists():
+        os.symlink(images.resolve(), link)
+    return dest
+
+
+def add_noise(table: pd.DataFrame, share: float, rng) -> tuple[pd.DataFrame, set[str]]:
+    """Relabel `share` of the non-`val_` rows to another random group, their titles with them."""
+    titles = group_titles(table)
+    groups = sorted(titles)
+    train = table.index[~table[ID].str.contains(OCCASION)]
+    moved = rng.choice(train, size=round(share * len(train)), replace=False)
+    noisy = table.copy()
+    for i in moved:
+        new = rng.choice([g for g in groups if g != noisy.at[i, LABEL]])
+        noisy.at[i, LABEL], noisy.at[i, TITLE] = new, titles[new]
+    return noisy, set(noisy.loc[moved, ID])
+
+
+def ranking_scores(result, moved: set[str]) -> dict[str, float]:
+    n = len(moved)
+    order = np.argsort(result.quality, kind="stable")
+    top = set(result.table[ID].iloc[order[:n]])
+    flagged = set(result.findings.loc[result.findings[KIND] == WRONG_GROUP, ID])
+    return {"precision@N": len(top & moved) / n, "recall@N": len(top & moved) / n, "flagged": len(flagged),
+            "flagged precision": len(flagged & moved) / max(1, len(flagged)), "flagged recall": len(flagged & moved) / n}
+
+
+def split_groups(table: pd.DataFrame, rng, n: int = 3) -> tuple[pd.DataFrame, list[set[str]]]:
+    out = table.copy()
+    chosen = rng.choice(sorted(out[LABEL].unique()), size=n, replace=False)
+    for g in chosen:
+        rows = out.index[out[LABEL] == g]
+        out.loc[rng.choice(rows, size=len(rows) // 2, replace=False), LABEL] = f"{g}b"
+    return out, [{str(g), f"{g}b"} for g in chosen]
+
+
+def train_val(data: Path, seed: int, models: Path, name: str) -> float:
+    cfg = TrainConfig(data=data, arch=OFFLINE_ARCH, pretrained=True, top_groups=0, holdout=OCCASION, seed=seed,
+                      models_dir=models, name=name)
+    return float(fit_learner(cfg).card.test_accuracy)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.10])
+    ap.add_argument("--retrain", action="store_true", help="also train the default recipe three ways per seed (slow)")
+    args = ap.parse_args()
+    print(summary())
+    table = read_table(args.data)
+    images = args.data / "train_images"
+    train_only = table[~table[ID].str.contains(OCCASION)].reset_index(drop=True)
+    rows = []
+    for seed in args.seeds:
+        for share in args.noise:
+            noisy, moved = add_noise(train_only, share, np.random.default_rng(seed))
+            data = folder(args.work / f"noise{share}-s{seed}", noisy, images)
+            for titles in (True, False):
+                began = time.perf_counter()
+                result = audit(AuditConfig(data=data, out=args.work / "out", titles=titles, seed=seed), progress=False)
+                rows.append({"seed": seed, "noise": share, "titles": titles, "N": len(moved),
+                             **ranking_scores(result, moved), "s": round(time.perf_counter() - began, 1)})
+                print(rows[-1], flush=True)
+        merged, pairs = split_groups(train_only, np.random.default_rng(seed))
+        result = audit(AuditConfig(data=folder(args.work / f"split-s{seed}", merged, images), out=args.work / "out",
+                                   seed=seed), progress=False)
+        merges = result.findings[result.findings[KIND] == SAME_PRODUCT].head(5)
+        named = [{str(a), str(b)} for a, b in zip(merges[LABEL], merges[SUGGESTED])]
+        print({"seed": seed, "split groups in the top 5 merge candidates": sum(p in named for p in pairs)}, flush=True)
+    frame = pd.DataFrame(rows)
+    print(frame.groupby(["noise", "titles"])[["precision@N", "flagged", "flagged precision", "flagged recall", "s"]]
+          .agg(["mean", "std"]).round(3).to_string())
+    if not args.retrain:
+        return
+    accs = []
+    for seed in args.seeds:
+        noisy, moved = add_noise(table, 0.10, np.random.default_rng(seed))
+        noisy_dir = folder(args.work / f"retrain-noisy-s{seed}", noisy, images)
+        result = audit(AuditConfig(data=folder(args.work / f"retrain-audit-s{seed}", noisy[~noisy[ID].str.contains(OCCASION)],
+                                                images), out=args.work / "out", seed=seed, titles=False), progress=False)
+        top = np.argsort(result.quality, kind="stable")[: len(moved)]  # the ranking's top N, relabelled as suggested
+        fixes = pd.DataFrame({ID: result.table[ID].iloc[top], LABEL: result.table[LABEL].iloc[top], "action": "relabel",
+                              "new_group": result.suggested[top]})
+        cleaned = apply_fixes(noisy_dir, fixes, args.work / f"retrain-cleaned-s{seed}")
+        clean_dir = folder(args.work / f"retrain-clean-s{seed}", table, images)
+        row = {"seed": seed}
+        for what, data in (("noisy", noisy_dir), ("audited", cleaned), ("clean", clean_dir)):
+            row[what] = train_val(data, seed, args.work / "models", f"{what}-s{seed}")
+            print(row, flush=True)
+        accs.append(row)
+    print(pd.DataFrame(accs).set_index("seed").agg(["mean", "std"]).round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
