@@ -83,7 +83,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--noise", type=float, nargs="+", default=[0.05, 0.10])
+    ap.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.10], help="noise levels (none: skip the noise and merge runs)")
+    ap.add_argument("--titles", choices=["both", "on", "off"], default="both", help="audit with titles as evidence, without, or both")
     ap.add_argument("--retrain", action="store_true", help="also train the default recipe three ways per seed (slow)")
     args = ap.parse_args()
     print(summary())
@@ -95,12 +96,14 @@ def main() -> None:
         for share in args.noise:
             noisy, moved = add_noise(train_only, share, np.random.default_rng(seed))
             data = folder(args.work / f"noise{share}-s{seed}", noisy, images)
-            for titles in (True, False):
+            for titles in {"both": (True, False), "on": (True,), "off": (False,)}[args.titles]:
                 began = time.perf_counter()
                 result = audit(AuditConfig(data=data, out=args.work / "out", titles=titles, seed=seed), progress=False)
                 rows.append({"seed": seed, "noise": share, "titles": titles, "N": len(moved),
                              **ranking_scores(result, moved), "s": round(time.perf_counter() - began, 1)})
                 print(rows[-1], flush=True)
+        if not args.noise:
+            continue
         merged, pairs = split_groups(train_only, np.random.default_rng(seed))
         result = audit(AuditConfig(data=folder(args.work / f"split-s{seed}", merged, images), out=args.work / "out",
                                    seed=seed), progress=False)
@@ -108,8 +111,9 @@ def main() -> None:
         named = [{str(a), str(b)} for a, b in zip(merges[LABEL], merges[SUGGESTED])]
         print({"seed": seed, "split groups in the top 5 merge candidates": sum(p in named for p in pairs)}, flush=True)
     frame = pd.DataFrame(rows)
-    print(frame.groupby(["noise", "titles"])[["precision@N", "flagged", "flagged precision", "flagged recall", "s"]]
-          .agg(["mean", "std"]).round(3).to_string())
+    if len(frame):
+        print(frame.groupby(["noise", "titles"])[["precision@N", "flagged", "flagged precision", "flagged recall", "s"]]
+              .agg(["mean", "std"]).round(3).to_string())
     if not args.retrain:
         return
     accs = []

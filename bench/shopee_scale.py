@@ -1,9 +1,10 @@
-"""eda, prepare and the leak-free split on a synthetic data set of Shopee's size, timed.
+"""eda, prepare, the leak-free split and audit on a synthetic data set of Shopee's size, timed (audit's peak memory too).
 
 Builds a Kaggle-layout folder shaped like Shopee's train set — 34,250 postings, 32,412 image files
 (some files shared by several postings), 11,014 label groups mostly of 2, shared phashes and titles —
 with small JPEGs (the row counts are what is tested; `cache_speed.py` covers large photos), then runs
-`eda`, `prepare` twice (the second must do nothing) and `split`, printing each one's wall time.
+`eda`, `prepare` twice (the second must do nothing), `split` and `audit`, printing each one's wall time
+(and, where GNU time is installed, the audit's peak resident memory).
 
     python bench/shopee_scale.py [--rows 34250] [--out /tmp/shopee-synthetic]
 """
@@ -48,11 +49,16 @@ def build(out: Path, rows: int, seed: int = 0) -> Path:
     return out
 
 
-def timed(*args: str) -> None:
+def timed(*args: str, peak: bool = False) -> None:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "shopee_fastai", *args], capture_output=True, text=True)
-    last = [ln for ln in out.stdout.strip().splitlines() if ln.strip()][-1:] or [out.stderr.strip()[-300:]]
-    print(f"{' '.join(args[:1]):8s} {time.perf_counter() - start:8.1f} s   rc {out.returncode}   {last[0][-160:]}")
+    gnu_time = ["/usr/bin/time", "-f", "peak %M KiB"] if peak and Path("/usr/bin/time").is_file() else []
+    out = subprocess.run([*gnu_time, sys.executable, "-m", "shopee_fastai", *args], capture_output=True, text=True)
+    lines = [ln for ln in out.stdout.strip().splitlines() if ln.strip()]
+    last = lines[-3:-2] if args[0] == "audit" else lines[-1:]
+    memory = [ln for ln in out.stderr.splitlines() if ln.startswith("peak ")]
+    last = last or [out.stderr.strip()[-300:]]
+    print(f"{' '.join(args[:1]):8s} {time.perf_counter() - start:8.1f} s   rc {out.returncode}   {last[0][-160:]}"
+          + (f"   {memory[-1]}" if memory else ""))
 
 
 def main() -> None:
@@ -68,6 +74,7 @@ def main() -> None:
     timed("prepare", "--data", str(data), "--size", "224")
     timed("prepare", "--data", str(data), "--size", "224")
     timed("split", "--data", str(data), "--top-groups", "0")
+    timed("audit", "--data", str(data), "--out", str(args.out / "audit"), peak=True)
 
 
 if __name__ == "__main__":

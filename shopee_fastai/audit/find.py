@@ -1,12 +1,12 @@
 """Find what is wrong in a Kaggle-layout catalogue: listings filed under the wrong group, groups that are one
 product, photos unlike the rest, and the same photo filed under two groups.
 
-Every photo's group is judged by something that never saw its label: out-of-fold probabilities of the
-default recipe's head (training/folds.py) for groups large enough to cross-validate, and the votes of
-its nearest photos for the rest (most Shopee groups hold 2 listings). Confident learning (cleanlab)
-decides which labels to flag and ranks them; a title that disagrees with its group counts as evidence
-beside the photo, unless `titles` is off. The body runs once: its pooled features are the cached
-embeddings that `split` and `match` also use.
+Every photo's group is judged by something that never saw its label. Groups large enough to
+cross-validate get out-of-fold probabilities of the default recipe's head (training/folds.py), and
+cleanlab's confident learning flags and ranks their labels. Smaller groups (most Shopee groups hold 2
+listings) are judged by their nearest photos' votes: flagged where another group outvotes their own. A
+title that disagrees with its group is evidence beside the photo, unless `titles` is off. The body runs
+once: its pooled features are the cached embeddings that `split` and `match` also use.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ COLUMNS = [D.ID, D.IMAGE, KIND, SCORE, METHOD, D.LABEL, D.TITLE, SUGGESTED, SUGG
 MERGE_MIN_SHARE = 0.2  # a pair of groups is a merge candidate when this share of the smaller one looks like the other
 OUTLIER_FENCE = 3.0  # outliers lie this many IQRs below the lower quartile of typicality (Tukey's far-out fence)
 TITLE_WEIGHT = 0.5  # the title's share of the evidence, beside the photo's
+VOTE_TEMPERATURE = 0.05  # cosine similarity over which a neighbour's vote falls e-fold
+TITLE_CHUNK = 1024  # titles compared at once: memory O(chunk x n)
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,37 @@ class Audit:
         return {k: int((self.findings[KIND] == k).sum()) for k in KINDS}
 
 
+def _weights(sims: np.ndarray) -> np.ndarray:
+    """Votes by similarity, sharpened so that a near twin outvotes a crowd of look-alikes."""
+    return np.exp((sims - sims.max(1, keepdims=True)) / VOTE_TEMPERATURE)
+
+
 def neighbour_probs(sims: np.ndarray, idx: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
-    """[n, n_classes]: each row's neighbours (itself excluded) voting for their groups, weighted by similarity."""
+    """[n, n_classes]: each row's neighbours (itself excluded) voting for their classes; codes of -1 do not vote."""
     n, k = idx.shape
-    weights = np.clip(sims, 0, None) + 1e-6
+    labels, weights = codes[idx].ravel(), _weights(sims).ravel()
+    rows = np.repeat(np.arange(n), k)
     probs = np.zeros((n, n_classes), np.float64)
-    np.add.at(probs, (np.repeat(np.arange(n), k), codes[idx].ravel()), weights.ravel())
+    np.add.at(probs, (rows[labels >= 0], labels[labels >= 0]), weights[labels >= 0])
     probs += 1e-3 / n_classes  # no class is impossible: cleanlab needs every probability above 0
     return probs / probs.sum(1, keepdims=True)
+
+
+def neighbour_votes(sims: np.ndarray, idx: np.ndarray, codes: np.ndarray, given: np.ndarray):
+    """(the given group's share of the vote, the likeliest other group, its share) per row, without a dense
+    [rows x groups] matrix: Shopee has 11,014 groups."""
+    w = _weights(sims)
+    w = w / w.sum(1, keepdims=True)
+    labels = codes[idx]
+    share = (w * (labels == given[:, None])).sum(1)
+    other = np.where(labels == given[:, None], -1, labels)
+    best, best_share = np.full(len(idx), -1), np.zeros(len(idx))
+    for j in range(idx.shape[1]):
+        cand = other[:, j]
+        votes = (w * (other == cand[:, None])).sum(1)
+        better = (cand >= 0) & (votes > best_share)
+        best[better], best_share[better] = cand[better], votes[better]
+    return share, best, best_share
 
 
 def without_self(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,23 +137,22 @@ def without_self(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndar
     return sims[keep].reshape(-1, k), idx[keep].reshape(-1, k)
 
 
-def title_probs(titles: pd.Series, codes: np.ndarray, n_classes: int, k: int) -> np.ndarray:
-    """[n, n_classes]: the groups of the `k` listings whose titles are nearest each title (TF-IDF of words and
-    character n-grams, the listing itself left out)."""
+def title_neighbours(titles: pd.Series, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` listings whose titles are nearest each title (cosine of TF-IDF over character n-grams), the listing
+    itself left out: (similarities, indices)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True)
-    tfidf = vec.fit_transform(titles.fillna("").astype(str))
-    k = min(k, tfidf.shape[0] - 1)
-    sims = np.zeros((tfidf.shape[0], k), np.float32)
-    idx = np.zeros((tfidf.shape[0], k), np.int64)
-    for start in range(0, tfidf.shape[0], 1024):
-        block = (tfidf[start : start + 1024] @ tfidf.T).toarray()
+    tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True).fit_transform(titles.fillna("").astype(str))
+    n = tfidf.shape[0]
+    k = min(k, n - 1)
+    sims, idx = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
+    for start in range(0, n, TITLE_CHUNK):
+        block = (tfidf[start : start + TITLE_CHUNK] @ tfidf.T).toarray()
         block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
         top = np.argpartition(-block, k - 1, axis=1)[:, :k]
         idx[start : start + len(block)] = top
         sims[start : start + len(block)] = np.take_along_axis(block, top, 1)
-    return neighbour_probs(sims, idx, codes, n_classes)
+    return sims, idx
 
 
 def judge_labels(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +166,8 @@ def judge_labels(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def judge(labels: np.ndarray, photo: np.ndarray, title: np.ndarray | None, how: str):
-    """(flagged, quality, suggested, method) from the photo's probabilities and, if given, the title's.
+    """(flagged, quality, suggested, method) for cross-validated rows from the photo's probabilities and, if
+    given, the title's.
 
     Either one disagreeing with the group flags a listing (a photo unlike its title is a finding too); the
     ranking's quality weighs both, so a listing both disagree with comes first.
@@ -157,6 +182,21 @@ def judge(labels: np.ndarray, photo: np.ndarray, title: np.ndarray | None, how: 
     both = (1 - TITLE_WEIGHT) * photo + TITLE_WEIGHT * title
     both[np.arange(len(labels)), labels] = -1
     return f | ft, (1 - TITLE_WEIGHT) * q + TITLE_WEIGHT * qt, both.argmax(1), methods
+
+
+def judge_by_votes(photo: tuple, title: tuple | None, how: str):
+    """The same for rows judged by their neighbours' votes: flagged where another group outvotes the given one."""
+    share, best, best_share = photo
+    f = best_share > share
+    methods = np.full(len(share), how, object)
+    if title is None:
+        return f, share, best, methods
+    t_share, t_best, t_best_share = title
+    ft = t_best_share > t_share
+    methods[ft & ~f] = f"{how} (title)"
+    methods[ft & f] = f"{how} + title"
+    suggested = np.where((ft & ~f) | (best < 0), t_best, best)
+    return f | ft, (1 - TITLE_WEIGHT) * share + TITLE_WEIGHT * t_share, suggested, methods
 
 
 def _merge_pairs(pairs: dict, a: int, b: int, score: float, method: str) -> None:
@@ -176,11 +216,12 @@ def audit(cfg: AuditConfig, progress: bool = True) -> Audit:
         raise ShopeeError(f"{cfg.data / 'train.csv'}: one label group only ({groups[0] if len(groups) else 'none readable'}); "
                           "an audit judges listings against other groups, so it needs at least 2")
     titles = D.group_titles(table)
-    emb = embeddings_for(list(table[D.PATH]), cfg.arch, progress=progress)
+    files = list(dict.fromkeys(table[D.PATH]))  # each file once, in the order `split` embeds them: one cache serves both
+    emb = embeddings_for(files, cfg.arch, progress=progress)[pd.Index(files).get_indexer(table[D.PATH])]
     seconds["embed"] = time.perf_counter() - began
     n, sizes = len(table), np.bincount(codes)
     sims, idx = without_self(*knn(emb, min(cfg.neighbours + 1, n)))
-    by_title = title_probs(table[D.TITLE], codes, len(groups), cfg.neighbours) if cfg.titles and D.TITLE in table else None
+    by_title = title_neighbours(table[D.TITLE], cfg.neighbours) if cfg.titles and D.TITLE in table else None
 
     quality, method = np.full(n, np.nan), np.full(n, "", object)
     flagged, suggested = np.zeros(n, bool), np.full(n, -1)
@@ -193,8 +234,11 @@ def audit(cfg: AuditConfig, progress: bool = True) -> Audit:
         classes = np.unique(codes[cv])
         local = np.searchsorted(classes, codes[cv])
         probs = out_of_fold(emb[cv], local, len(classes), cfg.folds, cfg.seed)
-        text = by_title[cv][:, classes] if by_title is not None else None
-        f, q, s, how = judge(local, probs, text / text.sum(1, keepdims=True) if text is not None else None, CROSS_VALIDATION)
+        to_local = np.full(len(groups), -1)
+        to_local[classes] = np.arange(len(classes))
+        text = (neighbour_probs(by_title[0][cv], by_title[1][cv], to_local[codes], len(classes))
+                if by_title is not None else None)
+        f, q, s, how = judge(local, probs, text, CROSS_VALIDATION)
         rows = np.flatnonzero(cv)
         flagged[rows], quality[rows], suggested[rows], method[rows] = f, q, classes[s], how
         overlaps = find_overlapping_classes(labels=local, pred_probs=probs)
@@ -204,8 +248,9 @@ def audit(cfg: AuditConfig, progress: bool = True) -> Audit:
     seconds["cross-validation"] = time.perf_counter() - t
     small = ~cv
     if small.any():
-        probs = neighbour_probs(sims, idx, codes, len(groups))[small]
-        f, q, s, how = judge(codes[small], probs, by_title[small] if by_title is not None else None, NEIGHBOURS)
+        photo = neighbour_votes(sims[small], idx[small], codes, codes[small])
+        text = neighbour_votes(by_title[0][small], by_title[1][small], codes, codes[small]) if by_title is not None else None
+        f, q, s, how = judge_by_votes(photo, text, NEIGHBOURS)
         rows = np.flatnonzero(small)
         flagged[rows], quality[rows], suggested[rows], method[rows] = f, q, s, how
 
