@@ -120,7 +120,7 @@ def review_tab(review: Review):
     with gr.Tab("Review", id="review", elem_id="tab-review"):
         state = gr.State(None)
         info = gr.HTML(elem_id="review-finding")
-        photos = gr.Gallery(label="the listing, its given group, the suggested group", columns=4, height=300,
+        photos = gr.Gallery(label="the listing, its given group, the suggested group", columns=7, height=240,
                             elem_id="review-photos")
         with gr.Row():
             keep = gr.Button("Keep as filed", elem_id="review-keep")

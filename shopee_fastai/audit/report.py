@@ -41,7 +41,7 @@ def contact_sheet(dest: Path, result: Audit) -> None:
     pairs = [(path_of.get(r[D.IMAGE]), group_photo(result.table, r[SUGGESTED], r[D.ID])) for _, r in rows.iterrows()]
     thumbs = decode_all([p or "" for pair in pairs for p in pair], thumbnail)
     n = max(1, len(rows))
-    with figure(dest, (5.0, 2.3 * n + 0.4)) as fig:
+    with figure(dest, (6.4, 2.3 * n + 0.4)) as fig:
         fig.suptitle(f"audit: top {len(rows)} findings (left: the listing; right: the suggested group)", fontsize=9)
         axes = fig.subplots(n, 2, squeeze=False)
         for ax in axes.ravel():
