@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 from shopee_fastai.machine import summary
 
+STEPS = ("eda", "prepare", "split", "audit")
 IMAGES_PER_ROW = 32412 / 34250
 GROUPS_PER_ROW = 11014 / 34250
 
@@ -65,16 +66,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=34250)
     ap.add_argument("--out", type=Path, default=Path("/tmp/shopee-synthetic"))
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="the commands to time (default: all)")
     args = ap.parse_args()
     print(summary())
     start = time.perf_counter()
     data = build(args.out, args.rows)
     print(f"built {data} ({args.rows:,} rows) in {time.perf_counter() - start:.0f} s")
-    timed("eda", "--data", str(data), "--out", str(args.out / "eda"))
-    timed("prepare", "--data", str(data), "--size", "224")
-    timed("prepare", "--data", str(data), "--size", "224")
-    timed("split", "--data", str(data), "--top-groups", "0")
-    timed("audit", "--data", str(data), "--out", str(args.out / "audit"), peak=True)
+    if "eda" in args.steps:
+        timed("eda", "--data", str(data), "--out", str(args.out / "eda"))
+    if "prepare" in args.steps:
+        timed("prepare", "--data", str(data), "--size", "224")
+        timed("prepare", "--data", str(data), "--size", "224")
+    if "split" in args.steps:
+        timed("split", "--data", str(data), "--top-groups", "0")
+    if "audit" in args.steps:
+        timed("audit", "--data", str(data), "--out", str(args.out / "audit"), peak=True)
 
 
 if __name__ == "__main__":

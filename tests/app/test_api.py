@@ -214,3 +214,18 @@ def test_an_embedding_model_matches_with_its_own_embeddings_and_calibrated_thres
         assert r.status_code == 409 and "embedding model" in r.json()["error"] and "/api/match" in r.json()["error"]
     result = CliRunner().invoke(app, ["serve", "--model", str(arcface.files.safetensors)])
     assert result.exit_code == 2 and "an embedding model finds matches" in result.stderr and "--catalog DIR" in result.stderr
+
+
+def test_serve_audit_alone_reviews_and_refuses_photos_without_a_model(reviewing, synthetic):
+    h = httpx.get(f"{reviewing.url}/health").json()
+    assert h["model"] is None and h["review"]["findings"] > 0
+    r = httpx.post(f"{reviewing.url}/api/predict", files=photos(synthetic, "3003_001.jpg"), timeout=60)
+    assert r.status_code == 404 and "--model" in r.json()["error"]
+    assert "Review tab" in reviewing.output()
+
+
+def test_serve_needs_a_model_or_an_audit_and_names_a_missing_audit(tmp_path):
+    r = CliRunner().invoke(app, ["serve"])
+    assert r.exit_code == 2 and "--model FILE" in r.stderr and "--audit DIR" in r.stderr
+    r = CliRunner().invoke(app, ["serve", "--audit", str(tmp_path), "--port", "0"])
+    assert r.exit_code == 2 and "run `shopee-fastai audit" in r.stderr, r.stderr

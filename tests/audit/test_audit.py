@@ -95,12 +95,15 @@ def test_a_group_split_in_two_is_a_merge_candidate_and_a_reused_file_a_duplicate
     table = pd.read_csv(data / "train.csv", dtype=str)
     table.loc[table["posting_id"].isin([f"g3_{i}" for i in range(5)]), "label_group"] = "999"
     table.loc[table["posting_id"] == "g5_0", "image"] = "g1_0.jpg"  # the same file filed under two groups
+    (data / "train_images" / "broken.jpg").write_bytes(b"\xff\xd8 not a whole jpeg")
+    table.loc[len(table)] = {"posting_id": "broken", "image": "broken.jpg", "image_phash": "0", "title": "x", "label_group": "100"}
     table.to_csv(data / "train.csv", index=False)
     found = audit(AuditConfig(data=data, out=tmp_path / "out"), progress=False).findings
     merges = found[found[KIND] == SAME_PRODUCT]
     assert {"103", "999"} == {merges["label_group"].iloc[0], merges[SUGGESTED].iloc[0]}
     dup = found[found[KIND] == DUPLICATE]
     assert set(dup["posting_id"].head(1)) <= {"g5_0", "g1_0"} and dup["method"].iloc[0] == "same file"
+    assert found.loc[found[KIND] == "unreadable", "posting_id"].tolist() == ["broken"]
 
 
 def test_outputs_are_written_and_earlier_decisions_survive_a_rerun(catalogue, audited, tmp_path):
