@@ -80,7 +80,7 @@ def main() -> None:
     if "split" in args.steps:
         timed("split", "--data", str(data), "--top-groups", "0")
     if "audit" in args.steps:
-        timed("audit", "--data", str(data), "--out", str(args.out / "audit"), peak=True)
+        timed("audit", "--data", str(data), "--out", str(args.out.with_name(args.out.name + "-audit")), peak=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..audit.find import KIND, METHOD, SCORE, SUGGESTED, SUGGESTED_TITLE
+from ..audit.find import KIND, METHOD, SCORE, SUGGESTED, SUGGESTED_TITLE, UNREADABLE
 from ..audit.fixes import ACTION, DROP, KEEP, decide, proposed, read_fixes
 from ..audit.report import FIXES, ISSUES, SUMMARY
 from ..data import table as D
@@ -63,7 +63,7 @@ class Review:
     def card(self, i: int) -> dict[str, Any]:
         """Finding `i`: what it says, its photo, and photos of the given and suggested groups."""
         f = self.findings.iloc[i]
-        photo = self.table.loc[self.table[D.IMAGE] == f[D.IMAGE], D.PATH]
+        photo = self.table.loc[self.table[D.IMAGE] == f[D.IMAGE], D.PATH] if f[KIND] != UNREADABLE else pd.Series([], dtype=str)
         return {"row": i, "of": len(self.findings), "posting_id": f[D.ID], "kind": f[KIND], "score": float(f[SCORE] or 0),
                 "method": f[METHOD], "given": f[D.LABEL], "given_title": f[D.TITLE], "suggested": f[SUGGESTED],
                 "suggested_title": f[SUGGESTED_TITLE], "proposed": proposed(f[KIND]),

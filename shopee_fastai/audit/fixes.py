@@ -12,7 +12,7 @@ import pandas as pd
 from ..data import table as D
 from ..errors import ShopeeError
 from ..io import atomic_path, write_text
-from .find import KIND, SAME_PRODUCT, SUGGESTED, Audit, check_out
+from .find import KIND, OUTLIER, SAME_PRODUCT, SUGGESTED, UNREADABLE, Audit, check_out
 
 ACTION, NEW_GROUP = "action", "new_group"
 KEEP, RELABEL, DROP, MERGE = "keep", "relabel", "drop", "merge"
@@ -131,5 +131,6 @@ def decide(path: Path, row: int, action: str, new_group: str | None = None) -> p
 
 
 def proposed(kind: str) -> str:
-    """The action a finding's suggestion stands for: a merge for two groups that are one product, else a relabel."""
-    return MERGE if kind == SAME_PRODUCT else RELABEL
+    """The action a finding's suggestion stands for: a merge for two groups that are one product, a drop for a
+    photo unlike the rest or unreadable (they suggest no group), else a relabel."""
+    return {SAME_PRODUCT: MERGE, OUTLIER: DROP, UNREADABLE: DROP}.get(kind, RELABEL)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from shopee_fastai.audit import AuditConfig, apply_fixes, audit, decide, read_fixes, run_audit
 from shopee_fastai.audit.find import DUPLICATE, KIND, SAME_PRODUCT, SUGGESTED, WRONG_GROUP
+from shopee_fastai.audit.fixes import proposed
 from shopee_fastai.cli import app
 from shopee_fastai.errors import ShopeeError
 
@@ -114,6 +115,7 @@ def test_outputs_are_written_and_earlier_decisions_survive_a_rerun(catalogue, au
     assert len(issues) == len(result.findings)
     assert paths["contact.png"].read_bytes()[:4] == b"\x89PNG"
     assert "wrong_group" in paths["report.md"].read_text()
+    assert [proposed(k) for k in ("wrong_group", "same_product", "outlier", "unreadable")] == ["relabel", "merge", "drop", "drop"]
     fixes = decide(paths["fixes.csv"], 0, "relabel")
     assert fixes.loc[0, "action"] == "relabel"
     run_audit(AuditConfig(data=catalogue, out=paths["fixes.csv"].parent), progress=False)
