@@ -87,7 +87,7 @@ class Audit:
     findings: pd.DataFrame
     quality: np.ndarray  # per row of `table`: cleanlab's label quality (low: likely wrong)
     method: np.ndarray  # per row of `table`: which method judged its label
-    suggested: np.ndarray  # per row of `table`: the likeliest other group
+    suggested: np.ndarray  # per row of `table`: the likeliest other group ("" where no other group has a vote)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
@@ -283,7 +283,7 @@ def audit(cfg: AuditConfig, progress: bool = True) -> Audit:
     once = (findings[KIND] != DUPLICATE) | ~findings.duplicated([KIND, D.ID])  # a photo's best twin only
     findings = findings[once].reset_index(drop=True)
     seconds["total"] = time.perf_counter() - began
-    return Audit(table, findings, quality, method, groups[suggested].astype(str), seconds)
+    return Audit(table, findings, quality, method, np.where(suggested >= 0, groups[suggested].astype(str), ""), seconds)
 
 
 def _row(table: pd.DataFrame, i: int, kind: str, score: float, how: str, given: int, suggested: int,
