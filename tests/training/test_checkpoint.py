@@ -1,5 +1,4 @@
 import json
-import threading
 from dataclasses import replace
 from pathlib import Path
 import os
@@ -121,27 +120,27 @@ def default_recipe_config(data, models, **extra) -> TrainConfig:
 
 
 def interrupt_after_three_epochs(cfg: TrainConfig) -> dict:
-    """Run `cfg` in this process and press Ctrl-C (SIGINT) once its checkpoint has 3 epochs done; the saved progress."""
-    state = Path(cfg.models_dir) / f"{cfg.model_name}.ckpt.json"
-    done = threading.Event()
+    """Run `cfg` in this process and press Ctrl-C (SIGINT) as soon as its checkpoint has 3 epochs done; the saved
+    progress. The signal is sent from the training thread right after that checkpoint is written, so a loaded
+    machine cannot let the run finish first."""
+    from shopee_fastai.training.callbacks import Checkpoint
 
-    def press_ctrl_c():
-        while not done.is_set():
-            if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.02)
+    state = Path(cfg.models_dir) / f"{cfg.model_name}.ckpt.json"
+    saved = Checkpoint.after_epoch
+
+    def after_epoch(self):
+        saved(self)
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 3:
+            os.kill(os.getpid(), signal.SIGINT)
 
     # Python's own Ctrl-C handler, also where this process was started with SIGINT ignored (a background job)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    watcher = threading.Thread(target=press_ctrl_c, daemon=True)
-    watcher.start()
+    Checkpoint.after_epoch = after_epoch
     try:
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
     finally:
-        done.set()
-        watcher.join()
+        Checkpoint.after_epoch = saved
         signal.signal(signal.SIGINT, previous)
     left = [p.name for p in Path(cfg.models_dir).iterdir()]
     assert f"{cfg.model_name}.pkl" not in left and not [n for n in left if n.endswith(".tmp")]
