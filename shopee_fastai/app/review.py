@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..audit.find import KIND, METHOD, SCORE, SUGGESTED, SUGGESTED_TITLE, UNREADABLE
 from ..audit.fixes import ACTION, DROP, KEEP, decide, proposed, read_fixes
-from ..audit.report import FIXES, ISSUES, SUMMARY
+from ..audit.report import FIXES, ISSUES, SUMMARY, group_photos
 from ..data import table as D
 from ..errors import ShopeeError
 
@@ -57,8 +57,7 @@ class Review:
         return next((i for i in open_ if i > after), open_[0] if open_ else None)
 
     def photos(self, group: str, skip: str = "") -> list[Path]:
-        rows = self.table[(self.table[D.LABEL].astype(str) == str(group)) & (self.table[D.ID] != skip)]
-        return [Path(p) for p in rows[D.PATH].head(EXAMPLES)]
+        return [Path(p) for p in group_photos(self.table, group, skip, EXAMPLES)]
 
     def card(self, i: int) -> dict[str, Any]:
         """Finding `i`: what it says, its photo, and photos of the given and suggested groups."""

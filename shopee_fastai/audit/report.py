@@ -20,10 +20,10 @@ SHEET_ROWS = 12  # findings on the contact sheet
 REPORT_TOP = 10  # findings per kind listed in report.md
 
 
-def group_photo(table: pd.DataFrame, group: str, other_than: str = "") -> str | None:
-    """A photo of `group` (not `other_than`), to show beside a finding."""
+def group_photos(table: pd.DataFrame, group: str, other_than: str = "", n: int = 1) -> list[str]:
+    """Up to `n` photos of `group` (not listing `other_than`), to show beside a finding."""
     rows = table[(table[D.LABEL].astype(str) == str(group)) & (table[D.ID] != other_than)]
-    return str(rows[D.PATH].iloc[0]) if len(rows) else None
+    return [str(p) for p in rows[D.PATH].head(n)]
 
 
 def sheet_rows(result: Audit) -> pd.DataFrame:
@@ -38,7 +38,8 @@ def contact_sheet(dest: Path, result: Audit) -> None:
     """Each finding's photo with its given group, beside a photo of the suggested group."""
     rows = sheet_rows(result)
     path_of = dict(zip(result.table[D.IMAGE], result.table[D.PATH]))
-    pairs = [(path_of.get(r[D.IMAGE]), group_photo(result.table, r[SUGGESTED], r[D.ID])) for _, r in rows.iterrows()]
+    pairs = [(path_of.get(r[D.IMAGE]), next(iter(group_photos(result.table, r[SUGGESTED], r[D.ID])), None))
+             for _, r in rows.iterrows()]
     thumbs = decode_all([p or "" for pair in pairs for p in pair], thumbnail)
     n = max(1, len(rows))
     with figure(dest, (6.4, 2.3 * n + 0.4)) as fig:
