@@ -29,8 +29,8 @@ import torch
 t1 = time.perf_counter()
 import fastai.vision.all
 t2 = time.perf_counter()
-from shopee_fastai.artifacts import load_learner
-from shopee_fastai.inference.backends import predict_probs
+from shopee_fastai.inference.load import load_learner
+from shopee_fastai.inference.torch_backends import predict_probs
 learn = load_learner(sys.argv[1], cpu=True)
 t3 = time.perf_counter()
 predict_probs(learn, [sys.argv[2]], progress=False)

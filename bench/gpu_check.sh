@@ -78,15 +78,15 @@ python3 - <<'EOF' 2>&1 | tee -a "$OUT/summary.md"
 import time
 from pathlib import Path
 from shopee_fastai.data.images import collect_images
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
 photos = collect_images([Path(".gpu-data/grocery-store/train_images")])[:1000]
 print(f"\n| {len(photos)} photos | photos/s |\n|---|---|")
 for label, kw in (("torch on CUDA, auto precision", dict(backend="torch")), ("ONNX Runtime fp32", dict(backend="onnx")),
                   ("ONNX Runtime int8", dict(precision="int8"))):
     p = load_predictor(Path("/tmp/m/g81.pkl"), **kw)
-    p.probs(photos[:64], bs=64, progress=False)
+    p.outputs(photos[:64], bs=64, progress=False)
     t = time.perf_counter()
-    p.probs(photos, bs=64, progress=False)
+    p.outputs(photos, bs=64, progress=False)
     print(f"| predict, {label} | {len(photos) / (time.perf_counter() - t):.0f} |")
 from shopee_fastai.inference.embed import embed_images
 embed_images(photos[:64], arch="tf_efficientnet_lite0", progress=False)

@@ -19,7 +19,7 @@ from shopee_fastai.artifacts import ModelCard, ModelFiles
 from shopee_fastai.data.split import VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.embed import embed_images
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
 from shopee_fastai.machine import summary
 from shopee_fastai.matching import MatchSettings, find, score, true_matches
 
@@ -46,14 +46,14 @@ def main() -> None:
         out = {}
         for precision in ("fp32", "int8"):
             p = load_predictor(model, precision=precision)
-            p.probs(paths[:32], progress=False)  # warm-up
+            p.outputs(paths[:32], progress=False)  # warm-up
             start = time.perf_counter()
-            got = p.probs(paths, progress=False)
+            got = p.outputs(paths, progress=False)
             rate = len(got.paths) / (time.perf_counter() - start)
             labels = dict(zip(map(str, rows[PATH]), rows[LABEL].astype(str)))
             truth = np.array([labels[str(q)] for q in got.paths])
-            predicted = np.array(p.vocab)[got.probs.argmax(1)]
-            out[precision] = (got.probs, float((predicted == truth).mean()), rate)
+            predicted = np.array(p.vocab)[got.outputs.argmax(1)]
+            out[precision] = (got.outputs, float((predicted == truth).mean()), rate)
         (f, fa, fr), (q, qa, qr) = out["fp32"], out["int8"]
         agree = float((f.argmax(1) == q.argmax(1)).mean())
         print(f"| {model.name} | {100 * agree:.1f} % | {fa:.4f} | {qa:.4f} | {np.abs(f - q).max():.3f} | {fr:.0f} | {qr:.0f} |",

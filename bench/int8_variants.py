@@ -19,7 +19,8 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
-from shopee_fastai.inference.backends import ONNX_INPUT, FastPredictor, OnnxBackend, batches, onnx_config, onnx_session
+from shopee_fastai.inference.backends import ONNX_INPUT, FastPredictor, OnnxBackend, batches, onnx_session
+from shopee_fastai.inference.load import onnx_config
 from shopee_fastai.machine import summary
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     calib = table[table[ID].isin(split[split.split == "train"][ID])][PATH].sample(frac=1, random_state=42).tolist()[:256]
     rows = table[table[ID].astype(str).str.contains(args.rows) & table[LABEL].astype(str).isin(cfg["classes"])]
     photos = [Path(p) for p in rows[PATH]]
-    ref = FastPredictor(OnnxBackend(session), cfg).probs(photos, progress=False).probs
+    ref = FastPredictor(OnnxBackend(session), cfg).outputs(photos, progress=False).outputs
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -73,7 +74,7 @@ def main() -> None:
             quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, **{**base, **variants[name]})
             took = time.perf_counter() - start
-            got = FastPredictor(OnnxBackend(onnx_session(Path(out))), cfg).probs(photos, progress=False).probs
+            got = FastPredictor(OnnxBackend(onnx_session(Path(out))), cfg).outputs(photos, progress=False).outputs
             agree = float((got.argmax(1) == ref.argmax(1)).mean())
             print(f"| {name} | {100 * agree:.1f} % | {np.abs(got - ref).max():.3f} | {took:.0f} |", flush=True)
 

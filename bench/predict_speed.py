@@ -26,7 +26,7 @@ from shopee_fastai.data.images import collect_images, crop_resize, load_rgb
 from shopee_fastai.data.table import SAMPLE_DIR
 from shopee_fastai.device import cpu_has_bf16
 from shopee_fastai.inference.backends import ONNX_INPUT
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
 
 from yardstick import forward_gflops, fraction, peak_gflops  # bench/yardstick.py, beside this script
 from shopee_fastai.machine import summary
@@ -108,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_file = args.model or sample_model(Path(tmp), args.arch)
         learner = load_predictor(model_file, backend="fastai")
-        from shopee_fastai.artifacts import learner_config
+        from shopee_fastai.inference.export import learner_config
 
         cfg = learner_config(learner.learn)
         net = learner.learn.model.eval()
@@ -131,9 +131,9 @@ def main() -> None:
                 print("(no int8 graph beside the model: `shopee-fastai export-onnx --model M --int8 --data DIR` writes one)")
                 continue
             p = load_predictor(model_file, backend=backend, precision=precision)
-            p.probs(files[: args.bs], bs=args.bs, progress=False)  # warm-up
-            rate, preds = timed(lambda: p.probs(files, bs=args.bs, progress=False), len(files))
-            rows.append((label, rate, preds.probs))
+            p.outputs(files[: args.bs], bs=args.bs, progress=False)  # warm-up
+            rate, preds = timed(lambda: p.outputs(files, bs=args.bs, progress=False), len(files))
+            rows.append((label, rate, preds.outputs))
         onnx_session = load_predictor(model_file, backend="onnx").backend.session
 
         peak = peak_gflops()

@@ -17,7 +17,7 @@ import torch
 from fastai.vision.learner import create_timm_model
 
 from shopee_fastai.config import OFFLINE_ARCH, TOP_STAGES
-from shopee_fastai.inference.backends import onnx_module
+from shopee_fastai.inference.export import onnx_module
 from shopee_fastai.nets.body import split_model
 from shopee_fastai.training.features import HEAD_BS
 from shopee_fastai.machine import summary

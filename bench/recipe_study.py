@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.images import decode
 from shopee_fastai.data.table import ID, LABEL, PATH, SAMPLE_DIR, clean, read_table
-from shopee_fastai.inference.backends import normalised
+from shopee_fastai.inference.torch_backends import normalised
 from shopee_fastai.nets.body import input_stats
 from shopee_fastai.nets.weights import resolve_weights
 from shopee_fastai.machine import summary

@@ -27,7 +27,7 @@ import numpy as np
 from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.images import collect_images
 from shopee_fastai.data.table import SAMPLE_DIR
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
 
 from predict_speed import GROCERY, sample_model  # bench/predict_speed.py, beside this script
 from shopee_fastai.machine import summary
@@ -114,9 +114,9 @@ def load(url: str, photos: list[tuple[str, bytes]], clients: int, requests: int,
 def predict_rate(model: Path, files: list[Path]) -> float:
     """Photos/s of `predict` over `files` in one process (the fast path, batches of 32), after a warm-up."""
     p = load_predictor(model)
-    p.probs(files[:32], progress=False)
+    p.outputs(files[:32], progress=False)
     start = time.perf_counter()
-    p.probs(files, progress=False)
+    p.outputs(files, progress=False)
     return len(files) / (time.perf_counter() - start)
 
 

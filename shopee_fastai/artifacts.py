@@ -1,39 +1,22 @@
-"""A trained model's files: where each lives, the model card, and loading `.pkl` learners and `.safetensors` weights.
+"""A trained model's files: where each lives beside the others, and the model card that describes them.
 
-A fastai `.pkl` is a pickle: loading one runs whatever code it names, so load only files you trust. The
-`.safetensors` export holds only tensors plus a JSON config (arch, classes, input size and statistics) in
-its metadata; loading it rebuilds the network from this package's code, and inference repeats fastai's
-validation preprocessing, so its predictions match the `.pkl`'s. ONNX exports carry the same config.
+Loading and writing the files themselves is the inference layer's work (inference/load.py, inference/export.py).
 """
 
 from __future__ import annotations
 
 import json
-import pickle
-import types
-import warnings
-import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ShopeeError
+from .io import write_json
 
-FORMAT = "shopee-fastai-safetensors/1"
+FORMAT = "shopee-fastai-safetensors/1"  # the config a .safetensors or .onnx export carries in its metadata
 META_KEY = "shopee_fastai"
 PKL, SAFETENSORS, ONNX = ".pkl", ".safetensors", ".onnx"
 INT8 = ".int8"  # before .onnx: the quantised graph
-# Modules that classes pickled in exported learners lived in before the package had layers.
-MOVED = {"shopee_fastai.transforms": "shopee_fastai.data.loaders", "shopee_fastai.models": "shopee_fastai.nets.cnn"}
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        return super().find_class(MOVED.get(module, module), name)
-
-
-_PICKLE = types.ModuleType("pickle")  # what torch.load takes: pickle itself, but with the renaming Unpickler
-_PICKLE.__dict__.update({k: v for k, v in vars(pickle).items() if not k.startswith("__")}, Unpickler=_Unpickler)
 
 
 @dataclass(frozen=True)
@@ -108,8 +91,6 @@ class ModelCard:
         return asdict(self)
 
     def write(self, dest: Path) -> None:
-        from .io import write_json
-
         write_json(dest, self.to_dict())
 
     @classmethod
@@ -135,68 +116,6 @@ def require_file(path: Path) -> Path:
     return path
 
 
-def load_learner(path: Path, cpu: bool | None = None):
-    """Unpickle an exported learner (as fastai's `load_learner`), turning every way it can fail into one line."""
-    import torch
-    from fastai.learner import Learner
-
-    path = require_file(path)
-    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
-    device = torch.device("cpu" if cpu else "cuda")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            learn = torch.load(path, map_location=device, pickle_module=_PICKLE, weights_only=False)
-    except (ModuleNotFoundError, ImportError, AttributeError, UnboundLocalError) as e:
-        raise ShopeeError(f"{path}: the code this learner was exported with cannot be found ({e}); "
-                          "install the shopee-fastai version that trained it, or retrain") from e
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise ShopeeError(f"{path}: not a readable fastai learner (truncated or another format); re-export it with `shopee-fastai train`") from e
-    if not isinstance(learn, Learner):
-        raise ShopeeError(f"{path}: holds a {type(learn).__name__}, not a fastai Learner; pass a .pkl written by `shopee-fastai train`")
-    learn.dls.to(device)
-    return learn
-
-
-def input_size(learn) -> int | None:
-    """The side the learner's item transforms resize to (what a prepared cache must cover)."""
-    for t in learn.dls.after_item.fs:
-        if hasattr(t, "size") and t.size is not None:
-            return int(max(t.size))
-    return None
-
-
-def learner_config(learn, arch: str | None = None, titles: dict[str, str] | None = None) -> dict[str, Any]:
-    """What a weights-only or ONNX export needs to predict like `learn`, read from the learner itself."""
-    from fastai.data.transforms import Normalize
-
-    from .config import CNN_ARCH, EMBEDDING, PROBS
-    from .nets.body import is_embedding
-    from .nets.cnn import HandCNN
-    from .nets.ensemble import Ensemble
-
-    norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
-    embedding = is_embedding(learn.model)
-    output = {"output": EMBEDDING, "dim": int(learn.model[1][-1].num_features)} if embedding else {"output": PROBS}
-    if isinstance(learn.model, Ensemble):
-        output.update(members=len(learn.model.members), top_stages=len(learn.model.members[0][0]) - 2)
-    arch = arch or getattr(learn, "arch", None) or (CNN_ARCH if isinstance(learn.model, HandCNN) else None)
-    return {"format": FORMAT, "arch": arch if isinstance(arch, str) else None, "classes": [str(c) for c in learn.dls.vocab],
-            "size": input_size(learn), "mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist(),
-            "preprocess": "centre crop to square, bilinear resize to size, /255, normalise", "titles": dict(titles or {}), **output}
-
-
-def parse_config(meta: dict[str, str], what: str, fix: str) -> dict[str, Any]:
-    """The config a model file carries in its metadata (safetensors or ONNX), or one line saying it has none."""
-    try:
-        cfg = json.loads(meta[META_KEY])
-        if cfg.get("format") != FORMAT:
-            raise KeyError("format")
-    except (KeyError, json.JSONDecodeError) as e:
-        raise ShopeeError(f"{what} without a shopee-fastai config; {fix}") from e
-    return cfg
-
-
 def model_titles(model_file: Path, cfg: dict[str, Any] | None = None) -> dict[str, str]:
     """Class -> readable title for any model format: from its own config (safetensors/ONNX metadata), else its card.
 
@@ -210,78 +129,3 @@ def model_titles(model_file: Path, cfg: dict[str, Any] | None = None) -> dict[st
         return dict(ModelCard.read(model_file).titles)
     except ShopeeError:
         return {}  # an unreadable card only costs the titles here; commands that need the card say what is wrong
-
-
-def write_safetensors(learn, arch: str, dest: Path, titles: dict[str, str] | None = None) -> None:
-    """Write the model's tensors and config to `dest` atomically."""
-    from safetensors.torch import save_file
-
-    from .io import atomic_path
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
-    with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(learner_config(learn, arch, titles))})
-
-
-def build_model(cfg: dict[str, Any]):
-    """The network for `cfg`, from this package's code (no weights yet)."""
-    from .config import CNN_ARCH
-    from .nets.body import check_arch
-    from .nets.cnn import HandCNN
-
-    arch, n = cfg["arch"], len(cfg["classes"])
-    check_arch(arch)
-    if arch == CNN_ARCH:
-        return HandCNN(n, cfg["size"])
-    from fastai.vision.learner import create_timm_model
-
-    from .config import EMBEDDING
-    from .nets.body import body_features, embedding_head
-
-    model = create_timm_model(arch, n, pretrained=False)[0]
-    if cfg.get("output") == EMBEDDING:
-        model[1] = embedding_head(body_features(model), int(cfg["dim"]))
-    if cfg.get("members"):
-        from .nets.ensemble import ensemble_of
-
-        model = ensemble_of(model, int(cfg["top_stages"]), int(cfg["members"]))
-    return model
-
-
-def load_safetensors(path: Path) -> tuple[Any, dict[str, Any]]:
-    """The network and config of a `.safetensors` export (tensors only), every failure one line naming the file."""
-    from safetensors import SafetensorError, safe_open
-
-    path = require_file(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ShopeeError(f"{path}: not a readable safetensors file (truncated or another format); re-export it with `shopee-fastai train`") from e
-    cfg = parse_config(meta, f"{path}: safetensors", "export it with `shopee-fastai train`")
-    try:
-        model = build_model(cfg)
-    except ShopeeError as e:
-        raise ShopeeError(f"{path}: its arch {cfg.get('arch')!r} is not known to this version; upgrade shopee-fastai or retrain") from e
-    except (KeyError, ValueError, TypeError, IndexError) as e:
-        raise ShopeeError(f"{path}: its config does not describe a network this version builds ({type(e).__name__}: {e}); "
-                          "re-export it with `shopee-fastai train`") from e
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise ShopeeError(f"{path}: tensors do not fit a {cfg['arch']} with {len(cfg['classes'])} classes; re-export it") from e
-    return model.eval(), cfg
-
-
-def load_network(path: Path, cpu: bool = True) -> tuple[Any, dict[str, Any]]:
-    """The bare network and its config from a `.pkl` or `.safetensors` (what ONNX export and fast inference need).
-
-    The config carries the class titles wherever the model keeps them, so an ONNX export made from it does too.
-    """
-    path = require_file(path)
-    if path.suffix == SAFETENSORS:
-        model, cfg = load_safetensors(path)
-        return model.to("cpu" if cpu else "cuda"), {**cfg, "titles": model_titles(path, cfg)}
-    learn = load_learner(path, cpu=cpu)
-    return learn.model, learner_config(learn, titles=model_titles(path))

@@ -223,8 +223,8 @@ def _print_predictions(predictor, files: list[Path], top_k: int, as_json: bool, 
     from .inference.predictions import display_name
     from .inference.predictions import top_k as best
 
-    preds = predictor.probs(files, bs=bs, progress=not as_json)
-    for path, ranked in zip(preds.paths, best(preds.probs, predictor.vocab, top_k, predictor.titles)):
+    preds = predictor.outputs(files, bs=bs, progress=not as_json)
+    for path, ranked in zip(preds.paths, best(preds.outputs, predictor.vocab, top_k, predictor.titles)):
         if as_json:
             typer.echo(json.dumps({"image": str(path), "predictions": ranked}))
         else:
@@ -243,20 +243,18 @@ def predict(
     top_k: int = typer.Option(C.TOP_K, "--top-k", help="How many label groups to show per image."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
     bs: int = typer.Option(C.PREDICT_BS, help="Batch size."),
-    backend: Backend = typer.Option(Backend.auto, help="auto: onnx on CPU where onnxruntime is installed, torch on a GPU; fastai: the learner's get_preds."),
-    precision: Precision = typer.Option(Precision.auto, help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU; bf16 on CPU needs native bf16; int8: the model's int8 graph (ONNX Runtime)."),
+    int8: bool = typer.Option(False, "--int8", help="Run the model's int8 graph (written by train --int8 or export-onnx --int8): faster on CPU, changes some top-1 predictions."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (fastai's, 5 passes: slower, usually more accurate; .pkl only)."),
+    backend: Backend = typer.Option(Backend.auto, help="Force one: onnx, torch, or fastai (the learner's get_preds). auto: torch on a GPU, else onnx where onnxruntime is installed."),
+    precision: Precision = typer.Option(Precision.auto, hidden=True, help="Kept for scripts: int8 is --int8; fp32, bf16 and fp16 pin PyTorch's precision."),
 ) -> None:
     """Top-k label groups with probabilities for each image; unreadable images are reported and give exit code 2."""
     from .data.images import collect_images
-    from .inference.predictor import load_predictor
+    from .inference.load import load_classifier
 
     files = collect_images(images)
-    predictor = load_predictor(model, backend, precision, tta)
+    predictor = load_classifier(model, backend, Precision.int8 if int8 else precision, tta)
     typer.echo(f"model: {predictor.why}", err=True)
-    if predictor.output == C.EMBEDDING:
-        raise ShopeeError(f"--model {model}: an embedding model (train --loss arcface) has no classes to predict; "
-                          "find its matches with `shopee-fastai match --model`")
     _print_predictions(predictor, files, top_k, as_json, bs)
 
 
@@ -271,7 +269,8 @@ def export_onnx(
 
     `train` writes both graphs itself; this is for models trained elsewhere, or to write them again.
     """
-    from .artifacts import ModelFiles, load_network
+    from .artifacts import ModelFiles
+    from .inference.load import load_network
     from .inference.quantize import write_graphs
 
     photos = None
@@ -544,7 +543,7 @@ def demo(
     from .artifacts import ModelFiles
     from .data.table import IMAGE, read_table
     from .evaluation import evaluate as run_evaluation
-    from .inference.predictor import load_predictor
+    from .inference.load import load_predictor
     from .training import train as run_training
 
     typer.echo(f"1/4 sample: {dest} ({'copied' if _copy_sample(dest) else 'already there'})")

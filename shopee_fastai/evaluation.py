@@ -8,11 +8,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import ModelCard, load_learner, model_titles
+from .artifacts import ModelCard, model_titles
 from .config import TOP_K
 from .data import split as S
 from .data import table as D
 from .errors import ShopeeError
+from .inference.load import load_learner
+from .inference.predictions import display_name
+from .inference.torch_backends import predict_probs
+from .io import write_json, write_text
+from .plots import confusion_figure, image_grid
 
 MOST_CONFUSED = 20  # pairs listed in the report and drawn in confusion.png
 TOP_LOSSES = 16
@@ -36,14 +41,12 @@ def _targets(rows: pd.DataFrame, learn) -> np.ndarray:
 
 def _probs_for(learn, rows: pd.DataFrame, tta: bool = False, progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """[len(rows), n_classes] probabilities in row order; an unreadable image's row is all zeros (always wrong)."""
-    from .inference.backends import predict_probs
-
     preds = predict_probs(learn, [Path(p) for p in rows[D.PATH]], tta=tta, progress=progress)
     out = np.zeros((len(rows), len(learn.dls.vocab)), np.float32)
     at = {str(p): i for i, p in enumerate(preds.paths)}
     for r, p in enumerate(rows[D.PATH]):
         if str(p) in at:
-            out[r] = preds.probs[at[str(p)]]
+            out[r] = preds.outputs[at[str(p)]]
     return out, preds.failures
 
 
@@ -88,10 +91,6 @@ def most_confused(cm: np.ndarray, classes: Sequence[str], top: int = MOST_CONFUS
 
 def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metrics: dict | None, title: str,
                   titles: dict[str, str]) -> None:
-    from .inference.predictions import display_name
-    from .io import write_json, write_text
-    from .plots import confusion_figure, image_grid
-
     classes = [str(v) for v in learn.dls.vocab]
     pred = probs.argmax(1)
     table = pd.DataFrame({D.ID: rows[D.ID] if D.ID in rows else rows[D.PATH], D.PATH: rows[D.PATH],

@@ -13,7 +13,7 @@ INSTALL_HINT = "pip install 'shopee-fastai[app]'"
 
 def require_web_stack() -> None:
     """One line naming the install command when Gradio (and with it FastAPI and uvicorn) cannot be imported."""
-    try:
+    try:  # the check itself: nothing outside server.py and page.py imports the optional web stack
         import fastapi  # noqa: F401
         import gradio  # noqa: F401
         import uvicorn  # noqa: F401

@@ -1,6 +1,6 @@
 """The Gradio page: classify photos (top groups with titles, example training photos, a CSV to download), with a
 catalogue find a photo's matching listings, and with an audit review its findings one at a time. Every
-problem with a photo is shown on the page."""
+problem with a photo is shown on the page. Only server.py imports this module (the web extra)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+import gradio as gr
 
 from ..config import SERVE_NEIGHBOURS, TOP_K
 from ..errors import ShopeeError
@@ -96,8 +98,6 @@ def finding_html(card: dict | None, done: int, total: int, fixes: Path) -> str:
 
 def review_tab(review: Review):
     """Inside a gr.Tabs: the Review tab, whose buttons write fixes.csv and bring the next undecided finding."""
-    import gradio as gr
-
     def render(i):
         done, total = review.progress()
         if i is None:
@@ -133,8 +133,6 @@ def review_tab(review: Review):
 
 def build_page(service: Service | None, review: Review | None = None):
     """The Blocks app; the caller mounts it (server.py). Without a model, the Review tab alone."""
-    import gradio as gr
-
     if service is None:
         with gr.Blocks(title="shopee-fastai: review", analytics_enabled=False) as page:
             gr.Markdown(f"## Review of {html.escape(str(review.folder))}")

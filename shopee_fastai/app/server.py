@@ -4,14 +4,22 @@ naming the problem; nothing a client sends stops the server. Only `serve` import
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.requests import Request  # module level: FastAPI resolves route annotations from module globals
+from starlette.responses import JSONResponse
 
 from ..config import SERVE_HOST, SERVE_MAX_BODY, SERVE_NEIGHBOURS, SERVE_PORT, TOP_K
 from ..data import table as D
 from ..errors import ShopeeError
+from .page import CSS, build_page
 from .review import Review
 from .service import BadInput, Service, Upload, staged
 
@@ -25,8 +33,6 @@ def _too_large(limit: int, size: int | None = None) -> BadInput:
 
 
 def _json(status: int, body: dict) -> Any:
-    from starlette.responses import JSONResponse
-
     return JSONResponse(body, status_code=status)
 
 
@@ -58,8 +64,6 @@ class BodyLimit:
 
 async def read_uploads(request) -> list[Upload]:
     """The photos in the multipart field `file`, or a BadInput that says what to send instead."""
-    from starlette.datastructures import UploadFile
-
     kind = request.headers.get("content-type", "")
     if not kind.startswith("multipart/form-data"):
         raise BadInput(f"send photos as multipart/form-data in the field '{FIELD}' (curl -F {FIELD}=@photo.jpg), "
@@ -95,12 +99,6 @@ def _answer(results: list[dict], failures: list[dict], n: int) -> Any:
 def create_app(service: Service | None, max_body: int = SERVE_MAX_BODY, review: Review | None = None):
     """The FastAPI app: JSON routes first, the Gradio page at `/`, a body limit around both. Without a model
     (`serve --audit` alone), the page is the Review tab and the photo routes answer 404."""
-    import gradio as gr
-    from fastapi import FastAPI
-    from starlette.concurrency import run_in_threadpool
-
-    from .page import CSS, build_page
-
     api = FastAPI(title="shopee-fastai", docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(BadInput)
@@ -156,8 +154,6 @@ def create_app(service: Service | None, max_body: int = SERVE_MAX_BODY, review: 
 
 def check_address(host: str, port: int) -> None:
     """One line when the server could not listen there, before the model is loaded (a busy port, an unknown host)."""
-    import socket
-
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as s:
@@ -171,8 +167,6 @@ def check_address(host: str, port: int) -> None:
 def serve(service: Service | None, host: str = SERVE_HOST, port: int = SERVE_PORT, max_body: int = SERVE_MAX_BODY,
           review: Review | None = None) -> None:
     """Serve until Ctrl-C (or SIGTERM)."""
-    import uvicorn
-
     uvicorn.run(create_app(service, max_body, review), host=host, port=port, log_level="warning")
 
 

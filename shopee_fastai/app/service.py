@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import faiss
 import numpy as np
 import pandas as pd
 
@@ -23,6 +24,7 @@ from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, PREDICT_BS, PROBS, SERVE_EXA
 from ..data import split as S
 from ..data import table as D
 from ..errors import ShopeeError
+from ..inference.load import load_predictor
 from ..inference.predictions import Predictions, top_k
 
 
@@ -98,8 +100,8 @@ class Batcher:
     being split between requests. Nothing waits to fill a batch: what queued while the last one ran goes next.
     """
 
-    def __init__(self, probs: Callable[[list[Path]], Predictions], most: int):
-        self.probs, self.most = probs, most
+    def __init__(self, outputs: Callable[[list[Path]], Predictions], most: int):
+        self.outputs, self.most = outputs, most
         self.jobs: queue.Queue[_Job] = queue.Queue()
         threading.Thread(target=self._work, name="shopee-fastai-batcher", daemon=True).start()
 
@@ -120,7 +122,7 @@ class Batcher:
                 except queue.Empty:
                     break
             try:
-                self._share(jobs, self.probs([p for j in jobs for p in j.paths]))
+                self._share(jobs, self.outputs([p for j in jobs for p in j.paths]))
             except BaseException as e:  # the requests fail with it; the worker goes on
                 for j in jobs:
                     j.error = e
@@ -140,7 +142,7 @@ class Batcher:
                 else:
                     failures.append(preds.failures[fail])
                     fail += 1
-            j.result = Predictions([preds.paths[r] for r in rows], preds.probs[rows], failures)
+            j.result = Predictions([preds.paths[r] for r in rows], preds.outputs[rows], failures)
 
 
 @dataclass
@@ -156,8 +158,6 @@ class Catalog:
     def load(cls, folder: Path, threshold: float, embed: Callable[[list[str]], np.ndarray],
              csv: str = "train.csv") -> Catalog:
         """Embed every listing once with `embed` and index them."""
-        import faiss
-
         table = D.read_table(Path(folder), csv, labels=False)
         emb = np.ascontiguousarray(embed(list(table[D.PATH])), np.float32)
         index = faiss.IndexFlatIP(emb.shape[1])
@@ -195,12 +195,10 @@ class Service:
     catalog: Catalog | None = None
 
     def __post_init__(self) -> None:
-        self.batcher = Batcher(lambda paths: self.predictor.probs(paths, progress=False), PREDICT_BS)
+        self.batcher = Batcher(lambda paths: self.predictor.outputs(paths, progress=False), PREDICT_BS)
 
     @classmethod
     def load(cls, model: Path, catalog: Path | None = None) -> Service:
-        from ..inference.predictor import load_predictor
-
         predictor = load_predictor(Path(model))
         card = ModelCard.read(model) if ModelFiles.beside(model).card.is_file() else None
         service = cls(Path(model), predictor)
@@ -222,7 +220,7 @@ class Service:
 
         A `catalogue`'s embeddings are cached on disk by the files' (and the model's) identities.
         """
-        from ..inference.embed import aligned, embed_paths, embeddings_for
+        from ..inference.embed import aligned, embed_paths, embeddings_for  # imports torch: an ONNX model serves without it
 
         if catalogue:
             return embeddings_for([str(p) for p in paths], OFFLINE_ARCH, model=None if self.classifies else self.model)
@@ -267,7 +265,7 @@ class Service:
                            "predict; POST /api/match finds a photo's listings", 409)
         name = {str(p): n for n, p in files}
         preds = self.batcher([p for _, p in files])
-        ranked = top_k(preds.probs, self.predictor.vocab, k, self.titles)
+        ranked = top_k(preds.outputs, self.predictor.vocab, k, self.titles)
         results = [{"image": name[str(p)], "predictions": r} for p, r in zip(preds.paths, ranked)]
         return results, _name_failures(preds.failures, files)
 

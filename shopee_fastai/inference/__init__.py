@@ -1,1 +1,2 @@
-"""Inference: one predictor interface over fastai, PyTorch and ONNX Runtime backends, and image embeddings."""
+"""Inference: loading any model file (load.py), one predictor interface over ONNX Runtime, PyTorch and fastai
+backends, the ONNX and int8 exports, and image embeddings."""

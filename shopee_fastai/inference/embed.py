@@ -12,15 +12,21 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
-from ..config import OFFLINE_ARCH, cache_dir
+from ..artifacts import PKL
+from ..config import EMBEDDING, OFFLINE_ARCH, SIZE, Precision, cache_dir
 from ..data.cache import use_cache
 from ..data.images import decode_chunks, load_rgb
+from ..device import world
+from ..errors import ShopeeError
 from ..io import atomic_path, file_key
 from ..nets.body import feature_extractor
 from ..nets.weights import pretrained_backbone
-from .backends import learner_batches
+from .load import load_learner, load_predictor
 from .predictions import Predictions
+from .torch_backends import learner_batches
 
 EMBED_BS = 64
 
@@ -28,11 +34,9 @@ EMBED_BS = 64
 def embed_paths(paths: Sequence[str | Path], arch: str = OFFLINE_ARCH, weights: Path | None = None,
                 bs: int = EMBED_BS, progress: bool = True) -> np.ndarray:
     """[n, d] float32 unit vectors from a pretrained backbone, one per image, in input order."""
-    import torch
-
     model, tfm = pretrained_backbone(arch, weights)
     model = model.to(memory_format=torch.channels_last)
-    side = getattr(tfm.transforms[0], "size", 224)
+    side = getattr(tfm.transforms[0], "size", SIZE)
     side = side if isinstance(side, int) else max(side)
     sources = use_cache(map(str, paths), side)[0]  # prepared images where `prepare` made them at a side that serves
     out = []
@@ -70,8 +74,6 @@ def embed_images(paths: Sequence[str | Path], model: Path | None = None, arch: s
     Launched on several processes (torchrun, accelerate launch), each embeds every n-th photo on its own
     device and rank 0 gathers them and returns the whole array; the other ranks return None.
     """
-    from ..device import world
-
     rank, n = world()
     if n > 1:
         return _sharded(paths, rank, n, lambda part: _embed_here(part, model, arch, weights, progress and not rank, precision))
@@ -80,11 +82,6 @@ def embed_images(paths: Sequence[str | Path], model: Path | None = None, arch: s
 
 def _embed_here(paths: Sequence[str | Path], model: Path | None, arch: str, weights: Path | None,
                 progress: bool, precision: str = "auto") -> np.ndarray:
-    from ..artifacts import PKL, load_learner
-    from ..config import EMBEDDING, Precision
-    from ..errors import ShopeeError
-    from .predictor import load_predictor
-
     int8 = Precision.parse(precision, "--precision") == Precision.int8
     if model is None:
         if int8:
@@ -98,13 +95,10 @@ def _embed_here(paths: Sequence[str | Path], model: Path | None, arch: str, weig
             raise ShopeeError(f"--model {model}: a classifier; its body embeds from the .pkl learner, or train an "
                               "embedding model with `train --loss arcface`")
         return learner_embed(load_learner(model), paths, progress=progress)
-    return aligned(predictor.probs([Path(p) for p in paths], progress=progress), paths)
+    return aligned(predictor.outputs([Path(p) for p in paths], progress=progress), paths)
 
 
 def _sharded(paths: Sequence[str | Path], rank: int, n: int, embed) -> np.ndarray | None:
-    import torch
-    import torch.distributed as dist
-
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
@@ -123,16 +117,14 @@ def _sharded(paths: Sequence[str | Path], rank: int, n: int, embed) -> np.ndarra
 
 def aligned(got: Predictions, paths: Sequence[str | Path]) -> np.ndarray:
     """A predictor's output rows in the order of `paths`, zeros where a photo could not be read."""
-    rows = dict(zip(map(str, got.paths), got.probs))
-    dim = got.probs.shape[1] if got.probs.ndim == 2 and got.probs.shape[1] else 1
+    rows = dict(zip(map(str, got.paths), got.outputs))
+    dim = got.outputs.shape[1] if got.outputs.ndim == 2 and got.outputs.shape[1] else 1
     return np.stack([rows.get(str(Path(p)), np.zeros(dim, np.float32)) for p in paths]).astype(np.float32) \
         if len(paths) else np.zeros((0, dim), np.float32)
 
 
 def learner_embed(learn, images: Sequence[str | Path], bs: int = EMBED_BS, progress: bool = True) -> np.ndarray:
     """Pooled body features of a trained learner (what its head sees), L2-normalised, with its preprocessing."""
-    import torch
-
     body = feature_extractor(learn.model).eval()
     rows: dict[str, np.ndarray] = {}
     with torch.inference_mode():

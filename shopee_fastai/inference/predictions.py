@@ -1,4 +1,4 @@
-"""The one predictor interface: photos in, label-group probabilities out, unreadable photos listed, not fatal."""
+"""The one predictor interface: photos in, label-group probabilities (or embeddings) out, unreadable photos listed, not fatal."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 @dataclass
 class Predictions:
     paths: list[Path]  # images that were predicted, in input order
-    probs: np.ndarray  # float32 [len(paths), n_classes]
+    outputs: np.ndarray  # float32 [len(paths), n_classes] probabilities, or [len(paths), dim] unit embeddings
     failures: list[str]  # one line per image that could not be read
 
 
@@ -25,9 +25,9 @@ class Predictor(Protocol):
     def vocab(self) -> list[str]: ...
 
     @property
-    def output(self) -> str: ...  # "probs", or "embedding": `probs` then returns unit-length embeddings
+    def output(self) -> str: ...  # what `outputs` returns: "probs" (class probabilities) or "embedding" (unit vectors)
 
-    def probs(self, images: Sequence[Path], bs: int = ..., progress: bool = True) -> Predictions: ...
+    def outputs(self, images: Sequence[Path], bs: int = ..., progress: bool = True) -> Predictions: ...
 
 
 def top_k(probs, vocab: Sequence, k: int, titles: Mapping[str, str] | None = None) -> list[list[dict]]:

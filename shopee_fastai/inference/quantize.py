@@ -13,15 +13,22 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import onnx
+
+from ..artifacts import ONNX, ModelFiles
 from ..config import INT8_PHOTOS
 from ..errors import ShopeeError
-from .backends import ONNX_INPUT, batches, onnx_config, onnx_session, with_config
+from ..io import digest
+from .backends import ONNX_INPUT, batches, onnx_session
+from .export import export_onnx, with_config
+from .load import onnx_config
 
 CALIBRATION_BS = 32
 
 
 def quantize(graph: Path, photos: Sequence[Path], dest: Path, source: dict[str, str] | None = None) -> Path:
     """Write `graph`'s int8 quantisation to `dest` atomically, calibrated on up to INT8_PHOTOS of `photos`."""
+    # onnxruntime is optional: only an int8 graph needs its quantiser
     from onnxruntime.quantization import CalibrationDataReader
 
     cfg: dict[str, Any] = onnx_config(onnx_session(graph), graph)
@@ -55,7 +62,7 @@ def quantize(graph: Path, photos: Sequence[Path], dest: Path, source: dict[str, 
 
 
 def _quantize(graph: Path, reader, dest: Path, cfg: dict[str, Any], source: dict[str, str] | None) -> Path:
-    import onnx
+    # onnxruntime is optional: only an int8 graph needs its quantiser
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -80,10 +87,6 @@ def write_graphs(model, cfg: dict[str, Any], dest: Path, sources: Sequence[Path]
     them takes the graph (no fastai, no torch) only while it still holds the same weights. Returns what was
     written; `timings` gets each graph's seconds ("onnx", "int8").
     """
-    from ..artifacts import ONNX, ModelFiles
-    from ..io import digest
-    from .backends import export_onnx
-
     timings = {} if timings is None else timings
     source = {Path(p).suffix: digest(Path(p)) for p in sources if Path(p).is_file()}
     started = time.perf_counter()

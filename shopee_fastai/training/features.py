@@ -66,7 +66,7 @@ def as_ensemble(learn, cfg: TrainConfig) -> None:
 @lru_cache(maxsize=1)
 def _onnx_frozen(frozen: nn.Module, size: int):
     """The frozen part in ONNX Runtime, exported once for the train, valid and augmented passes of a run."""
-    from ..inference.backends import onnx_module
+    from ..inference.export import onnx_module
 
     return onnx_module(frozen, torch.zeros(2, 3, size, size))
 
@@ -95,8 +95,7 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
     With `mirror`, [2n, ...]: each image, then every mirror image, from one decoding pass. `half` stores
     fp16 (feature maps are large; they are computed in fp32, and cast back to fp32 for training).
     """
-    from ..artifacts import input_size
-    from ..inference.backends import learner_batches
+    from ..inference.torch_backends import input_size, learner_batches
 
     run = _cacher(frozen, half, input_size(learn), learn.dls.device)
     plain, flipped, done = [], [], []
@@ -115,7 +114,7 @@ def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, prog
     random crop and `aug_transforms`), in the training set's order, with their labels."""
     from fastprogress.fastprogress import progress_bar
 
-    from ..artifacts import input_size
+    from ..inference.torch_backends import input_size
 
     run = _cacher(frozen, half, input_size(learn), learn.dls.device)
     dl = learn.dls.train.new(shuffle=False, drop_last=False)

@@ -112,7 +112,7 @@ def objective(cfg: TrainConfig, n_classes: int, label_smoothing: float = 0.0) ->
 
 def _embed(learn, rows) -> np.ndarray:
     from ..data.table import PATH
-    from ..inference.backends import predict_probs
+    from ..inference.torch_backends import predict_probs
     from ..inference.embed import aligned
 
     return aligned(predict_probs(learn, list(rows[PATH]), progress=False), list(rows[PATH]))

@@ -107,7 +107,7 @@ def export(trained: Trained) -> None:
     """
     if world()[0]:
         return
-    from ..artifacts import write_safetensors
+    from ..inference.export import write_safetensors
     from ..io import atomic_path
     from ..plots import training_curves
     from .callbacks import remove_checkpoint, strip
@@ -130,7 +130,7 @@ def _write_graphs(trained: Trained) -> None:
     trace, a full disk), the model keeps its .pkl and .safetensors and predicts through PyTorch."""
     import warnings
 
-    from ..artifacts import learner_config
+    from ..inference.export import learner_config
     from ..data.table import PATH
     from ..inference.quantize import write_graphs
 

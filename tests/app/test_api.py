@@ -137,8 +137,8 @@ def test_files_outside_the_catalogue_and_examples_are_not_served(served, synthet
 
 @pytest.mark.parametrize("suffix", [".pkl", ".onnx"])
 def test_every_model_format_serves_without_a_catalogue(trained_cnn, synthetic, tmp_path, suffix):
-    from shopee_fastai.artifacts import load_network
-    from shopee_fastai.inference.backends import export_onnx
+    from shopee_fastai.inference.export import export_onnx
+    from shopee_fastai.inference.load import load_network
 
     model = trained_cnn.files.pkl
     if suffix == ".onnx":  # alone in its folder: the titles come from the graph's own metadata

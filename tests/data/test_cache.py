@@ -51,13 +51,13 @@ def test_use_cache_picks_the_smallest_side_that_serves(tmp_path):
 
 
 def test_training_and_prediction_use_the_cache_with_the_same_results(trained_cnn, synthetic, tmp_path, monkeypatch):
-    from shopee_fastai.inference.backends import predict_probs
+    from shopee_fastai.inference.torch_backends import predict_probs
 
     monkeypatch.setenv("SHOPEE_FASTAI_CACHE", str(tmp_path / "own-cache"))  # other tests must not see these entries
     images = sorted((synthetic / "train_images").glob("*.jpg"))[:8]
-    raw = predict_probs(trained_cnn.learn, images, progress=False).probs
+    raw = predict_probs(trained_cnn.learn, images, progress=False).outputs
     C.prepare([str(p) for p in images], side=trained_cnn.card.input["size"], progress=False)
     cached = predict_probs(trained_cnn.learn, images, progress=False)
     assert cached.paths == images
-    assert (cached.probs.argmax(1) == raw.argmax(1)).all()
-    assert np.abs(cached.probs - raw).max() < 0.15
+    assert (cached.outputs.argmax(1) == raw.argmax(1)).all()
+    assert np.abs(cached.outputs - raw).max() < 0.15

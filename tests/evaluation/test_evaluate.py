@@ -64,11 +64,11 @@ def test_evaluate_any_folder_with_or_without_labels(trained_cnn, synthetic, tmp_
 
 
 def test_tta_gives_probabilities_of_the_same_shape(trained_cnn):
-    from shopee_fastai.inference.backends import predict_probs
+    from shopee_fastai.inference.torch_backends import predict_probs
 
     images = list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
-    plain = predict_probs(trained_cnn.learn, images, progress=False).probs
-    tta = predict_probs(trained_cnn.learn, images, progress=False, tta=True).probs
+    plain = predict_probs(trained_cnn.learn, images, progress=False).outputs
+    tta = predict_probs(trained_cnn.learn, images, progress=False, tta=True).outputs
     assert tta.shape == plain.shape and np.allclose(tta.sum(1), 1, atol=1e-4)
     assert (tta.argmax(1) == plain.argmax(1)).mean() >= 0.5
 

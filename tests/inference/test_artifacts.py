@@ -6,12 +6,15 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from shopee_fastai.artifacts import META_KEY, load_safetensors, write_safetensors
+from shopee_fastai.artifacts import META_KEY
 from shopee_fastai.config import TrainConfig
 from shopee_fastai.data import split as S
 from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference.backends import FastPredictor, TorchBackend, predict_probs
+from shopee_fastai.inference.backends import FastPredictor
+from shopee_fastai.inference.export import write_safetensors
+from shopee_fastai.inference.load import load_safetensors
+from shopee_fastai.inference.torch_backends import TorchBackend, predict_probs
 from shopee_fastai.training import fit_learner
 
 from ..conftest import SIZE
@@ -27,10 +30,10 @@ def test_hand_cnn_weights_only_export_predicts_like_the_pickle(trained_cnn):
     safe = trained_cnn.files.safetensors
     assert safe.is_file()  # train writes it beside the .pkl
     images = list(S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH])
-    expected = predict_probs(trained_cnn.learn, images, progress=False).probs
+    expected = predict_probs(trained_cnn.learn, images, progress=False).outputs
     model = predictor(safe)
     assert model.vocab == [str(v) for v in trained_cnn.learn.dls.vocab]
-    assert np.allclose(model.probs(images, progress=False).probs, expected, atol=1e-4)
+    assert np.allclose(model.outputs(images, progress=False).outputs, expected, atol=1e-4)
 
 
 def test_timm_weights_only_export_predicts_like_the_learner(synthetic, tmp_path):
@@ -40,8 +43,8 @@ def test_timm_weights_only_export_predicts_like_the_learner(synthetic, tmp_path)
                                       head_epochs=3, workers=0, models_dir=tmp_path))
     write_safetensors(trained.learn, trained.card.arch, tmp_path / "m.safetensors")
     images = sorted(str(p) for p in (synthetic / "train_images").glob("*.jpg"))[:6]
-    expected = predict_probs(trained.learn, images, progress=False).probs
-    assert np.allclose(predictor(tmp_path / "m.safetensors").probs(images, progress=False).probs, expected, atol=1e-4)
+    expected = predict_probs(trained.learn, images, progress=False).outputs
+    assert np.allclose(predictor(tmp_path / "m.safetensors").outputs(images, progress=False).outputs, expected, atol=1e-4)
 
 
 def test_bad_safetensors_files_get_one_line(trained_cnn, tmp_path):
@@ -69,9 +72,9 @@ def test_titles_travel_with_every_model_format(trained_cnn, tmp_path):
     """Each class's most common title is in the card, the safetensors and ONNX metadata, and every predictor."""
     import shutil
 
-    from shopee_fastai.artifacts import ModelCard, load_network, model_titles
-    from shopee_fastai.inference.backends import export_onnx
-    from shopee_fastai.inference.predictor import load_predictor
+    from shopee_fastai.artifacts import ModelCard, model_titles
+    from shopee_fastai.inference.export import export_onnx
+    from shopee_fastai.inference.load import load_network, load_predictor
 
     expected = {c: f"product {c}" for c in ("1001", "2002", "3003")}
     files = trained_cnn.files

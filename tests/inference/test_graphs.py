@@ -13,16 +13,16 @@ from shopee_fastai.artifacts import ModelFiles
 from shopee_fastai.cli import app
 from shopee_fastai.config import TrainConfig
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference.backends import predict_probs
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
+from shopee_fastai.inference.torch_backends import predict_probs
 
 COLD = """
 import json, sys
 from pathlib import Path
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
 predictor = load_predictor(Path(sys.argv[1]), precision=sys.argv[2])
-got = predictor.probs([Path(p) for p in json.loads(sys.argv[3])], progress=False)
-print(json.dumps({"backend": predictor.backend.name, "probs": got.probs.tolist(),
+got = predictor.outputs([Path(p) for p in json.loads(sys.argv[3])], progress=False)
+print(json.dumps({"backend": predictor.backend.name, "probs": got.outputs.tolist(),
                   "heavy": sorted(m for m in ("torch", "fastai") if m in sys.modules)}))
 """
 
@@ -36,7 +36,7 @@ def cold_predict(model, images, precision="auto"):
 def test_train_writes_both_graphs_and_the_first_predict_imports_neither_fastai_nor_torch(trained_cnn, photos):
     files = trained_cnn.files
     assert files.onnx.is_file() and files.int8.is_file()
-    want = predict_probs(trained_cnn.learn, photos, progress=False).probs
+    want = predict_probs(trained_cnn.learn, photos, progress=False).outputs
     for model in (files.pkl, files.safetensors):
         got = cold_predict(model, photos)
         assert got["backend"] == "onnx" and got["heavy"] == []
@@ -44,7 +44,7 @@ def test_train_writes_both_graphs_and_the_first_predict_imports_neither_fastai_n
 
 
 def test_int8_graph_keeps_the_top_prediction(trained_cnn, photos):
-    fp32 = load_predictor(trained_cnn.files.pkl).probs(photos, progress=False).probs
+    fp32 = load_predictor(trained_cnn.files.pkl).outputs(photos, progress=False).outputs
     got = cold_predict(trained_cnn.files.pkl, photos, "int8")
     assert got["heavy"] == []
     int8 = np.array(got["probs"])
@@ -66,8 +66,8 @@ def test_a_graph_left_from_other_weights_is_never_used(trained_cnn, synthetic, p
     shutil.copy(trained_cnn.files.int8, mine.int8)
     learn.export(mine.pkl.resolve())  # new weights, old graphs beside them
     got = load_predictor(mine.pkl)
-    want = predict_probs(learn, photos, progress=False).probs
-    assert np.allclose(got.probs(photos, progress=False).probs, want, atol=1e-4)  # exported afresh from the .pkl
+    want = predict_probs(learn, photos, progress=False).outputs
+    assert np.allclose(got.outputs(photos, progress=False).outputs, want, atol=1e-4)  # exported afresh from the .pkl
     with pytest.raises(ShopeeError, match="no int8 graph made from this model"):
         load_predictor(mine.pkl, precision="int8")
 

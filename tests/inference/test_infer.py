@@ -3,19 +3,20 @@ import pytest
 import torch
 from PIL import Image
 
-from shopee_fastai.artifacts import learner_config
 from shopee_fastai.config import cache_dir
 from shopee_fastai.data.images import crop_resize, decode
 from shopee_fastai.device import cpu_has_bf16
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference import backends as B
-from shopee_fastai.inference.backends import predict_probs
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference import load as L
+from shopee_fastai.inference.backends import FastPredictor
+from shopee_fastai.inference.export import export_onnx, learner_config
+from shopee_fastai.inference.load import load_predictor
+from shopee_fastai.inference.torch_backends import TorchBackend, predict_probs
 
 
 @pytest.fixture(scope="module")
 def reference(trained_cnn, photos):
-    return predict_probs(trained_cnn.learn, photos, progress=False).probs
+    return predict_probs(trained_cnn.learn, photos, progress=False).outputs
 
 
 def test_crop_resize_is_fastais_validation_resize(tmp_path):
@@ -29,18 +30,18 @@ def test_crop_resize_is_fastais_validation_resize(tmp_path):
 
 def test_torch_backend_predicts_like_the_learner(trained_cnn, photos, reference):
     cfg = learner_config(trained_cnn.learn)
-    model = B.FastPredictor(B.TorchBackend(trained_cnn.learn.model, cfg), cfg, draft=False)
-    got = model.probs(photos, bs=3, progress=False)
+    model = FastPredictor(TorchBackend(trained_cnn.learn.model, cfg), cfg, draft=False)
+    got = model.outputs(photos, bs=3, progress=False)
     assert [str(p) for p in got.paths] == photos
-    assert np.allclose(got.probs, reference, atol=1e-4)
+    assert np.allclose(got.outputs, reference, atol=1e-4)
 
 
 def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cnn, photos, reference, tmp_path):
     cfg = learner_config(trained_cnn.learn)
-    dest = B.export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
+    dest = export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
     model = load_predictor(dest)
     assert model.backend.name == "onnx" and model.cfg == cfg and model.vocab == cfg["classes"]
-    assert np.allclose(model.probs(photos, progress=False).probs, reference, atol=1e-4)  # these are small: no draft
+    assert np.allclose(model.outputs(photos, progress=False).outputs, reference, atol=1e-4)  # these are small: no draft
 
 
 def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained_cnn, photos, reference, tmp_path):
@@ -57,26 +58,26 @@ def test_a_model_without_its_graph_beside_exports_one_once_and_caches_it(trained
     stamp = graph.stat().st_mtime_ns
     second = load_predictor(alone)
     assert graph.stat().st_mtime_ns == stamp  # reused, not re-exported
-    assert np.allclose(second.probs(photos, progress=False).probs, reference, atol=1e-4)
+    assert np.allclose(second.outputs(photos, progress=False).outputs, reference, atol=1e-4)
 
 
 def test_every_backend_agrees_and_lists_bad_images(trained_cnn, photos, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really")
     images = [photos[0], str(bad), *photos[1:]]
-    results = {b: load_predictor(trained_cnn.files.pkl, backend=b).probs(images, progress=False)
+    results = {b: load_predictor(trained_cnn.files.pkl, backend=b).outputs(images, progress=False)
                for b in ("fastai", "torch", "onnx")}
     for b, preds in results.items():
         assert [str(p) for p in preds.paths] == photos, b
         assert len(preds.failures) == 1 and "bad.jpg" in preds.failures[0], b
-        assert np.allclose(preds.probs, results["fastai"].probs, atol=1e-4), b
+        assert np.allclose(preds.outputs, results["fastai"].outputs, atol=1e-4), b
 
 
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
 def test_bf16_keeps_the_top_prediction(trained_cnn, photos, reference):
-    got = load_predictor(trained_cnn.files.pkl, backend="torch", precision="bf16").probs(photos, progress=False)
-    assert (got.probs.argmax(1) == reference.argmax(1)).mean() >= 0.9
-    assert np.allclose(got.probs, reference, atol=0.05)
+    got = load_predictor(trained_cnn.files.pkl, backend="torch", precision="bf16").outputs(photos, progress=False)
+    assert (got.outputs.argmax(1) == reference.argmax(1)).mean() >= 0.9
+    assert np.allclose(got.outputs, reference, atol=0.05)
 
 
 def test_draft_decoding_keeps_large_photos_close(tmp_path):
@@ -96,14 +97,14 @@ def test_draft_decoding_keeps_large_photos_close(tmp_path):
 def test_backend_mismatches_are_one_line_errors(trained_cnn, tmp_path, backend, suffix, message):
     path = getattr(trained_cnn.files, suffix) if suffix != "onnx" else tmp_path / "m.onnx"
     if suffix == "onnx":
-        B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
+        export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
     with pytest.raises(ShopeeError, match=message):
         load_predictor(path, backend=backend)
 
 
 def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
     cut = tmp_path / "cut.onnx"
-    B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
+    export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
     cut.write_bytes(cut.read_bytes()[:1000])
     with pytest.raises(ShopeeError, match="not a readable ONNX model"):
         load_predictor(cut)
@@ -114,9 +115,7 @@ def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
 
 
 def test_auto_falls_back_to_torch_without_onnxruntime(trained_cnn, photos, reference, monkeypatch):
-    import shopee_fastai.inference.predictor as P
-
-    monkeypatch.setattr(P, "_onnx_available", lambda: False)  # as on a machine without the package
+    monkeypatch.setattr(L, "onnx_available", lambda: False)  # as on a machine without the package
     model = load_predictor(trained_cnn.files.safetensors)
     assert model.backend.name == "torch" and model.backend.precision == "fp32"
     with pytest.raises(ShopeeError, match="runs fp32"):
@@ -128,15 +127,15 @@ def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_
 
     model = load_predictor(trained_cnn.files.pkl, tta=True)
     set_seed(0)
-    got = model.probs(photos, progress=False)
+    got = model.outputs(photos, progress=False)
     set_seed(0)
     want = predict_probs(model.learn, photos, progress=False, tta=True)
     plain = predict_probs(model.learn, photos, progress=False)
-    assert np.allclose(got.probs, want.probs, atol=1e-5)
+    assert np.allclose(got.outputs, want.outputs, atol=1e-5)
     # the augmented passes change the outputs; a confident model saturates its probabilities, so compare logs
-    assert not np.allclose(np.log(got.probs + 1e-30), np.log(plain.probs + 1e-30))
+    assert not np.allclose(np.log(got.outputs + 1e-30), np.log(plain.outputs + 1e-30))
     onnx = tmp_path / "m.onnx"
-    B.export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
+    export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
     for path, backend in ((trained_cnn.files.safetensors, "auto"), (trained_cnn.files.pkl, "torch"), (onnx, "auto")):
         with pytest.raises(ShopeeError, match="--tta runs the fastai learner"):
             load_predictor(path, backend=backend, tta=True)

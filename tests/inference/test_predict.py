@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from shopee_fastai.artifacts import load_learner
 from shopee_fastai.data import split as S
 from shopee_fastai.data import table as D
 from shopee_fastai.data.images import collect_images
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference.backends import predict_probs
+from shopee_fastai.inference.load import load_learner
 from shopee_fastai.inference.predictions import top_k
+from shopee_fastai.inference.torch_backends import predict_probs
 
 
 def test_collect_images_expands_folders_and_rejects_missing(synthetic, tmp_path):
@@ -28,7 +28,7 @@ def test_probabilities_sum_to_one_and_unreadable_images_are_listed(trained_cnn, 
     images = sorted((synthetic / "train_images").glob("*.jpg"))[:5]
     preds = predict_probs(trained_cnn.learn, [images[0], bad, *images[1:]], progress=False)
     assert preds.paths == images
-    assert preds.probs.shape == (5, 3) and np.allclose(preds.probs.sum(1), np.ones(5), atol=1e-5)
+    assert preds.outputs.shape == (5, 3) and np.allclose(preds.outputs.sum(1), np.ones(5), atol=1e-5)
     assert len(preds.failures) == 1 and "bad.jpg" in preds.failures[0]
 
 
@@ -48,7 +48,7 @@ def test_prediction_uses_training_preprocessing(trained_cnn):
     dl = learn.dls.test_dl(test_rows.assign(split=S.TEST), num_workers=0)
     with learn.no_bar():
         expected, _ = learn.get_preds(dl=dl)
-    got = predict_probs(learn, list(test_rows[D.PATH]), progress=False).probs
+    got = predict_probs(learn, list(test_rows[D.PATH]), progress=False).outputs
     assert np.allclose(expected.numpy(), got, atol=1e-5)
 
 
@@ -124,27 +124,3 @@ def test_memory_stays_bounded_as_the_number_of_images_grows(trained_cnn, tmp_pat
     assert len(few_out.stdout.splitlines()) == 300
     assert many_rss < few_rss * 1.25  # 10x the images, about the same memory
 
-
-def test_learner_exported_under_earlier_module_paths_still_loads(trained_cnn, tmp_path, monkeypatch):
-    """Learners exported when HandCNN lived in shopee_fastai.models (and ShopeeImage in .transforms) keep loading."""
-    import sys
-    import types
-
-    from shopee_fastai.data import loaders
-    from shopee_fastai.nets import cnn
-
-    old = {"shopee_fastai.models": (cnn, "HandCNN"), "shopee_fastai.transforms": (loaders, "ShopeeImage")}
-    for name, (module, cls) in old.items():
-        fake = types.ModuleType(name)
-        setattr(fake, cls, getattr(module, cls))
-        monkeypatch.setitem(sys.modules, name, fake)
-        monkeypatch.setattr(getattr(module, cls), "__module__", name)  # pickle records the class under the old path
-    path = tmp_path / "old.pkl"
-    trained_cnn.learn.export(path)
-    blob = path.read_bytes()
-    assert b"shopee_fastai.models" in blob and b"shopee_fastai.transforms" in blob
-    monkeypatch.undo()
-    assert "shopee_fastai.models" not in sys.modules and cnn.HandCNN.__module__ == "shopee_fastai.nets.cnn"
-    images = [str(p) for p in sorted((trained_cnn.prep.table["path"]))[:4]]
-    got = predict_probs(load_learner(path), images, progress=False).probs
-    assert np.allclose(got, predict_probs(trained_cnn.learn, images, progress=False).probs, atol=1e-5)

@@ -94,7 +94,8 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(cycles)
 
 
-@pytest.mark.parametrize("module", ["device", "data.images", "inference.predictions", "inference.backends"])
+@pytest.mark.parametrize("module", ["device", "data.images", "inference.predictions", "inference.backends",
+                                    "inference.load"])
 def test_low_layers_do_not_import_fastai_at_import_time(module):
     """The ONNX predict path stays free of fastai: a cold `predict` pays only for what it uses."""
     import subprocess

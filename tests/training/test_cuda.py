@@ -8,7 +8,7 @@ import torch
 from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
 from shopee_fastai.data import split as S
 from shopee_fastai.data.table import PATH
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
 
 from ..conftest import COLOURS, SIZE, fit_and_export
 
@@ -31,5 +31,5 @@ def test_gpu_and_cpu_predict_alike(on_gpu):
     gpu = load_predictor(on_gpu.files.pkl, backend="torch")
     assert gpu.backend.device.type == "cuda"
     cpu = load_predictor(on_gpu.files.onnx)
-    g, c = (p.probs(images, progress=False).probs for p in (gpu, cpu))
+    g, c = (p.outputs(images, progress=False).outputs for p in (gpu, cpu))
     assert (g.argmax(1) == c.argmax(1)).mean() >= 0.9 and np.abs(g - c).max() < 0.05  # bf16/fp16 against fp32

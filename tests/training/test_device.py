@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from shopee_fastai.artifacts import load_learner
 from shopee_fastai.config import TrainConfig
 from shopee_fastai.device import cpu_has_bf16, resolve_precision
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference.backends import predict_probs
+from shopee_fastai.inference.load import load_learner
+from shopee_fastai.inference.torch_backends import predict_probs
 from shopee_fastai.training import export, fit_learner
 from shopee_fastai.training.callbacks import SPEED_CALLBACKS, CPUAutocast
 
@@ -44,8 +44,8 @@ def test_bf16_training_on_cpu_learns_and_exports_a_plain_fp32_learner(synthetic,
     assert not any(isinstance(cb, SPEED_CALLBACKS) for cb in learn.cbs)
     assert all(p.dtype == torch.float32 for p in learn.model.parameters())
     images = [str(p) for p in sorted((synthetic / "train_images").glob("*.jpg"))[:4]]
-    assert np.allclose(predict_probs(learn, images, progress=False).probs,
-                       predict_probs(trained.learn, images, progress=False).probs, atol=1e-5)
+    assert np.allclose(predict_probs(learn, images, progress=False).outputs,
+                       predict_probs(trained.learn, images, progress=False).outputs, atol=1e-5)
 
 
 def test_training_runs_channels_last_and_exports_contiguous(trained_cnn):

@@ -8,8 +8,8 @@ from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
 from shopee_fastai.data import split as S
 from shopee_fastai.data.table import PATH
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference.backends import predict_probs
-from shopee_fastai.inference.predictor import load_predictor
+from shopee_fastai.inference.load import load_predictor
+from shopee_fastai.inference.torch_backends import predict_probs
 from shopee_fastai.nets.ensemble import Ensemble
 
 from ..conftest import COLOURS, SIZE, fit_and_export
@@ -34,13 +34,13 @@ def test_members_train_one_after_another_and_each_is_scored(ensemble):
 def test_the_ensemble_averages_its_members_probabilities(ensemble):
     learn = ensemble.learn
     images = list(ensemble.prep.rows(S.TEST)[PATH])
-    whole = predict_probs(learn, images, progress=False).probs
+    whole = predict_probs(learn, images, progress=False).outputs
     model = learn.model
     members = []
     try:
         for k in range(len(model.members)):
             learn.model = model.member(k)
-            members.append(predict_probs(learn, images, progress=False).probs)
+            members.append(predict_probs(learn, images, progress=False).outputs)
     finally:
         learn.model = model
     assert np.allclose(whole, np.mean(members, axis=0), atol=1e-5)
@@ -48,10 +48,10 @@ def test_the_ensemble_averages_its_members_probabilities(ensemble):
 
 def test_every_export_of_an_ensemble_predicts_alike(ensemble):
     images = list(ensemble.prep.rows(S.TEST)[PATH])
-    want = predict_probs(ensemble.learn, images, progress=False).probs
+    want = predict_probs(ensemble.learn, images, progress=False).outputs
     files = ensemble.files
     for model, backend in ((files.pkl, "fastai"), (files.safetensors, "torch"), (files.onnx, "onnx"), (files.pkl, "auto")):
-        got = load_predictor(model, backend=backend).probs(images, progress=False).probs
+        got = load_predictor(model, backend=backend).outputs(images, progress=False).outputs
         assert np.allclose(got, want, atol=1e-4), (model, backend)
 
 

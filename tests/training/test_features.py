@@ -118,7 +118,7 @@ def test_the_frozen_part_caches_through_onnx_runtime_and_agrees_with_pytorch():
     from fastai.vision.learner import create_timm_model
 
     from shopee_fastai.config import OFFLINE_ARCH
-    from shopee_fastai.inference.backends import onnx_module
+    from shopee_fastai.inference.export import onnx_module
     from shopee_fastai.training.features import _cacher
 
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ from shopee_fastai.config import TrainConfig
 from shopee_fastai.data import split as S
 from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
-from shopee_fastai.inference.backends import predict_probs
+from shopee_fastai.inference.torch_backends import predict_probs
 from shopee_fastai.training import fit_learner, lr_find, train
 
 from ..conftest import COLOURS, SIZE
@@ -35,10 +35,10 @@ def test_cnn_beats_chance_and_exports_everything(trained_cnn):
 
 def test_export_reloads_in_a_fresh_process_with_same_probabilities(trained_cnn):
     images = [p for p in S.rows_in_split(trained_cnn.prep.table, trained_cnn.prep.split, S.TEST)[D.PATH]]
-    before = predict_probs(trained_cnn.learn, images, progress=False).probs
-    code = ("import json,sys; from shopee_fastai.artifacts import load_learner; "
-            "from shopee_fastai.inference.backends import predict_probs; "
-            "l=load_learner(sys.argv[1]); print(json.dumps(predict_probs(l, sys.argv[2:], progress=False).probs.tolist()))")
+    before = predict_probs(trained_cnn.learn, images, progress=False).outputs
+    code = ("import json,sys; from shopee_fastai.inference.load import load_learner; "
+            "from shopee_fastai.inference.torch_backends import predict_probs; "
+            "l=load_learner(sys.argv[1]); print(json.dumps(predict_probs(l, sys.argv[2:], progress=False).outputs.tolist()))")
     out = subprocess.run([sys.executable, "-c", code, str(trained_cnn.files.pkl), *images],
                          capture_output=True, text=True, check=True).stdout
     after = np.array(json.loads(out.strip().splitlines()[-1]), dtype=np.float32)
