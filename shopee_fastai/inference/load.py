@@ -83,7 +83,7 @@ def build_model(cfg: dict[str, Any]):
     # the networks import torch and fastai: only a model that runs on PyTorch builds one
     from fastai.vision.learner import create_timm_model
 
-    from ..nets import body, cnn, ensemble
+    from ..nets import body, cnn, ensemble  # they import torch, as the fastai import above does
 
     arch, n = cfg["arch"], len(cfg["classes"])
     body.check_arch(arch)
