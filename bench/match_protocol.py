@@ -5,9 +5,13 @@ For each seed: 21 of the data set's label groups are set aside as the test; `tra
 softmax classifier trains on the arcface model's training groups only (by default with an embedding's
 training budget), so it can be calibrated on the same unseen groups. Every source is calibrated on those validation groups and never on the test groups.
 Each test draw takes every test group at a Shopee-like size (mostly 2 postings, a tail up to 50, capped
-by what the group has), half of its photos from the `val_` occasion and half from training photos, so
-pairs cross occasions. F1 is the competition's mean per-row F1, averaged over draws, then mean ± sd
-over seeds.
+by what the group has), scored two ways: `mixed`, half of its photos from the `val_` occasion and half from
+the usual one, so pairs cross occasions; `other`, from the `val_` occasion only, a new occasion for a
+model trained with `--holdout '^val_'` (as the withheld test photos are for every model). F1 is the
+competition's mean per-row F1, averaged over draws, then mean ± sd over seeds.
+
+Variants: `--all-occasions` trains without `--holdout`, on both occasions of the training groups;
+`--calibration-photos both` recalibrates every source on both occasions of its validation groups.
 
     python bench/match_protocol.py --data ../shared/data/grocery-store --work /tmp/protocol
 """
@@ -36,11 +40,15 @@ OCCASION = "^val_"  # grocery-store's photos from another occasion
 CLASSIFIER_ARGS = "--top-stages 2 --head-views 2 --head-epochs 2"  # an embedding's default budget
 
 
-def shopee_draw(test: pd.DataFrame, rng, occasion: str = OCCASION) -> pd.DataFrame:
+def shopee_draw(test: pd.DataFrame, rng, occasion: str = OCCASION, only_other: bool = False) -> pd.DataFrame:
     parts = []
     for _, g in test.groupby(LABEL):
-        n = min(len(g), int(rng.choice(SHOPEE_SIZES)))
         other = g[g[ID].str.contains(occasion)]
+        if only_other:
+            if len(other):
+                parts.append(other.sample(min(len(other), int(rng.choice(SHOPEE_SIZES))), random_state=rng.integers(1 << 31)))
+            continue
+        n = min(len(g), int(rng.choice(SHOPEE_SIZES)))
         usual = g[~g.index.isin(other.index)]
         k = min(len(other), -(-n // 2))  # half from the other occasion, where it has photos
         parts += [other.sample(k, random_state=rng.integers(1 << 31)), usual.sample(min(len(usual), n - k), random_state=rng.integers(1 << 31))]
@@ -55,12 +63,12 @@ def write_subset(src: Path, rows: pd.DataFrame, dest: Path) -> Path:
     return dest
 
 
-def train(data: Path, models: Path, name: str, seed: int, occasion: str, extra: list[str]) -> tuple[Path, float]:
+def train(data: Path, models: Path, name: str, seed: int, occasion: str | None, extra: list[str]) -> tuple[Path, float]:
     model = models / f"{name}.pkl"
     if model.is_file():
         return model, float("nan")
     cmd = [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", OFFLINE_ARCH, "--pretrained",
-           "--holdout", occasion, "--seed", str(seed), "--name", name, "--models-dir", str(models), *extra]
+           *(["--holdout", occasion] if occasion else []), "--seed", str(seed), "--name", name, "--models-dir", str(models), *extra]
     print("+", " ".join(cmd), flush=True)
     began = time.perf_counter()
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # the command itself, in this process
@@ -81,6 +89,10 @@ def main() -> None:
     ap.add_argument("--occasion", default=OCCASION, help="posting_id pattern of the photos from another occasion")
     ap.add_argument("--train-args", default="", help="more `train` options for every model, e.g. '--size 64'")
     ap.add_argument("--classifier-args", default=CLASSIFIER_ARGS, help="the classifier's own options")
+    ap.add_argument("--all-occasions", action="store_true", help="train on both occasions (no --holdout)")
+    ap.add_argument("--calibration-photos", choices=("model", "both"), default="model",
+                    help="model: the settings each model calibrated on its validation photos; both: recalibrate on "
+                         "both occasions of its validation groups")
     args = ap.parse_args()
     print(summary())
     wanted = args.sources.split(",")
@@ -96,30 +108,34 @@ def main() -> None:
         test = full[full[LABEL].astype(str).isin(test_groups)]
         seen = full[~full.index.isin(test.index)]
         work = args.work / f"seed{seed}"
+        held = None if args.all_occasions else args.occasion
         data = write_subset(args.data, seen, work / "data")
         models = work / "models"
         trained = {}
         for loss in ("arcface", "subcenter"):
             if loss in wanted:
-                trained[loss] = train(data, models, loss, seed, args.occasion, ["--loss", loss, *args.train_args.split()])
+                trained[loss] = train(data, models, loss, seed, held, ["--loss", loss, *args.train_args.split()])
         ref = trained.get("arcface") or trained.get("subcenter")
         if ref is None:
             raise SystemExit("the protocol needs arcface or subcenter among --sources (its validation groups calibrate every source)")
         split = read_split(models / f"{ref[0].stem}.split.csv")
         calib = seen[seen[ID].map(split).eq(VALID)]
+        if args.calibration_photos == "both":  # every photo of the validation groups, the held-out occasion's too
+            calib = seen[seen[LABEL].isin(set(calib[LABEL]))]
         if "classifier" in wanted:  # trained on the embedding's training groups only: calibrated on unseen groups too
             inner = seen[~seen[LABEL].isin(set(calib[LABEL]))]
-            trained["classifier"] = train(write_subset(args.data, inner, work / "inner"), models, "classifier", seed, args.occasion,
+            trained["classifier"] = train(write_subset(args.data, inner, work / "inner"), models, "classifier", seed, held,
                                           ["--top-groups", "0", "--split", "random", *args.classifier_args.split(),
                                            *args.train_args.split()])
-        draws = [shopee_draw(test, np.random.default_rng([seed, d]), args.occasion) for d in range(args.draws)]
-        paths = sorted(set(calib[PATH]) | set().union(*(set(d[PATH]) for d in draws)))
+        draws = {kind: [shopee_draw(test, np.random.default_rng([seed, d]), args.occasion, kind == "other")
+                        for d in range(args.draws)] for kind in ("mixed", "other")}
+        paths = sorted(set(calib[PATH]) | set().union(*(set(d[PATH]) for ds in draws.values() for d in ds)))
         for source in wanted:
             model = None if source == "backbone" else trained[source][0]
             emb = dict(zip(paths, embed_images(paths, model, progress=False)))
             c_emb = np.stack([emb[p] for p in calib[PATH]])
             stored = None
-            if model is not None and source != "classifier":
+            if model is not None and source != "classifier" and args.calibration_photos == "model":
                 from shopee_fastai.artifacts import ModelCard
 
                 stored = MatchSettings.of(ModelCard.read(model).matching)
@@ -127,16 +143,18 @@ def main() -> None:
                        "+ blending": (False, True), "+ blending + min-2": (True, True)}
             for label, (m2, bl) in options.items():
                 settings = stored if (stored is not None and m2 is None) else calibrate(c_emb, calib[LABEL].tolist(), m2, bl).settings
-                got = [score(find(np.stack([emb[p] for p in d[PATH]]), settings), true_matches(d[LABEL].tolist())) for d in draws]
-                key = (source, label)
-                results.setdefault(key, []).append((np.mean([g.f1 for g in got]), np.mean([g.precision for g in got]),
-                                                    np.mean([g.recall for g in got]), settings.threshold, len(draws[0]),
-                                                    trained.get(source, (None, float("nan")))[1]))
-                print(f"seed {seed} {source:10s} {label:36s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
-    print(f"\n{'source':10s} {'post-processing':36s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
-    for (source, label), rows in results.items():
+                for kind, kind_draws in draws.items():
+                    got = [score(find(np.stack([emb[p] for p in d[PATH]]), settings), true_matches(d[LABEL].tolist()))
+                           for d in kind_draws]
+                    key = (source, label, kind)
+                    results.setdefault(key, []).append((np.mean([g.f1 for g in got]), np.mean([g.precision for g in got]),
+                                                        np.mean([g.recall for g in got]), settings.threshold, len(kind_draws[0]),
+                                                        trained.get(source, (None, float("nan")))[1]))
+                    print(f"seed {seed} {source:10s} {label:36s} {kind:5s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
+    print(f"\n{'source':10s} {'post-processing':36s} {'test':5s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
+    for (source, label, kind), rows in sorted(results.items(), key=lambda kv: (kv[0][2], list(results).index(kv[0]))):
         a = np.array(rows, dtype=float)
-        print(f"{source:10s} {label:36s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
+        print(f"{source:10s} {label:36s} {kind:5s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
               f" {a[:, 3].mean():9.3f} {a[:, 4].mean():8.0f} {np.nanmean(a[:, 5]) if not np.isnan(a[:, 5]).all() else float('nan'):7.0f}")
 
 
