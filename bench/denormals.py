@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 
 import torch
+from fastai.callback.core import Callback
 
-from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
 from shopee_fastai.data.table import SAMPLE_DIR
 from shopee_fastai.machine import summary
+from shopee_fastai.training.learner import setup
 
 TINY = torch.finfo(torch.float32).tiny  # smallest normal fp32
 
@@ -35,19 +37,15 @@ def denormal_share(learn) -> float:
     return small / max(total, 1)
 
 
-def share_tracker():
-    """A callback that keeps the largest denormal share seen after an optimizer step (every 10th)."""
-    from fastai.callback.core import Callback
+class ShareTracker(Callback):
+    """Keeps the largest denormal share seen after an optimizer step (every 10th)."""
 
-    class Track(Callback):
-        def before_fit(self):
-            self.worst = 0.0
+    def before_fit(self):
+        self.worst = 0.0
 
-        def after_step(self):
-            if self.iter % 10 == 9:
-                self.worst = max(self.worst, denormal_share(self.learn))
-
-    return Track()
+    def after_step(self):
+        if self.iter % 10 == 9:
+            self.worst = max(self.worst, denormal_share(self.learn))
 
 
 def main() -> None:
@@ -61,13 +59,10 @@ def main() -> None:
     args = ap.parse_args()
     print(summary())
 
-    from shopee_fastai.config import TrainConfig
-    from shopee_fastai.training.learner import setup
-
     cfg = TrainConfig(data=args.data, arch=args.arch, pretrained=args.pretrained, size=args.size, split="random",
                       top_groups=0, aug="none")
-    _, _, learn = setup(cfg)
-    tracker = share_tracker()
+    learn = setup(cfg)[-1]  # the learner `train` and `lr-find` build
+    tracker = ShareTracker()
     times: dict[bool, list[float]] = {False: [], True: []}
     share = {}
     for _ in range(args.rounds):

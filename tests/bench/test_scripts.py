@@ -54,8 +54,8 @@ def run_process(script: str, args: list[str], expect: str) -> str:
     ("cache_speed.py", ["--synthetic", "4", "--size", "32", "--bs", "2", "--workers", "0"], "synthetic"),
     ("near_duplicates.py", ["--data", str(SAMPLE_DIR), "--seeds", "1"], "overstates"),
     ("denormals.py", ["--arch", "cnn", "--size", "32", "--num-it", "6", "--rounds", "1"], "flushed to zero"),
-    ("train_speed.py", ["--data", str(SAMPLE_DIR), "--images", "16", "--bs", "8", "--size", "32", "--rounds", "1",
-                        "--peak-n", "256"], "× plain"),
+    ("train_speed.py", ["--data", str(SAMPLE_DIR), "--top-groups", "2", "--size", "32", "--bs", "8", "--epochs", "1",
+                        "--precision", "fp32", "--peak-n", "256"], "| frozen part, forward (the cache) |"),
 ])
 def test_in_process_script_runs(run_script, script, args, expect):
     run_script(script, args, expect)
@@ -83,12 +83,10 @@ def test_cold_start_times_whole_processes(trained_cnn):
                 "predict 1 photo, .onnx")
 
 
-def test_accuracy_studies_run(run_script, tmp_path):
-    held_out = ["--data", str(SAMPLE_DIR), "--holdout", "_00[1-3]$", "--top-groups", "0", "--seeds", "1"]
-    run_script("recipe_study.py", [*held_out, "--sizes", "64", "--only", "0", "--epochs", "2", "--cache", str(tmp_path / "r")],
-               "| all (6) | fastai |")
-    run_script("partial_study.py", [*held_out, "--size", "64", "--epochs", "1", "--from-stages", "7", "--cache", str(tmp_path / "p")],
-               "| all (6) | head only |")
+def test_recipe_study_trains_each_variant_with_train(run_script, tmp_path):
+    run_script("recipe_study.py", ["--data", str(SAMPLE_DIR), "--work", str(tmp_path), "--holdout", "_00[1-3]$", "--top-groups", "2",
+                                   "--seeds", "1", "--tta", "--variants", "--top-stages 1 --head-views 2 --size 32 --head-epochs 1"],
+               "| 2 (2) | --top-stages 1 --head-views 2 --size 32 --head-epochs 1 | ")
 
 
 def test_matching_protocol_runs(run_script, tmp_path):
