@@ -89,6 +89,23 @@ def test_recipe_study_trains_each_variant_with_train(run_script, tmp_path):
                "| 2 (2) | --top-stages 1 --head-views 2 --size 32 --head-epochs 1 | ")
 
 
+def test_int8_scripts_compare_the_graphs_train_wrote(run_script, trained_cnn, synthetic):
+    files = trained_cnn.files
+    run_script("int8_agreement.py", ["--data", str(synthetic), "--rows", ".", "--model", str(files.pkl)], f"| {files.pkl.name} | ")
+    run_script("int8_variants.py", ["--model", str(files.onnx), "--split", str(files.split), "--data", str(synthetic),
+                                    "--rows", ".", "minmax"], "| minmax | ")
+
+
+def test_cpu_kernels_times_a_train_process_per_case(run_script):
+    run_script("cpu_kernels.py", ["--data", str(SAMPLE_DIR), "--top-groups", "2", "--size", "32", "--epochs", "1",
+                                  "--case", "this CPU's kernels"], "| this CPU's kernels | ")
+
+
+def test_shopee_scale_times_each_command(run_script, tmp_path):
+    out = run_script("shopee_scale.py", ["--rows", "60", "--out", str(tmp_path / "shopee"), "--steps", "eda", "prepare"], "built ")
+    assert out.count("rc 0") == 3, out  # eda, and prepare twice
+
+
 def test_matching_protocol_runs(run_script, tmp_path):
     run_script("match_protocol.py", ["--data", str(SAMPLE_DIR), "--work", str(tmp_path), "--seeds", "1", "--test-groups", "2",
                                       "--draws", "1", "--occasion", "_00[1-4]$", "--sources", "backbone,arcface",
