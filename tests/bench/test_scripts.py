@@ -78,9 +78,9 @@ def test_predict_speed_backends_agree(run_script, trained_cnn):
     assert "| 100.0 % |" in out  # the ONNX and torch backends agree with the plain loop here
 
 
-def test_cold_start_times_whole_processes(trained_cnn):
-    run_process("cold_start.py", ["--repeat", "0", "--model", str(trained_cnn.files.pkl), "--only", ".onnx"],
-                "predict 1 photo, .onnx")
+def test_cold_predict_times_whole_processes(run_script, trained_cnn):
+    run_script("cold_predict.py", ["--repeat", "0", "--model", str(trained_cnn.files.pkl), "--only", ".onnx", "--n", "0"],
+               "| predict 1 photo, .onnx | ")
 
 
 def test_recipe_study_trains_each_variant_with_train(run_script, tmp_path):
