@@ -27,11 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageOps
 
+from shopee_fastai.artifacts import ModelCard
 from shopee_fastai.cli import app
 from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data.split import VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
+from shopee_fastai.inference.embed import embed_images
 from shopee_fastai.machine import summary
 from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
 
@@ -78,6 +81,26 @@ def train(data: Path, models: Path, name: str, seed: int, occasion: str | None, 
     return model, time.perf_counter() - began
 
 
+def mirrored(paths: list[str], dest: Path) -> list[str]:
+    """Left-right mirror images of `paths` (written once under `dest`): what flip-averaged embeddings need."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in paths:
+        q = dest / f"{Path(p).parent.name}-{Path(p).stem}.jpg"
+        if not q.is_file():
+            ImageOps.mirror(Image.open(p).convert("RGB")).save(q, quality=95)
+        out.append(str(q))
+    return out
+
+
+def embeddings(paths: list[str], model: Path | None, flip: bool, work: Path) -> dict[str, np.ndarray]:
+    emb = embed_images(paths, model, progress=False)
+    if flip:  # the mean of a photo's and its mirror image's embeddings, unit length again
+        emb = emb + embed_images(mirrored(paths, work / "mirrored"), model, progress=False)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return dict(zip(paths, emb))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -90,15 +113,13 @@ def main() -> None:
     ap.add_argument("--train-args", default="", help="more `train` options for every model, e.g. '--size 64'")
     ap.add_argument("--classifier-args", default=CLASSIFIER_ARGS, help="the classifier's own options")
     ap.add_argument("--all-occasions", action="store_true", help="train on both occasions (no --holdout)")
+    ap.add_argument("--flip", action="store_true", help="also score flip-averaged embeddings (source+flip)")
     ap.add_argument("--calibration-photos", choices=("model", "both"), default="model",
                     help="model: the settings each model calibrated on its validation photos; both: recalibrate on "
                          "both occasions of its validation groups")
     args = ap.parse_args()
     print(summary())
     wanted = args.sources.split(",")
-
-    from shopee_fastai.inference.embed import embed_images
-
     full = read_table(args.data)
     groups = np.array(sorted(full[LABEL].astype(str).unique()))
     results: dict[str, list] = {}
@@ -132,30 +153,35 @@ def main() -> None:
         paths = sorted(set(calib[PATH]) | set().union(*(set(d[PATH]) for ds in draws.values() for d in ds)))
         for source in wanted:
             model = None if source == "backbone" else trained[source][0]
-            emb = dict(zip(paths, embed_images(paths, model, progress=False)))
-            c_emb = np.stack([emb[p] for p in calib[PATH]])
             stored = None
             if model is not None and source != "classifier" and args.calibration_photos == "model":
-                from shopee_fastai.artifacts import ModelCard
-
                 stored = MatchSettings.of(ModelCard.read(model).matching)
-            options = {"calibrated (min-2, blending chosen)": (None, None), "plain": (False, False), "+ min-2": (True, False),
-                       "+ blending": (False, True), "+ blending + min-2": (True, True)}
-            for label, (m2, bl) in options.items():
-                settings = stored if (stored is not None and m2 is None) else calibrate(c_emb, calib[LABEL].tolist(), m2, bl).settings
-                for kind, kind_draws in draws.items():
-                    got = [score(find(np.stack([emb[p] for p in d[PATH]]), settings), true_matches(d[LABEL].tolist()))
-                           for d in kind_draws]
-                    key = (source, label, kind)
-                    results.setdefault(key, []).append((np.mean([g.f1 for g in got]), np.mean([g.precision for g in got]),
-                                                        np.mean([g.recall for g in got]), settings.threshold, len(kind_draws[0]),
-                                                        trained.get(source, (None, float("nan")))[1]))
-                    print(f"seed {seed} {source:10s} {label:36s} {kind:5s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
-    print(f"\n{'source':10s} {'post-processing':36s} {'test':5s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
+            for flip in (False, True) if args.flip else (False,):
+                emb = embeddings(paths, model, flip, args.work)
+                score_source(results, f"{source}+flip" if flip else source, seed, emb, calib, draws, stored,
+                             trained.get(source, (None, float("nan")))[1])
+    print(f"\n{'source':14s} {'post-processing':36s} {'test':5s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
     for (source, label, kind), rows in sorted(results.items(), key=lambda kv: (kv[0][2], list(results).index(kv[0]))):
         a = np.array(rows, dtype=float)
-        print(f"{source:10s} {label:36s} {kind:5s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
+        print(f"{source:14s} {label:36s} {kind:5s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
               f" {a[:, 3].mean():9.3f} {a[:, 4].mean():8.0f} {np.nanmean(a[:, 5]) if not np.isnan(a[:, 5]).all() else float('nan'):7.0f}")
+
+
+def score_source(results: dict, source: str, seed: int, emb: dict, calib: pd.DataFrame, draws: dict,
+                 stored: MatchSettings | None, train_s: float) -> None:
+    """Each post-processing, calibrated on `calib` (or the model card's `stored` settings), on every test draw."""
+    c_emb = np.stack([emb[p] for p in calib[PATH]])
+    options = {"the card's settings (min-2 chosen)": (None, False), "plain": (False, False), "+ min-2": (True, False),
+               "+ blending": (False, True), "+ blending + min-2": (True, True)}
+    for label, (m2, bl) in options.items():
+        settings = stored if (stored is not None and m2 is None) else calibrate(c_emb, calib[LABEL].tolist(), m2, bl).settings
+        for kind, kind_draws in draws.items():
+            got = [score(find(np.stack([emb[p] for p in d[PATH]]), settings), true_matches(d[LABEL].tolist()))
+                   for d in kind_draws]
+            key = (source, label, kind)
+            results.setdefault(key, []).append((np.mean([g.f1 for g in got]), np.mean([g.precision for g in got]),
+                                                np.mean([g.recall for g in got]), settings.threshold, len(kind_draws[0]), train_s))
+            print(f"seed {seed} {source:10s} {label:36s} {kind:5s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
 
 
 if __name__ == "__main__":
