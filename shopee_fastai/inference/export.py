@@ -22,9 +22,9 @@ from fastai.data.transforms import Normalize
 from safetensors.torch import save_file
 from torch import nn
 
-from ..artifacts import FORMAT, META_KEY, ONNX
-from ..config import CNN_ARCH, EMBEDDING, PROBS, cache_dir
-from ..io import atomic_path, file_key
+from ..artifacts import FORMAT, META_KEY
+from ..config import CNN_ARCH, EMBEDDING, PROBS
+from ..io import atomic_path
 from ..nets.body import is_embedding
 from ..nets.cnn import HandCNN
 from ..nets.ensemble import Ensemble
@@ -104,14 +104,6 @@ def export_onnx(model, cfg: dict[str, Any], dest: Path, source: dict[str, str] |
     `predict` on one of those can take this graph instead, knowing it holds the same weights.
     """
     return with_config(onnx_graph(model, cfg), {**cfg, **({"source": source} if source else {})}, dest)
-
-
-def cached_onnx(model_file: Path, build: Callable[[], tuple[Any, dict[str, Any]]]) -> Path:
-    """The ONNX graph for `model_file`, exported on first use and cached by the file's identity."""
-    dest = cache_dir() / "onnx" / f"{Path(model_file).stem}-{file_key(Path(model_file))}{ONNX}"
-    if not dest.is_file():
-        export_onnx(*build(), dest)
-    return dest
 
 
 def onnx_module(module, example) -> Callable[[Any], Any] | None:

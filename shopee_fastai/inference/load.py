@@ -6,7 +6,7 @@ its metadata; loading it rebuilds the network from this package's code, and infe
 validation preprocessing, so its predictions match the `.pkl`'s. ONNX exports carry the same config.
 
 Every way a file can fail to load is one line (ShopeeError) naming the file and the fix. An ONNX model,
-or a `.pkl`/`.safetensors` with its graph beside it, loads without importing fastai or torch.
+or a `.pkl`/`.safetensors` with its graph beside it or cached, loads without importing fastai or torch.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any, Callable
 from safetensors import SafetensorError, safe_open
 
 from ..artifacts import FORMAT, META_KEY, ONNX, PKL, SAFETENSORS, ModelFiles, model_titles, require_file
-from ..config import CNN_ARCH, EMBEDDING, Backend, Precision
+from ..config import CNN_ARCH, EMBEDDING, Backend, Precision, cache_dir
 from ..device import gpu_present
 from ..errors import ShopeeError
-from ..io import digest
+from ..io import digest, file_key
 from ..machine import cpu
 from .backends import FastPredictor, OnnxBackend, onnx_available, onnx_session
 from .predictions import Predictor
@@ -238,8 +238,6 @@ def _int8_note() -> str:
 
 def _exported(path: Path, network: Callable[[], tuple[Any, dict[str, Any]]], forced: bool) -> FastPredictor | None:
     """ONNX Runtime on the graph exported from `path` (cached); None where the exporter cannot trace it, unless forced."""
-    from .export import cached_onnx  # imports torch and onnx: only a model without its graph beside it exports one
-
     try:
         return onnx_predictor(cached_onnx(path, network))
     except ShopeeError:
@@ -249,6 +247,16 @@ def _exported(path: Path, network: Callable[[], tuple[Any, dict[str, Any]]], for
             raise ShopeeError(f"{path}: cannot be exported to ONNX ({type(e).__name__}: {str(e)[:160]}); use --backend torch") from e
         warnings.warn(f"{path}: ONNX export failed ({type(e).__name__}); predicting with PyTorch instead")
         return None
+
+
+def cached_onnx(model_file: Path, build: Callable[[], tuple[Any, dict[str, Any]]]) -> Path:
+    """The ONNX graph for `model_file`, exported on first use and cached by the file's identity."""
+    dest = cache_dir() / "onnx" / f"{model_file.stem}-{file_key(model_file)}{ONNX}"
+    if not dest.is_file():
+        from .export import export_onnx  # imports torch, onnx and fastai: only a cache miss exports
+
+        export_onnx(*build(), dest)
+    return dest
 
 
 def _bound(path: Path, graph: Path) -> FastPredictor | None:

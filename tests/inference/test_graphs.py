@@ -22,7 +22,7 @@ from pathlib import Path
 from shopee_fastai.inference.load import load_predictor
 predictor = load_predictor(Path(sys.argv[1]), precision=sys.argv[2])
 got = predictor.outputs([Path(p) for p in json.loads(sys.argv[3])], progress=False)
-print(json.dumps({"backend": predictor.backend.name, "probs": got.outputs.tolist(),
+print(json.dumps({"backend": predictor.backend.name, "why": predictor.why, "probs": got.outputs.tolist(),
                   "heavy": sorted(m for m in ("torch", "fastai") if m in sys.modules)}))
 """
 
@@ -41,6 +41,20 @@ def test_train_writes_both_graphs_and_the_first_predict_imports_neither_fastai_n
         got = cold_predict(model, photos)
         assert got["backend"] == "onnx" and got["heavy"] == []
         assert np.allclose(got["probs"], want, atol=1e-4)
+
+
+def test_a_pkl_whose_graph_is_only_cached_predicts_without_fastai_or_torch(trained_cnn, photos, tmp_path):
+    """A .pkl copied without its .onnx: the first predict exports the graph to the cache, later ones only read it."""
+    alone = tmp_path / "alone.pkl"
+    shutil.copy(trained_cnn.files.pkl, alone)
+    assert not ModelFiles.beside(alone).onnx.exists()
+    first = load_predictor(alone)  # exports the graph and caches it
+    assert "cached" in first.why
+    want = first.outputs(photos, progress=False).outputs
+    got = cold_predict(alone, photos)
+    assert got["backend"] == "onnx" and "cached" in got["why"] and got["heavy"] == []
+    assert np.allclose(got["probs"], want, atol=1e-6)
+    assert np.allclose(got["probs"], predict_probs(trained_cnn.learn, photos, progress=False).outputs, atol=1e-4)
 
 
 def test_int8_graph_keeps_the_top_prediction(trained_cnn, photos):
