@@ -20,14 +20,14 @@ def gpu_present() -> bool:
     """A usable CUDA GPU; looks for the driver's device node first, so CPU-only runs never pay for importing torch."""
     if not Path("/dev/nvidiactl").exists():
         return False
-    import torch
+    import torch  # ~2 s, paid only where a GPU driver is present
 
     return torch.cuda.is_available()
 
 
 def cpu_has_bf16() -> bool:
     """Native bfloat16 matrix units (AVX512-BF16 / AMX): without them bf16 autocast is slower than fp32."""
-    import torch
+    import torch  # ~2 s; this module stays torch-free at import for the ONNX predict path
 
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -37,7 +37,7 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(precision: str, cuda: bool) -> Precision:
     """What `precision` means on this device (`auto` resolved), or a one-line error."""
-    import torch
+    import torch  # ~2 s; this module stays torch-free at import for the ONNX predict path
 
     precision = Precision.parse(precision, "--precision")
     if precision == Precision.auto:
@@ -53,7 +53,7 @@ def resolve_precision(precision: str, cuda: bool) -> Precision:
 
 def world() -> tuple[int, int]:
     """(rank, number of processes) under `accelerate launch`/torchrun; (0, 1) otherwise."""
-    from fastai.torch_core import num_distrib, rank_distrib
+    from fastai.torch_core import num_distrib, rank_distrib  # fastai stays out of this module's import (test_layers)
 
     return rank_distrib(), max(1, num_distrib())
 
@@ -65,8 +65,8 @@ def distributed(learn):
     if n == 1:
         yield
         return
-    import fastai.distributed
-    import torch
+    import fastai.distributed  # data-parallel runs only; fastai stays out of this module's import (test_layers)
+    import torch  # ~2 s; this module stays torch-free at import for the ONNX predict path
 
     def broadcast(self, t, src):  # fastai's moves this to CUDA, which gloo on a CPU-only machine cannot take
         t = torch.LongTensor(t).to("cuda" if torch.distributed.get_backend() == "nccl" else "cpu")
@@ -91,7 +91,7 @@ def distributed(learn):
 def leave_world() -> None:
     """Close the process group Accelerate started (scoring still gathers through it): a rank that exits with gloo's
     threads alive can abort."""
-    import torch.distributed as dist
+    import torch.distributed as dist  # ~2 s; this module stays torch-free at import for the ONNX predict path
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

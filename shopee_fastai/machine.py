@@ -182,7 +182,7 @@ def _runtimes() -> dict[str, object]:
     a bug report must print on a broken install too."""
     out: dict[str, object] = {}
     try:
-        import torch
+        import torch  # ~2 s: `doctor` alone needs it, and the CLI imports this module for pin_threads
 
         out["torch_threads"] = torch.get_num_threads()
         out["torch_kernels"] = torch.backends.cpu.get_cpu_capability()
@@ -191,7 +191,7 @@ def _runtimes() -> dict[str, object]:
     except Exception as e:  # an install that cannot import torch is what the report is for
         out["torch_error"] = f"{type(e).__name__}: {e}"
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # `doctor` alone needs it, as torch above
 
         out["onnxruntime_providers"] = ort.get_available_providers()
     except Exception as e:

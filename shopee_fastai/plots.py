@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
 from .data.images import decode_all, load_rgb
@@ -21,9 +23,6 @@ DPI = 110
 @contextlib.contextmanager
 def figure(dest: Path, figsize: tuple[float, float]) -> Iterator[Any]:
     """A matplotlib Figure on the Agg canvas (no pyplot, no global state), saved atomically as PNG when the block ends."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     yield fig

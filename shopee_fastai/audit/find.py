@@ -21,6 +21,7 @@ from cleanlab.dataset import find_overlapping_classes
 from cleanlab.filter import find_label_issues
 from cleanlab.outlier import OutOfDistribution
 from cleanlab.rank import get_label_quality_scores
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from ..config import AUDIT_CV_MIN, AUDIT_DUP_THRESHOLD, AUDIT_FOLDS, AUDIT_NEIGHBOURS, AUDIT_OUT, OFFLINE_ARCH, SEED
 from ..data import table as D
@@ -140,8 +141,6 @@ def without_self(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndar
 def title_neighbours(titles: pd.Series, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The `k` listings whose titles are nearest each title (cosine of TF-IDF over character n-grams), the listing
     itself left out: (similarities, indices)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True).fit_transform(titles.fillna("").astype(str))
     n = tfidf.shape[0]
     k = min(k, n - 1)

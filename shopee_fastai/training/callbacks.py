@@ -17,6 +17,7 @@ import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
+from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 from torch import nn
 
 from ..artifacts import ModelFiles
@@ -230,8 +231,6 @@ def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> l
     """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, or matching F1 for an
     embedding, reloaded at the phase's end),
     blind to the epochs a resumed phase skips (fastai records those as empty rows)."""
-    from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
-
     def from_start(cls):
         class FromStart(cls):
             def after_epoch(self):
@@ -240,8 +239,6 @@ def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> l
 
         FromStart.__name__ = FromStart.__qualname__ = cls.__name__  # fastai names callbacks after their class
         return FromStart
-
-    import numpy as np
 
     # an embedding's valid loss is a pair loss; what it is for is matching
     watch = dict(monitor=F1_METRIC, comp=np.greater) if cfg.loss.margin else dict(monitor="valid_loss")
