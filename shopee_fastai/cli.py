@@ -8,13 +8,11 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import shutil
 import sys
 import warnings
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, get_type_hints
 
 import typer
 
@@ -53,50 +51,66 @@ def command(fn: Callable) -> Callable:
     return app.command(fn.__name__.replace("_", "-"))(wrapper)
 
 
-# Every TrainConfig option, declared once: name -> (type, typer option), its default the dataclass field's.
-# Commands take the ones that affect them.
+# Every TrainConfig option, declared once: its type and default are the dataclass field's, so they cannot drift;
+# here only its help, panel and flag spellings. Commands take the ones that affect them.
+TYPES = get_type_hints(C.TrainConfig)
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(C.TrainConfig)}
-OPTIONS: dict[str, tuple[Any, Any]] = {
-    "data": (Path, typer.Option(..., "--data", help="Folder with train.csv and train_images/ (Kaggle layout).", rich_help_panel=DATA)),
-    "top_groups": (Optional[int], typer.Option(DEFAULTS["top_groups"], help=f"Keep the N largest label groups (0 keeps all; default {C.TOP_GROUPS}, all with a margin --loss).", rich_help_panel=DATA)),
-    "holdout": (Optional[str], typer.Option(DEFAULTS["holdout"], help="Regex: posting_ids that match form the test split (e.g. '^val_').", rich_help_panel=DATA)),
-    "split": (Split, typer.Option(DEFAULTS["split"], help="leak-free: near-duplicate clusters stay in one split; random: the study's split.", rich_help_panel=DATA)),
-    "dup_threshold": (float, typer.Option(DEFAULTS["dup_threshold"], help="Cosine similarity from which two photos of a group count as near-duplicates.", rich_help_panel=DATA)),
-    "seed": (int, typer.Option(DEFAULTS["seed"], help="Seed for the split and initialisation.", rich_help_panel=DATA)),
-    "size": (int, typer.Option(DEFAULTS["size"], help="Image side in pixels.", rich_help_panel=DATA)),
-    "bs": (int, typer.Option(DEFAULTS["bs"], help="Batch size.", rich_help_panel=DATA)),
-    "aug": (Aug, typer.Option(DEFAULTS["aug"], help="Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.", rich_help_panel=DATA)),
-    "workers": (Optional[int], typer.Option(DEFAULTS["workers"], help="DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).", rich_help_panel=DATA)),
-    "arch": (str, typer.Option(DEFAULTS["arch"], help="'cnn' (the study's hand-written CNN) or any timm model name.", rich_help_panel=MODEL)),
-    "pretrained": (bool, typer.Option(DEFAULTS["pretrained"], "--pretrained/--scratch", help="Start from ImageNet weights (see --weights).", rich_help_panel=MODEL)),
-    "weights": (Optional[Path], typer.Option(DEFAULTS["weights"], help="Local .pth/.safetensors state dict; implies --pretrained.", rich_help_panel=MODEL)),
-    "recipe": (Recipe, typer.Option(DEFAULTS["recipe"], help="features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.", rich_help_panel=RECIPE)),
-    "head_epochs": (Optional[int], typer.Option(DEFAULTS["head_epochs"], help=f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}; each --ensemble member: {C.ENSEMBLE_HEAD_EPOCHS}; an embedding: {C.EMBED_HEAD_EPOCHS[True]}).", rich_help_panel=RECIPE)),
-    "top_stages": (Optional[int], typer.Option(DEFAULTS["top_stages"], help=f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, {C.EMBED_TOP_STAGES} for an embedding, else 0: head only).", rich_help_panel=RECIPE)),
-    "head_views": (Optional[int], typer.Option(DEFAULTS["head_views"], help=f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}; an embedding: {C.EMBED_HEAD_VIEWS[True]}).", rich_help_panel=RECIPE)),
-    "ensemble": (int, typer.Option(DEFAULTS["ensemble"], help="Train N classifiers on one cache of the frozen body (each its own seed) and export them as one model that averages their probabilities.", rich_help_panel=RECIPE)),
-    "body_lr": (float, typer.Option(DEFAULTS["body_lr"], help="Learning rate of those body stages.", rich_help_panel=RECIPE)),
-    "label_smoothing": (float, typer.Option(DEFAULTS["label_smoothing"], help="Label smoothing of the cached-features phase.", rich_help_panel=RECIPE)),
-    "loss": (Loss, typer.Option(DEFAULTS["loss"], help="softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.", rich_help_panel=RECIPE)),
-    "embed_dim": (int, typer.Option(DEFAULTS["embed_dim"], help="Embedding size of a margin --loss.", rich_help_panel=RECIPE)),
-    "margin": (float, typer.Option(DEFAULTS["margin"], help="Angular margin of a margin --loss, in degrees.", rich_help_panel=RECIPE)),
-    "scale": (float, typer.Option(DEFAULTS["scale"], help="Logit scale of a margin --loss.", rich_help_panel=RECIPE)),
-    "mixup": (float, typer.Option(DEFAULTS["mixup"], help="fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).", rich_help_panel=RECIPE)),
-    "epochs": (Optional[int], typer.Option(DEFAULTS["epochs"], help=f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).", rich_help_panel=SCHEDULE)),
-    "freeze_epochs": (int, typer.Option(DEFAULTS["freeze_epochs"], help="Epochs with the pretrained body frozen first (--recipe fine-tune).", rich_help_panel=SCHEDULE)),
-    "lr": (Optional[float], typer.Option(DEFAULTS["lr"], help=f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).", rich_help_panel=SCHEDULE)),
-    "wd": (Optional[float], typer.Option(DEFAULTS["wd"], help=f"Weight decay (default {C.WD}).", rich_help_panel=SCHEDULE)),
-    "opt": (Optimizer, typer.Option(DEFAULTS["opt"], help="Optimizer.", rich_help_panel=SCHEDULE)),
-    "name": (Optional[str], typer.Option(DEFAULTS["name"], help="Model name (default: <arch>-pretrained, <arch>-scratch, <arch>-ensembleN, or <arch>-<loss> for an embedding).", rich_help_panel=RUN)),
-    "models_dir": (Path, typer.Option(DEFAULTS["models_dir"], help="Where the exported model and its files go.", rich_help_panel=RUN)),
-    "checkpoint_every": (int, typer.Option(DEFAULTS["checkpoint_every"], help="Save model and optimizer every N epochs of every phase (0: never).", rich_help_panel=RUN)),
-    "resume": (bool, typer.Option(DEFAULTS["resume"], "--resume", help="Continue an interrupted run of the same --name and options.", rich_help_panel=RUN)),
-    "early_stop": (int, typer.Option(DEFAULTS["early_stop"], help="Stop a phase after N epochs without a lower valid loss (0: never).", rich_help_panel=RUN)),
-    "keep_best": (bool, typer.Option(DEFAULTS["keep_best"], "--keep-best", help="End each phase with its epoch of lowest valid loss.", rich_help_panel=RUN)),
-    "precision": (Precision, typer.Option(DEFAULTS["precision"], help="auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.", rich_help_panel=RUN)),
-    "int8": (bool, typer.Option(DEFAULTS["int8"], "--int8", help="Also write the int8 ONNX graph for `predict --precision int8` (calibrated on up to 256 training photos).", rich_help_panel=RUN)),
+
+
+def _option(name: str, panel: str) -> tuple[Any, Any]:
+    """A TrainConfig field as (type, typer option); HELP holds its help, or (help, *flag spellings)."""
+    text, *flags = (HELP[name],) if isinstance(HELP[name], str) else HELP[name]
+    default = ... if DEFAULTS[name] is MISSING else DEFAULTS[name]
+    return TYPES[name], typer.Option(default, *flags, help=text, rich_help_panel=panel)
+
+
+HELP: dict[str, str | tuple[str, ...]] = {
+    "data": ("Folder with train.csv and train_images/ (Kaggle layout).", "--data"),
+    "top_groups": f"Keep the N largest label groups (0 keeps all; default {C.TOP_GROUPS}, all with a margin --loss).",
+    "holdout": "Regex: posting_ids that match form the test split (e.g. '^val_').",
+    "split": "leak-free: near-duplicate clusters stay in one split; random: the study's split.",
+    "dup_threshold": "Cosine similarity from which two photos of a group count as near-duplicates.",
+    "seed": "Seed for the split and initialisation.",
+    "size": "Image side in pixels.",
+    "bs": "Batch size.",
+    "aug": "Batch augmentation: fastai's aug_transforms, a stronger one, the study's, or none.",
+    "workers": "DataLoader worker processes (default: 0 on CPU, fastai's one per core with a GPU).",
+    "arch": "'cnn' (the study's hand-written CNN) or any timm model name.",
+    "pretrained": ("Start from ImageNet weights (see --weights).", "--pretrained/--scratch"),
+    "weights": "Local .pth/.safetensors state dict; implies --pretrained.",
+    "recipe": "features: trained part on cached frozen-body outputs, then --epochs unfrozen; fine-tune: fastai's frozen then unfrozen.",
+    "head_epochs": f"Epochs over all cached views (default {C.HEAD_EPOCHS[True]} when body stages train, else {C.HEAD_EPOCHS[False]}; each --ensemble member: {C.ENSEMBLE_HEAD_EPOCHS}; an embedding: {C.EMBED_HEAD_EPOCHS[True]}).",
+    "top_stages": f"Last body stages that train with the head (default {C.TOP_STAGES} for EfficientNet-style bodies, {C.EMBED_TOP_STAGES} for an embedding, else 0: head only).",
+    "head_views": f"Cached views per training photo: 1 itself, 2 and its mirror, more add random passes through --aug (default {C.HEAD_VIEWS[True]} when body stages train, else {C.HEAD_VIEWS[False]}; an embedding: {C.EMBED_HEAD_VIEWS[True]}).",
+    "ensemble": "Train N classifiers on one cache of the frozen body (each its own seed) and export them as one model that averages their probabilities.",
+    "body_lr": "Learning rate of those body stages.",
+    "label_smoothing": "Label smoothing of the cached-features phase.",
+    "loss": "softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.",
+    "embed_dim": "Embedding size of a margin --loss.",
+    "margin": "Angular margin of a margin --loss, in degrees.",
+    "scale": "Logit scale of a margin --loss.",
+    "mixup": "fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).",
+    "epochs": f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).",
+    "freeze_epochs": "Epochs with the pretrained body frozen first (--recipe fine-tune).",
+    "lr": f"Base learning rate (default {C.LR[Optimizer.adam]} Adam, {C.LR[Optimizer.sgd]} SGD).",
+    "wd": f"Weight decay (default {C.WD[Optimizer.adam]} Adam, {C.WD[Optimizer.sgd]} SGD; {C.HEAD_WD} in the cached-features phase).",
+    "opt": "Optimizer.",
+    "name": "Model name (default: <arch>-pretrained, <arch>-scratch, <arch>-ensembleN, or <arch>-<loss> for an embedding).",
+    "models_dir": "Where the exported model and its files go.",
+    "checkpoint_every": "Save model and optimizer every N epochs of every phase (0: never).",
+    "resume": ("Continue an interrupted run of the same --name and options.", "--resume"),
+    "early_stop": "Stop a phase after N epochs without a lower valid loss (0: never).",
+    "keep_best": ("End each phase with its epoch of lowest valid loss.", "--keep-best"),
+    "precision": "auto: mixed bf16/fp16 on CUDA, fp32 on CPU; bf16 on CPU needs native bf16.",
+    "int8": (f"Also write the int8 ONNX graph for `predict --int8` (calibrated on up to {C.INT8_PHOTOS} training photos).", "--int8"),
 }
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
+PANELS = {DATA: DATA_OPTIONS, MODEL: ("arch", "pretrained", "weights"),
+          RECIPE: ("recipe", "head_epochs", "top_stages", "head_views", "ensemble", "body_lr", "label_smoothing", "loss",
+                   "embed_dim", "margin", "scale", "mixup"),
+          SCHEDULE: ("epochs", "freeze_epochs", "lr", "wd", "opt"),
+          RUN: ("name", "models_dir", "checkpoint_every", "resume", "early_stop", "keep_best", "precision", "int8")}
+OPTIONS = {name: _option(name, panel) for panel, names in PANELS.items() for name in names}
 # lr-find runs the first phase's learner: the recipe, schedule length, lr and checkpointing do not touch it.
 LR_FIND_OPTIONS = (*DATA_OPTIONS, "arch", "pretrained", "weights", "wd", "opt", "name", "models_dir", "precision")
 COMPARE_OPTIONS = (*DATA_OPTIONS, "weights", "recipe", "epochs", "freeze_epochs", "models_dir")
@@ -269,32 +283,21 @@ def export_onnx(
 
     `train` writes both graphs itself; this is for models trained elsewhere, or to write them again.
     """
-    from .artifacts import ModelFiles
-    from .inference.load import load_network
-    from .inference.quantize import write_graphs
+    from .training.train import export_onnx as run
 
-    photos = None
-    if int8:
-        if data is None:
-            raise ShopeeError("--int8 calibrates on training photos; add --data DIR (the model's training data)")
-        from .data.table import PATH, read_table
-
-        photos = read_table(data, labels=False)[PATH].sample(frac=1.0, random_state=C.SEED).tolist()
-    elif data is not None:
-        raise ShopeeError("--data is read only with --int8 (its photos calibrate the int8 graph); add --int8 or drop --data")
-    written = write_graphs(*load_network(model, cpu=True), out or ModelFiles.beside(model).onnx, [model], photos)
+    written = run(model, out, int8, data)
     for dest in written:
         typer.echo(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
     # beside the model, `predict --model MODEL` finds the graphs by itself; elsewhere, name the graph
     use = model if out is None else written[-1]
-    typer.echo(f"predict with `shopee-fastai predict --model {use}{' --precision int8' if int8 and out is None else ''} IMAGES`")
+    typer.echo(f"predict with `shopee-fastai predict --model {use}{' --int8' if int8 and out is None else ''} IMAGES`")
 
 
 @command
 def eda(
     data: Path = DataOpt,
     out: Path = typer.Option(Path("reports/eda"), help="Folder for report.md, summary.json and the PNG figures."),
-    max_images: int = typer.Option(2000, help="Read the headers of at most this many images (a seeded sample)."),
+    max_images: int = typer.Option(C.EDA_IMAGES, help="Read the headers of at most this many images (a seeded sample)."),
 ) -> None:
     """Study a data set: groups, duplicates, phash and title groups, image sizes; Markdown report + PNG figures."""
     from .eda import eda as run
@@ -321,8 +324,6 @@ def audit(
     from .audit import AuditConfig, apply_fixes, run_audit
 
     if apply is not None:
-        if out is None:
-            raise ShopeeError("--apply writes a cleaned copy of --data; name its new folder with --out")
         done = apply_fixes(data, apply, out)
         typer.echo(f"cleaned copy of {data} in {done} (photos linked); train on it with --data {done}")
         return
@@ -344,11 +345,9 @@ def prepare(
     top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every image in the CSV)."),
 ) -> None:
     """Pre-resize every image once (shorter side to --size) into the cache that train, lr-find and predict use."""
-    from .data.cache import images_root
-    from .data.cache import prepare as run
-    from .data.table import PATH, clean, read_table
+    from .data.cache import images_root, prepare_folder
 
-    result = run(list(clean(read_table(data), top_groups)[PATH]), size)
+    result = prepare_folder(data, size, top_groups)
     typer.echo(f"{result.written} written, {result.reused} already prepared, {len(result.failed)} unreadable; "
                f"cache {images_root() / f's{size}'}")
     for line in list(result.failed.values())[:20]:
@@ -362,20 +361,14 @@ def split(
     **options,
 ) -> None:
     """Find near-duplicate clusters and report what a plain random split would leak; optionally save the leak-free split."""
-    from .data import split as S
-    from .data import table as D
-    from .data.neardup import clusters, leak_report, leaked
-    from .inference.embed import embeddings_for
+    from .data.split import write_split
+    from .training.learner import split_data
 
-    o = SimpleNamespace(**options)
-    table = D.drop_unreadable(D.clean(D.read_table(o.data), C.TOP_GROUPS if o.top_groups is None else o.top_groups))[0]
-    ids = clusters(table, embeddings_for(list(table[D.PATH])), o.dup_threshold)
-    typer.echo(leak_report(table, ids, o.seed).line())
-    safe = S.make_split(table, o.seed, holdout=o.holdout, clusters=ids)
-    sizes = ", ".join(f"{n} {int((safe == n).sum())}" for n in S.SPLITS)
-    typer.echo(f"leak-free split: {sizes}; test images beside a twin in training: {leaked(safe, table, ids)}")
+    found = split_data(C.TrainConfig(**options))[1]
+    typer.echo(found.leaks.line())
+    typer.echo(found.line())
     if out:
-        S.write_split(safe, out)
+        write_split(found.split, out)
         typer.echo(f"written {out}")
 
 
@@ -425,7 +418,7 @@ def match(
     phash: bool = typer.Option(False, "--phash", help="Also match postings with identical image_phash."),
     titles: bool = typer.Option(False, "--titles", help="Also match title TF-IDF neighbours."),
     title_threshold: float = typer.Option(C.TITLE_THRESHOLD, help="Cosine similarity for title matches."),
-    k: int = typer.Option(50, help="Neighbours searched per posting (at most 50)."),
+    k: int = typer.Option(C.MAX_K, help=f"Neighbours searched per posting (at most {C.MAX_K})."),
     index: Index = typer.Option(Index.auto, help=f"Neighbour search: exact, hnsw (approximate), auto (exact up to {C.EXACT_MAX:,} postings)."),
     seed: int = typer.Option(C.SEED, help="Seed for --tune's split of the label groups."),
     out: Path = typer.Option(Path("submission.csv"), help="posting_id,matches as the competition's submission."),
@@ -510,25 +503,12 @@ def serve(
     run(service, host, port, review=review)
 
 
-def _copy_sample(dest: Path) -> bool:
-    """Copy the bundled sample to `dest`, all or nothing; False when it is already there."""
-    from .data.table import SAMPLE_DIR
-
-    if (dest / "train.csv").is_file() and (dest / "train.csv").read_bytes() == (SAMPLE_DIR / "train.csv").read_bytes():
-        return False
-    if dest.exists():
-        raise ShopeeError(f"{dest}: already exists and is not the sample; choose a new folder")
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(SAMPLE_DIR, tmp, ignore=shutil.ignore_patterns("__pycache__"))
-    tmp.rename(dest)
-    return True
-
-
 @command
 def sample(dest: Path = typer.Argument(Path("shopee-sample"), help="Folder to create.")) -> None:
     """Copy the bundled sample (real grocery photos, MIT licence) to DEST, in Kaggle layout."""
-    if not _copy_sample(dest):
+    from .data.table import copy_sample
+
+    if not copy_sample(dest):
         typer.echo(f"sample already in {dest}")
         return
     typer.echo(f"sample copied to {dest}: train with `shopee-fastai train --data {dest} --arch {C.OFFLINE_ARCH} --pretrained`")
@@ -541,12 +521,12 @@ def demo(
 ) -> None:
     """The whole job on the bundled sample: copy it, train the default recipe offline, evaluate, predict one photo."""
     from .artifacts import ModelFiles
-    from .data.table import IMAGE, read_table
+    from .data.table import IMAGE, copy_sample, read_table
     from .evaluation import evaluate as run_evaluation
     from .inference.load import load_predictor
     from .training import train as run_training
 
-    typer.echo(f"1/4 sample: {dest} ({'copied' if _copy_sample(dest) else 'already there'})")
+    typer.echo(f"1/4 sample: {dest} ({'copied' if copy_sample(dest) else 'already there'})")
     typer.echo(f"2/4 train: --arch {C.OFFLINE_ARCH} --pretrained (ImageNet weights installed with the package)")
     card = run_training(C.TrainConfig(data=dest, arch=C.OFFLINE_ARCH, pretrained=True, models_dir=models_dir))
     files = ModelFiles.of(models_dir, card.name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
 from .errors import ShopeeError
@@ -94,17 +95,19 @@ TOP_GROUPS = 21
 SIZE = 224
 BS = 32
 SEED = 42
+EDA_IMAGES = 2000  # image headers `eda` reads at most (a seeded sample): sizes and modes settle well before that
 DUP_THRESHOLD = 0.85  # cosine similarity of backbone embeddings from which two photos of a group are twins
 
 # Schedule
 EPOCHS = 5  # unfrozen (or from-scratch) epochs; 0 after the features recipe
 LR = {Optimizer.adam: 2e-3, Optimizer.sgd: 1e-2}
-WD = 0.01  # fastai's default weight decay
+WD = {Optimizer.adam: 0.01, Optimizer.sgd: 0.0}  # weight decay of the full-model phases: fastai's optimizers' defaults
 
 # The features recipe
 LABEL_SMOOTHING = 0.1
 TOP_STAGES = 3  # last body stages trained with the head, where the body has EfficientNet's layout
 BODY_LR = 5e-4
+HEAD_WD = 0.01  # weight decay of the cached-features phase, whose optimizer is AdamW whatever --opt says
 HEAD_EPOCHS = {False: 30, True: 5}  # passes over all cached views: head alone / with body stages
 ENSEMBLE_HEAD_EPOCHS = 3  # each member of an --ensemble: more members for the time beat longer-trained ones
 HEAD_VIEWS = {False: 2, True: 4}  # cached views per training photo: head alone / with body stages
@@ -124,6 +127,7 @@ PREDICT_BS = 32
 INT8_PHOTOS = 256  # training photos that calibrate a model's int8 graph
 TOP_K = 5
 MATCH_THRESHOLD = 0.6
+MAX_K = 50  # neighbours searched per posting: Shopee's groups hold at most 50 postings
 BLEND_K = 5  # neighbours averaged by neighbour blending
 EXACT_MAX = 50_000  # postings up to which matching searches exactly: Shopee's 34,250 take seconds, n² beyond
 TITLE_THRESHOLD = 0.75
@@ -148,9 +152,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "shopee-fastai")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; checked when made, so a bad value fails before any work."""
+    """Everything a training run depends on, as given; checked when made, so a bad value fails before any work.
+
+    None leaves a setting to the recipe's default; `resolved` works every default out, for the body at hand.
+    """
 
     data: Path
     # model
@@ -184,7 +191,7 @@ class TrainConfig:
     epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
     freeze_epochs: int = 1
     lr: float | None = None  # None: LR[opt]
-    wd: float | None = None  # None: WD
+    wd: float | None = None  # None: WD[opt], and HEAD_WD in the cached-features phase
     opt: Optimizer = Optimizer.adam
     # run
     name: str | None = None
@@ -198,15 +205,14 @@ class TrainConfig:
     int8: bool = False  # also write the int8 ONNX graph (calibration costs 2-15 % of a training run: docs/speed.md)
 
     def __post_init__(self) -> None:
-        self.data = Path(self.data)
-        self.models_dir = Path(self.models_dir)
-        self.weights = Path(self.weights) if self.weights is not None else None
+        set_ = partial(object.__setattr__, self)  # frozen: coerced once, here
+        set_("data", Path(self.data))
+        set_("models_dir", Path(self.models_dir))
+        set_("weights", Path(self.weights) if self.weights is not None else None)
         for f in fields(self):
             kind = {"Split": Split, "Recipe": Recipe, "Loss": Loss, "Aug": Aug, "Optimizer": Optimizer, "Precision": Precision}.get(str(f.type))
             if kind is not None:
-                setattr(self, f.name, kind.parse(getattr(self, f.name), option(f.name)))
-        if self.top_groups is None:
-            self.top_groups = 0 if self.loss.margin else TOP_GROUPS
+                set_(f.name, kind.parse(getattr(self, f.name), option(f.name)))
         self._check()
 
     def _check(self) -> None:
@@ -237,7 +243,7 @@ class TrainConfig:
         if self.loss.margin and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
         if self.ensemble > 1 and (self.loss.margin or not self.uses_pretrained or self.recipe != Recipe.features
-                                  or self.arch == CNN_ARCH or self.n_epochs or self.top_stages == 0):
+                                  or self.arch == CNN_ARCH or self.epochs or self.top_stages == 0):
             raise ShopeeError(f"--ensemble {self.ensemble}: averages classifiers that train body stages on cached maps; use "
                               "a timm --arch with --pretrained, --recipe features, no --epochs, --top-stages ≥ 1 and the "
                               "softmax --loss")
@@ -249,11 +255,9 @@ class TrainConfig:
         return bool(self.pretrained or self.weights)
 
     @property
-    def n_epochs(self) -> int:
-        """--epochs, or its default: EPOCHS, but none unfrozen after the features recipe's head."""
-        if self.epochs is not None:
-            return self.epochs
-        return 0 if self.recipe == Recipe.features and self.uses_pretrained and self.arch != CNN_ARCH else EPOCHS
+    def cached_head(self) -> bool:
+        """Whether the run starts with the features recipe's head phase on cached outputs of a pretrained body."""
+        return self.recipe == Recipe.features and self.uses_pretrained and self.arch != CNN_ARCH
 
     @property
     def model_name(self) -> str:
@@ -265,9 +269,45 @@ class TrainConfig:
             return f"{self.arch}-ensemble{self.ensemble}"
         return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
 
-    @property
-    def base_lr(self) -> float:
-        return self.lr if self.lr is not None else LR[self.opt]
+    def resolved(self, body_stages: int) -> ResolvedConfig:
+        """This config with every default worked out, for a body with `body_stages` stages that can train with the
+        head (nets.body.body_stages; 0 without EfficientNet's layout). The run uses it; the model card records it."""
+        given = {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
+        if self.loss.margin:  # an embedding's own defaults
+            top, head_epochs, views = EMBED_TOP_STAGES, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS
+        else:
+            top, views = TOP_STAGES, HEAD_VIEWS
+            head_epochs = {**HEAD_EPOCHS, True: ENSEMBLE_HEAD_EPOCHS} if self.ensemble > 1 else HEAD_EPOCHS
+        if self.cached_head:
+            top_stages = _or(self.top_stages, top if body_stages else 0)
+            head = {"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]}
+        else:  # no head phase: its settings as given, else 0
+            top_stages, head = _or(self.top_stages, 0), {"head_epochs": 0, "head_views": 0}
+        return ResolvedConfig(**{
+            **given, "top_stages": top_stages, **{k: _or(given[k], v) for k, v in head.items()},
+            "top_groups": _or(self.top_groups, 0 if self.loss.margin else TOP_GROUPS),
+            "epochs": _or(self.epochs, 0 if self.cached_head else EPOCHS),
+            "lr": _or(self.lr, LR[self.opt]), "wd": _or(self.wd, WD[self.opt]), "head_wd": _or(self.wd, HEAD_WD),
+            "name": self.model_name})
+
+
+@dataclass(frozen=True)
+class ResolvedConfig(TrainConfig):
+    """A TrainConfig with no default left open (only `weights`, `holdout` and `workers` may be None): what a run
+    uses and what its model card records. Made by `TrainConfig.resolved`."""
+
+    head_wd: float = HEAD_WD  # weight decay of the cached-features phase (--wd sets both)
+
+    def __post_init__(self) -> None:  # made from a checked TrainConfig: nothing left to coerce or check
+        pass
+
+    def resolved(self, body_stages: int) -> ResolvedConfig:
+        return self  # resolved for its body already
+
+
+def _or(value, default):
+    """`value`, or `default` where it is None (left to the recipe)."""
+    return default if value is None else value
 
 
 def option(field_name: str) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from .config import EDA_IMAGES
 from .data import table as D
 from .errors import ShopeeError
 from .io import write_json, write_text
@@ -148,7 +149,7 @@ def _report(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def eda(data: Path, out: Path, csv_name: str = "train.csv", max_images: int = 2000, seed: int = 0) -> dict[str, Any]:
+def eda(data: Path, out: Path, csv_name: str = "train.csv", max_images: int = EDA_IMAGES, seed: int = 0) -> dict[str, Any]:
     """Compute the summary, write out/report.md + PNG figures + out/summary.json atomically, return the summary dict."""
     if max_images < 1:
         raise ShopeeError(f"--max-images {max_images}: must be at least 1 (image headers are read on a sample this size)")

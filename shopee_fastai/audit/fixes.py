@@ -67,11 +67,13 @@ def check_fixes(fixes: pd.DataFrame, table: pd.DataFrame, where: str) -> None:
                     raise ShopeeError(f"{at}: {name} {g!r} is not a label group of the data; a merge joins two existing groups")
 
 
-def apply_fixes(data: Path, fixes: pd.DataFrame | Path, out: Path) -> Path:
+def apply_fixes(data: Path, fixes: pd.DataFrame | Path, out: Path | None) -> Path:
     """Write `out`: `data`'s Kaggle layout with the decided relabels, drops and merges, photos linked, not copied.
 
     `out` is written beside itself and renamed into place, so it is whole or absent; the data folder is only read.
     """
+    if out is None:
+        raise ShopeeError("--apply writes a cleaned copy of --data; name its new folder with --out")
     data, out = Path(data), Path(out)
     check_out(out, data)
     where = str(fixes) if isinstance(fixes, Path) else "fixes"

@@ -18,6 +18,7 @@ from ..config import cache_dir
 from ..errors import ShopeeError
 from ..io import atomic_path, file_key
 from .images import decode_chunks, load_rgb
+from .table import PATH, clean, read_table
 
 CACHE_QUALITY = 95  # re-encoding loss well below what augmentation changes
 
@@ -74,6 +75,11 @@ def prepare(paths: Sequence[str], side: int, root: Path | None = None, progress:
             else:
                 counts[what] += 1
     return PrepareResult(counts["written"], counts["reused"], failed)
+
+
+def prepare_folder(data: Path, size: int, top_groups: int = 0) -> PrepareResult:
+    """`prepare` the photos of `data`'s table: its `top_groups` largest label groups (0: every row)."""
+    return prepare(list(clean(read_table(data), top_groups)[PATH]), size)
 
 
 def best_side(size: int, root: Path | None = None) -> int | None:

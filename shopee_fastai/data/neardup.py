@@ -3,7 +3,8 @@
 Three kinds of twin join a cluster: the same image file, the same `image_phash`, and — the case phash
 misses, such as frames shot in sequence or lightly edited re-uploads — pretrained embeddings whose cosine
 similarity reaches a threshold (DUP_THRESHOLD, measured on grocery-store: docs/results.md). Clusters are the
-connected components of those links. The embeddings come from `inference.embed.embeddings_for`.
+connected components of those links. The caller hands in the embeddings (training computes them with
+`inference.embed.embeddings_for`), so this data step never calls up into inference.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from ..config import DUP_THRESHOLD
+from ..config import DUP_THRESHOLD, SEED
 from . import split as S
 from . import table as D
+
 SIM_CHUNK = 2048  # rows of the similarity matrix held at once: memory stays O(chunk x n)
 
 
@@ -46,9 +50,6 @@ def _same_value_pairs(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 def clusters(df: pd.DataFrame, embeddings: np.ndarray | None = None, threshold: float = DUP_THRESHOLD) -> np.ndarray:
     """A cluster id per row of `df` (0..k-1): identical files, identical phash, and embedding twins joined."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     links = [_same_value_pairs(df[D.IMAGE])]
     if D.PHASH in df.columns:
         links.append(_same_value_pairs(df[D.PHASH]))
@@ -85,6 +86,28 @@ def leak_report(df: pd.DataFrame, cluster_ids: np.ndarray, seed: int) -> LeakRep
     plain = S.make_split(df, seed)
     return LeakReport(int(len(sizes)), int(sizes[sizes > 1].sum()), int(sizes.max(initial=0)),
                       leaked(plain, df, cluster_ids), int((plain == S.TEST).sum()))
+
+
+@dataclass
+class LeakFreeSplit:
+    """A split that keeps every near-duplicate cluster in one part, and what the clusters found."""
+
+    split: pd.Series  # posting_id -> train/valid/test
+    clusters: np.ndarray  # a cluster id per row of the table
+    leaks: LeakReport  # what a plain random split would have leaked
+    test_leaks: int  # test images of this split beside a twin in training (0 unless --holdout forces one)
+
+    def line(self) -> str:
+        sizes = ", ".join(f"{n} {int((self.split == n).sum())}" for n in S.SPLITS)
+        return f"leak-free split: {sizes}; test images beside a twin in training: {self.test_leaks}"
+
+
+def leak_free_split(df: pd.DataFrame, embeddings: np.ndarray | None, threshold: float = DUP_THRESHOLD,
+                    seed: int = SEED, holdout: str | None = None) -> LeakFreeSplit:
+    """`make_split` over the near-duplicate clusters of `df`, whose photos' `embeddings` the caller computed."""
+    ids = clusters(df, embeddings, threshold)
+    split = S.make_split(df, seed, holdout=holdout, clusters=ids)
+    return LeakFreeSplit(split, ids, leak_report(df, ids, seed), leaked(split, df, ids))
 
 
 def leaked(split: pd.Series, df: pd.DataFrame, cluster_ids: np.ndarray, side: str = S.TEST) -> int:

@@ -9,7 +9,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..config import SEED
 from ..errors import ShopeeError
+from ..io import write_text
 from .table import ID, LABEL
 
 SPLIT = "split"
@@ -41,7 +43,7 @@ def _assign_units(sizes: list[int], order: np.ndarray, targets: list[int]) -> li
 
 def make_split(
     df: pd.DataFrame,
-    seed: int = 42,
+    seed: int = SEED,
     fractions: Sequence[float] = FRACTIONS,
     holdout: str | None = None,
     clusters: np.ndarray | None = None,
@@ -108,8 +110,6 @@ def group_split(df: pd.DataFrame, seed: int, valid_groups: float, holdout: str |
 
 
 def write_split(split: pd.Series, dest: Path) -> None:
-    from ..io import write_text
-
     write_text(dest, split.rename_axis(ID).reset_index().to_csv(index=False))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from functools import partial
 from pathlib import Path
@@ -9,8 +10,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..config import TOP_GROUPS
+from ..config import SEED, TOP_GROUPS
 from ..errors import ShopeeError
+from ..io import write_text
 from .images import decode_all, load_rgb
 
 ID, IMAGE, PHASH, TITLE, LABEL = "posting_id", "image", "image_phash", "title", "label_group"
@@ -19,6 +21,20 @@ REQUIRED_COLUMNS = (ID, IMAGE)  # label_group too, where labels are needed
 PATH = "path"  # added to every table: the row's image file
 MIN_TRAIN_IMAGES = 2  # below this many readable training images there is nothing to learn from
 SAMPLE_DIR = Path(__file__).parents[1] / "sample"
+
+
+def copy_sample(dest: Path) -> bool:
+    """Copy the bundled sample to `dest`, all or nothing; False when it is already there."""
+    dest = Path(dest)
+    if (dest / "train.csv").is_file() and (dest / "train.csv").read_bytes() == (SAMPLE_DIR / "train.csv").read_bytes():
+        return False
+    if dest.exists():
+        raise ShopeeError(f"{dest}: already exists and is not the sample; choose a new folder")
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(SAMPLE_DIR, tmp, ignore=shutil.ignore_patterns("__pycache__"))
+    tmp.rename(dest)
+    return True
 
 
 def images_dir(data: Path, csv_name: str = "train.csv") -> Path:
@@ -70,6 +86,11 @@ def clean(df: pd.DataFrame, top_groups: int = TOP_GROUPS) -> pd.DataFrame:
     return largest_groups(df, top_groups).drop_duplicates(subset=IMAGE, keep="first").reset_index(drop=True)
 
 
+def calibration_photos(df: pd.DataFrame, seed: int = SEED) -> list[str]:
+    """`df`'s photos in a seeded random order: an int8 graph calibrates on the first INT8_PHOTOS of them."""
+    return df[PATH].sample(frac=1.0, random_state=seed).tolist()
+
+
 def group_titles(df: pd.DataFrame) -> dict[str, str]:
     """Each label group's most common title (ties: the first seen): what a person reads instead of the group's number."""
     if TITLE not in df.columns or LABEL not in df.columns:
@@ -86,8 +107,6 @@ def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
 
 def drop_unreadable(df: pd.DataFrame, report: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Skip images that cannot be decoded, warn once, and return (kept rows, skipped rows with reasons)."""
-    from ..io import write_text
-
     bad = find_unreadable(df[PATH].tolist())
     skipped = df[df[PATH].isin(bad)].assign(reason=lambda d: d[PATH].map(bad))[[ID, PATH, "reason"]]
     if len(skipped):

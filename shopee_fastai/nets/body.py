@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..config import CNN_ARCH
@@ -20,7 +21,7 @@ _TIMM_TOP = ("conv_stem", "bn1", "blocks", "conv_head", "bn2")  # EfficientNet /
 
 
 def check_arch(arch: str) -> None:
-    import timm
+    import timm  # ~1 s: the torch predict path imports this module and may never build a timm model
 
     if arch != CNN_ARCH and not timm.is_model(arch):
         raise ShopeeError(f"--arch {arch}: not a timm model name nor 'cnn'; see timm.list_models('{arch[:6]}*')")
@@ -30,7 +31,7 @@ def input_stats(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the architecture's pretrained weights were trained with (ImageNet's for the CNN)."""
     if arch == CNN_ARCH:
         return IMAGENET_STATS
-    from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg  # ~1 s, as in check_arch
 
     cfg = get_pretrained_cfg(arch)
     if cfg is None or cfg.mean is None:
@@ -88,10 +89,16 @@ def _timm_stages(model: nn.Module) -> nn.Module | None:
     return net if net is not None and all(hasattr(net, a) for a in _TIMM_TOP) else None
 
 
-def n_stages(model: nn.Module) -> int:
-    """How many body stages can train with the head (0: the body lacks EfficientNet's layout)."""
-    net = _timm_stages(model)
-    return 0 if net is None else len(net.blocks)
+def body_stages(arch: str) -> int:
+    """How many of `arch`'s body stages can train with the head (0: the body lacks EfficientNet's layout), read
+    from a weightless copy on the meta device, so the settings resolve before any learner exists."""
+    import timm  # ~1 s: the torch predict path imports this module and may never build a timm model
+
+    if arch == CNN_ARCH:
+        return 0
+    with torch.device("meta"):
+        net = timm.create_model(arch, pretrained=False, num_classes=0)
+    return len(net.blocks) if all(hasattr(net, a) for a in _TIMM_TOP) else 0
 
 
 def split_model(model: nn.Module, top_stages: int) -> Split:

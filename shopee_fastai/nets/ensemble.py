@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .body import split_model
+from .body import Split, split_model
 
 
 class Ensemble(nn.Module):
@@ -40,7 +40,5 @@ def ensemble_of(model: nn.Module, top_stages: int, n: int) -> Ensemble:
 
 def member_split(model: Ensemble, k: int):
     """Member `k` as the features recipe trains it: the shared frozen part, its own top stages and head."""
-    from .body import Split
-
     trained = model.members[k]
     return Split(model.frozen, trained, trained[0])

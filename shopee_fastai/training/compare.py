@@ -12,6 +12,9 @@ import pandas as pd
 from ..artifacts import ModelFiles
 from ..config import CNN_ARCH, DEFAULT_ARCH, OFFLINE_ARCH, Aug, TrainConfig
 from ..errors import WeightsUnavailable
+from ..inference.predictions import display_name
+from ..io import write_text
+from ..plots import figure
 from .train import train
 
 SCRATCH_ARCH = DEFAULT_ARCH
@@ -49,14 +52,14 @@ def _train_entry(base: TrainConfig, e: Entry, seed: int):
 
 def compare(base: TrainConfig, seeds: int = 1, out: Path = Path("reports/compare")) -> pd.DataFrame:
     """Train every entry for each seed; write table.md, table.csv and accuracy.png to `out`; return the table."""
-    from ..io import write_text
-
     rows = []
     titles: dict[str, str] = {}
+    groups: int | None = None
     for e in entries(base):
         for seed in range(base.seed, base.seed + seeds):
             card = _train_entry(base, e, seed)
             titles = card.titles or titles  # every entry learns the same groups
+            groups = card.config["top_groups"]  # as resolved: the same for every entry
             rows.append({"key": e.key, "model": e.label if card.arch == e.arch or not e.pretrained
                          else f"{card.arch} pretrained", "arch": card.arch, "weights": card.weights,
                          "params": card.params, "seed": seed, "train": card.train_accuracy,
@@ -67,7 +70,7 @@ def compare(base: TrainConfig, seeds: int = 1, out: Path = Path("reports/compare
     table = summarise(runs)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "runs.csv", runs.to_csv(index=False))
-    write_text(out / "table.md", to_markdown(table, base, seeds, titles))
+    write_text(out / "table.md", to_markdown(table, base, seeds, titles, groups))
     chart(out / "accuracy.png", table, f"{Path(base.data).name}: test accuracy ({seeds} seed{'s' * (seeds > 1)})")
     return table
 
@@ -89,24 +92,21 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
-def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int, titles: dict[str, str] | None = None) -> str:
+def to_markdown(table: pd.DataFrame, base: TrainConfig, seeds: int, titles: dict[str, str] | None = None,
+                groups: int | None = None) -> str:
     head = ("| model | weights | params | train acc | valid acc | test acc | wall time (s) | train images/s |\n"
             "|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {r.model} | {r.weights} | {r.params / 1e6:.2f} M | {r.train} | {r.valid} | **{r.test}** | "
                    f"{r.wall_s:.0f} | {r.images_per_s} |\n" for r in table.itertuples())
-    how = (f"\n{seeds} seed(s) from {base.seed}; split {base.split}; {base.top_groups or 'all'} groups; size {base.size}; "
+    how = (f"\n{seeds} seed(s) from {base.seed}; split {base.split}; {groups or 'all'} groups; size {base.size}; "
            f"recipe {base.recipe}; epochs {base.epochs if base.epochs is not None else 'default'}; data {base.data}\n")
     if titles:
-        from ..inference.predictions import display_name
-
         shown = [display_name(c, titles) for c in sorted(titles)[:GROUPS_LISTED]]
         how += f"\n{len(titles)} groups: {'; '.join(shown)}{'; …' if len(titles) > GROUPS_LISTED else ''}\n"
     return head + body + how
 
 
 def chart(dest: Path, table: pd.DataFrame, title: str) -> None:
-    from ..plots import figure
-
     with figure(dest, (8, 4)) as fig:
         ax = fig.subplots()
         y = np.arange(len(table))

@@ -18,13 +18,22 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
+from fastai.callback.mixup import MixUp
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from fastai.optimizer import OptimWrapper
+from fastai.torch_core import params, set_seed, trainable_params
+from fastprogress.fastprogress import progress_bar
 from torch import nn
 
-from ..config import (ENSEMBLE_HEAD_EPOCHS, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS, EMBED_TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS, TOP_STAGES, WD,
-                      TrainConfig)
+from ..config import ResolvedConfig
 from ..data.table import LABEL, PATH
 from ..errors import ShopeeError
-from ..nets.body import Split, n_stages, split_model
+from ..inference.export import onnx_module
+from ..inference.torch_backends import input_size, learner_batches
+from ..nets.body import Split, split_model
+from ..nets.ensemble import Ensemble, ensemble_of, member_split
 from .callbacks import FrozenBatchNormStats, configure
 from .objective import objective
 
@@ -35,27 +44,9 @@ VALID_BS = 256
 PCT_START, DIV_FINAL = 0.3, 2.5e5
 
 
-def resolve(model: nn.Module, cfg: TrainConfig) -> dict[str, int]:
-    """`top_stages`, `head_epochs` and `head_views` where the user left them to their defaults (an embedding's own)."""
-    if cfg.loss.margin:
-        top, epochs, views = EMBED_TOP_STAGES, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS
-    else:
-        top = TOP_STAGES
-        epochs = {**HEAD_EPOCHS, True: ENSEMBLE_HEAD_EPOCHS} if cfg.ensemble > 1 else HEAD_EPOCHS
-        views = HEAD_VIEWS
-    top = cfg.top_stages if cfg.top_stages is not None else (top if n_stages(model) else 0)
-    body = top > 0
-    return {"top_stages": top, "head_epochs": epochs[body] if cfg.head_epochs is None else cfg.head_epochs,
-            "head_views": views[body] if cfg.head_views is None else cfg.head_views}
-
-
-def as_ensemble(learn, cfg: TrainConfig) -> None:
+def as_ensemble(learn, cfg: ResolvedConfig) -> None:
     """Make `learn`'s model an Ensemble of `cfg.ensemble` copies of its top part over its lower body, each then
     trained as a phase of its own on the one cache (training/recipes.py)."""
-    from fastai.torch_core import trainable_params
-
-    from ..nets.ensemble import ensemble_of
-
     if not cfg.top_stages:
         raise ShopeeError(f"--ensemble: {cfg.arch}'s body has no stages to train on cached maps; use an "
                           "EfficientNet-style timm --arch")
@@ -66,8 +57,6 @@ def as_ensemble(learn, cfg: TrainConfig) -> None:
 @lru_cache(maxsize=1)
 def _onnx_frozen(frozen: nn.Module, size: int):
     """The frozen part in ONNX Runtime, exported once for the train, valid and augmented passes of a run."""
-    from ..inference.export import onnx_module
-
     return onnx_module(frozen, torch.zeros(2, 3, size, size))
 
 
@@ -95,8 +84,6 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
     With `mirror`, [2n, ...]: each image, then every mirror image, from one decoding pass. `half` stores
     fp16 (feature maps are large; they are computed in fp32, and cast back to fp32 for training).
     """
-    from ..inference.torch_backends import input_size, learner_batches
-
     run = _cacher(frozen, half, input_size(learn), learn.dls.device)
     plain, flipped, done = [], [], []
     with torch.no_grad():  # not inference_mode: these tensors feed the head's autograd afterwards
@@ -112,10 +99,6 @@ def frozen_outputs(learn, frozen: nn.Module, paths: list[str], mirror: bool = Fa
 def augmented_outputs(learn, frozen: nn.Module, n: int, half: bool = False, progress: bool = True):
     """`frozen` of `n` randomly augmented passes over the training images (the learner's training pipeline:
     random crop and `aug_transforms`), in the training set's order, with their labels."""
-    from fastprogress.fastprogress import progress_bar
-
-    from ..inference.torch_backends import input_size
-
     run = _cacher(frozen, half, input_size(learn), learn.dls.device)
     dl = learn.dls.train.new(shuffle=False, drop_last=False)
     xs, ys = [], []
@@ -170,21 +153,12 @@ def cached_views(learn, split: Split, views: int) -> dict[str, tuple[torch.Tenso
     return sets
 
 
-def features_learner(learn, cfg: TrainConfig, member: int = 0, shared: dict | None = None):
+def features_learner(learn, cfg: ResolvedConfig, member: int = 0, shared: dict | None = None):
     """A Learner that trains `learn.model`'s top part on cached frozen-part outputs (settings resolved in `cfg`).
 
     For an ensemble (`learn.model` an Ensemble), the top part of `member`, seeded `cfg.seed + member`; the
     cache is computed once per process and kept in `shared` for the other members.
     """
-    from fastai.callback.mixup import MixUp
-    from fastai.data.core import DataLoaders
-    from fastai.data.load import DataLoader
-    from fastai.learner import Learner
-    from fastai.optimizer import OptimWrapper
-    from fastai.torch_core import params, set_seed, trainable_params
-
-    from ..nets.ensemble import Ensemble, member_split
-
     device = learn.dls.device
     learn.model.to(device)  # fastai moves it only when a fit starts; this phase comes first
     ensemble = isinstance(learn.model, Ensemble)
@@ -215,15 +189,15 @@ def features_learner(learn, cfg: TrainConfig, member: int = 0, shared: dict | No
     # the margin loss's class centres train with the head
     head = (lambda m: params(m[1]) + goal.params) if body is not None else (lambda m: trainable_params(m) + goal.params)
     flearn = Learner(dls, split.trained, loss_func=goal.loss_func, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
-                     metrics=goal.metrics, wd=cfg.wd if cfg.wd is not None else WD, wd_bn_bias=True,
+                     metrics=goal.metrics, wd=cfg.head_wd, wd_bn_bias=True,
                      splitter=(lambda m: [params(m[0]), head(m)]) if body is not None else (lambda m: [head(m)]),
                      path=Path("."), model_dir=".", cbs=cbs)
     configure(flearn, cfg.precision)
     return flearn
 
 
-def fit_features(flearn, cfg: TrainConfig, n: int, start_epoch: int, cbs: list) -> None:
+def fit_features(flearn, cfg: ResolvedConfig, n: int, start_epoch: int, cbs: list) -> None:
     """fastai's one-cycle over the cached views: body stages at `body_lr`, the head at `lr`."""
     # slice(a, b) over two parameter groups is [a, b]; over the head alone, b
-    flearn.fit_one_cycle(n, lr_max=slice(cfg.body_lr, cfg.base_lr), pct_start=PCT_START, div_final=DIV_FINAL,
+    flearn.fit_one_cycle(n, lr_max=slice(cfg.body_lr, cfg.lr), pct_start=PCT_START, div_final=DIV_FINAL,
                          start_epoch=start_epoch, cbs=cbs)

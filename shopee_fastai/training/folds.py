@@ -24,7 +24,7 @@ from fastai.torch_core import set_seed
 from fastai.vision.learner import create_head
 from sklearn.model_selection import StratifiedKFold
 
-from ..config import HEAD_EPOCHS, LABEL_SMOOTHING, LR, WD, Optimizer
+from ..config import HEAD_EPOCHS, HEAD_WD, LABEL_SMOOTHING, LR, Optimizer
 from .features import DIV_FINAL, HEAD_BS, PCT_START, VALID_BS, _float, _Views
 
 FOLD_HEAD_EPOCHS = HEAD_EPOCHS[False]  # the head-alone recipe's epochs
@@ -40,7 +40,7 @@ def head_learner(x: torch.Tensor, y: torch.Tensor, n_classes: int, seed: int, re
     dls = DataLoaders(DataLoader(train, bs=HEAD_BS, shuffle=True, drop_last=False, create_batch=train.batch, after_batch=_float),
                       DataLoader(valid, bs=VALID_BS, create_batch=valid.batch, after_batch=_float), device=torch.device("cpu"))
     return Learner(dls, create_head(x.shape[1], n_classes, pool=False), loss_func=LabelSmoothingCrossEntropyFlat(eps=LABEL_SMOOTHING),
-                   opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), wd=WD, wd_bn_bias=True, path=Path("."), model_dir=".")
+                   opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), wd=HEAD_WD, wd_bn_bias=True, path=Path("."), model_dir=".")
 
 
 def head_probs(x_train: torch.Tensor, y_train: torch.Tensor, x_eval: torch.Tensor, n_classes: int, seed: int,

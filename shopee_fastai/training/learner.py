@@ -1,4 +1,4 @@
-"""From a TrainConfig to a fastai Learner: check the options, resolve the weights, clean and split the data, build."""
+"""From a TrainConfig to a fastai Learner: resolve the settings and the weights, clean and split the data, build."""
 
 from __future__ import annotations
 
@@ -7,13 +7,31 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import fastai.callback.progress  # noqa: F401  (registers the progress bars)
+import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
 import pandas as pd
+import torch
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import SGD, Adam
+from fastai.torch_core import set_seed
+from fastai.vision.learner import vision_learner
 
-from ..config import CNN_ARCH, VALID_GROUPS, Optimizer, Split, TrainConfig
+from ..config import CNN_ARCH, VALID_GROUPS, Optimizer, ResolvedConfig, Split, TrainConfig
 from ..data import split as S
 from ..data import table as D
+from ..data.cache import use_cache
+from ..data.loaders import LoaderConfig, make_dataloaders
+from ..data.neardup import LeakFreeSplit, leak_free_split
+from ..device import resolve_precision
 from ..errors import ShopeeError
+from ..inference.embed import embeddings_for
+from ..nets.body import body_features, body_stages, check_arch, embedding_head, input_stats
+from ..nets.cnn import HandCNN
 from ..nets.weights import WeightsChoice, resolve_weights, weights_load_error
+from .callbacks import configure
+from .objective import objective
 
 SGD_MOMENTUM = 0.9
 
@@ -33,13 +51,7 @@ class Prepared:
 
 
 def check_environment(cfg: TrainConfig) -> None:
-    """What TrainConfig cannot check by itself: the arch exists, the precision runs here, models_dir is writable."""
-    import torch
-
-    from ..device import resolve_precision
-    from ..nets.body import check_arch
-
-    check_arch(cfg.arch)
+    """What TrainConfig cannot check by itself: the precision runs here, models_dir is writable."""
     resolve_precision(cfg.precision, torch.cuda.is_available())
     try:  # fail before training, not at export time
         Path(cfg.models_dir).mkdir(parents=True, exist_ok=True)
@@ -47,55 +59,58 @@ def check_environment(cfg: TrainConfig) -> None:
         raise ShopeeError(f"--models-dir {cfg.models_dir}: cannot create it ({e.strerror}); choose a writable folder") from e
 
 
-def prepare(cfg: TrainConfig, skipped_report: Path | None = None) -> Prepared:
-    from ..data.cache import use_cache
+def resolve(cfg: TrainConfig) -> ResolvedConfig:
+    """`cfg` with every default worked out for its arch's body: the settings the run uses and its card records."""
+    check_arch(cfg.arch)
+    return cfg.resolved(body_stages(cfg.arch))
 
+
+def readable_table(cfg: ResolvedConfig, skipped_report: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The cleaned table's readable rows (prepared images where `shopee-fastai prepare` made them), the rows
+    skipped, and how many images came from that cache."""
     table = D.clean(D.read_table(cfg.data), cfg.top_groups)
-    table[D.PATH], hits = use_cache(table[D.PATH], cfg.size)  # prepared images where `shopee-fastai prepare` made them
+    table[D.PATH], hits = use_cache(table[D.PATH], cfg.size)
     table, skipped = D.drop_unreadable(table, skipped_report)
     if len(table) < D.MIN_TRAIN_IMAGES or table[D.LABEL].nunique() < 2:
         raise ShopeeError(f"{cfg.data}: fewer than 2 label groups with readable images; add images or raise --top-groups")
-    leaks = ids = None
+    return table, skipped, hits
+
+
+def leak_free(table: pd.DataFrame, cfg: ResolvedConfig) -> LeakFreeSplit:
+    """The leak-free split of `table`: pretrained embeddings of its photos, handed down to the data layer's split."""
+    return leak_free_split(table, embeddings_for(list(table[D.PATH])), cfg.dup_threshold, cfg.seed, cfg.holdout)
+
+
+def split_data(cfg: TrainConfig) -> tuple[pd.DataFrame, LeakFreeSplit]:
+    """The leak-free split `train` makes of `cfg.data`, with the table it splits (the `split` command)."""
+    run = resolve(cfg)
+    table = readable_table(run)[0]
+    return table, leak_free(table, run)
+
+
+def prepare(cfg: ResolvedConfig, skipped_report: Path | None = None) -> Prepared:
+    table, skipped, hits = readable_table(cfg, skipped_report)
     if cfg.loss.margin:  # an embedding validates on whole groups it never trains on
         split = S.group_split(table, cfg.seed, VALID_GROUPS, holdout=cfg.holdout)
         if not (split == S.TRAIN).any():
             raise ShopeeError(f"{cfg.data}: no training images outside --holdout {cfg.holdout!r}")
         return Prepared(table, split, skipped, hits)
-    if cfg.split == Split.leak_free:
-        from ..data.neardup import clusters, leak_report
-        from ..inference.embed import embeddings_for
-
-        ids = clusters(table, embeddings_for(list(table[D.PATH])), cfg.dup_threshold)
-        leaks = leak_report(table, ids, cfg.seed)
-    split = S.make_split(table, cfg.seed, holdout=cfg.holdout, clusters=ids)
+    found = leak_free(table, cfg) if cfg.split == Split.leak_free else None
+    split = found.split if found else S.make_split(table, cfg.seed, holdout=cfg.holdout)
     for name in (S.VALID, S.TEST):
         if not (split == name).any():
             why = (f"each group's photos are near-duplicates of each other at --dup-threshold {cfg.dup_threshold}; "
-                   "raise it, add photos, or use --split random") if ids is not None else "every group has fewer than 3 photos; add photos"
+                   "raise it, add photos, or use --split random") if found else "every group has fewer than 3 photos; add photos"
             raise ShopeeError(f"{cfg.data}: the {cfg.split} split left no {name} images ({why})")
-    return Prepared(table, split, skipped, hits, leaks)
+    return Prepared(table, split, skipped, hits, found.leaks if found else None)
 
 
-def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
+def build_learner(dls, cfg: ResolvedConfig, choice: WeightsChoice):
     """A fastai Learner for `cfg.arch`: the hand CNN, or a timm model through `vision_learner` (frozen if pretrained)."""
-    import fastai.callback.progress  # noqa: F401  (registers the progress bars)
-    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import accuracy
-    from fastai.optimizer import SGD, Adam
-    from fastai.torch_core import set_seed
-    from fastai.vision.learner import vision_learner
-
-    from ..nets.cnn import HandCNN
-    from .callbacks import configure
-
     set_seed(cfg.seed, reproducible=True)
     opt_func = Adam if cfg.opt == Optimizer.adam else partial(SGD, mom=SGD_MOMENTUM)
     common: dict[str, Any] = dict(loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=opt_func,
-                                  path=Path("."), model_dir=".")
-    if cfg.wd is not None:
-        common["wd"] = cfg.wd
+                                  wd=cfg.wd, path=Path("."), model_dir=".")
     if cfg.arch == CNN_ARCH:
         learn = Learner(dls, HandCNN(len(dls.vocab), cfg.size), **common)
     else:
@@ -107,9 +122,6 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
                 raise weights_load_error(cfg.arch, choice, e) from e
             raise
     if cfg.loss.margin:  # an embedding: BN-neck head, margin loss, matching F1 on unseen groups
-        from ..nets.body import embedding_head, body_features
-        from .objective import objective
-
         learn.model[1] = embedding_head(body_features(learn.model), cfg.embed_dim)
         goal = objective(cfg, len(dls.vocab))
         learn.loss_func, learn.metrics = goal.loss_func, goal.metrics
@@ -120,11 +132,10 @@ def build_learner(dls, cfg: TrainConfig, choice: WeightsChoice):
     return learn
 
 
-def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[WeightsChoice, Prepared, Any]:
-    """Check the environment, resolve weights (fail fast), prepare and split the data, and build the learner."""
-    from ..data.loaders import LoaderConfig, make_dataloaders
-    from ..nets.body import input_stats
-
+def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[ResolvedConfig, WeightsChoice, Prepared, Any]:
+    """Resolve the settings, check the environment and the weights (fail fast), prepare and split the data, and
+    build the learner."""
+    cfg = resolve(cfg)
     check_environment(cfg)
     choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
     prep = prepare(cfg, skipped_report)
@@ -133,4 +144,4 @@ def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[Weights
     vocab = sorted(train_valid[D.LABEL].astype(str).unique()) if cfg.loss.margin else None
     dls = make_dataloaders(train_valid, input_stats(cfg.arch), LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed),
                            vocab)
-    return choice, prep, build_learner(dls, cfg, choice)
+    return cfg, choice, prep, build_learner(dls, cfg, choice)

@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from ..artifacts import ModelFiles
-from ..config import Recipe, TrainConfig
+from ..config import ResolvedConfig
 from ..device import distributed
 from ..errors import ShopeeError
 from .callbacks import Checkpoint, EpochTimer, history, load_checkpoint, read_progress, stopping_callbacks
+from .features import features_learner, fit_features
 
 # Options that a resumed run may change: they do not alter what the saved epochs computed.
 RESUMABLE = ("resume", "checkpoint_every", "early_stop", "keep_best", "workers", "models_dir", "score_train", "int8")
@@ -40,9 +41,9 @@ def head_phase(member: int, members: int) -> str:
     return "head" if members == 1 else f"head {member + 1}/{members}"
 
 
-def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
+def plan(learn, cfg: ResolvedConfig) -> list[Phase]:
     """The phases `cfg` runs, those with no epochs left out (see README: How the default recipe works)."""
-    lr = cfg.base_lr
+    lr = cfg.lr
     full = lambda: learn  # noqa: E731
 
     def unfreeze():  # before a resumed phase loads its optimizer state: unfreezing clears it
@@ -53,38 +54,36 @@ def plan(learn, cfg: TrainConfig, pretrained: bool) -> list[Phase]:
         lrn.fit_one_cycle(n, slice(lr / 2 / LR_MULT, lr / 2), pct_start=UNFROZEN_PCT_START, div=UNFROZEN_DIV,
                           start_epoch=start, cbs=cbs)
 
-    if pretrained and cfg.recipe == Recipe.features:
-        from .features import features_learner, fit_features
-
+    if cfg.cached_head:
         shared: dict = {}  # the frozen part's cache, computed once for every member of an ensemble
         fit_head = lambda lrn, n, start, cbs: fit_features(lrn, cfg, n, start, cbs)  # noqa: E731
         phases = [Phase(head_phase(k, cfg.ensemble), cfg.head_epochs,
                         lambda k=k: features_learner(learn, cfg, k, shared), fit_head) for k in range(cfg.ensemble)]
-        phases.append(Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen))
-    elif pretrained:
+        phases.append(Phase("unfrozen", cfg.epochs, unfreeze, unfrozen))
+    elif cfg.uses_pretrained:
         phases = [Phase("frozen", cfg.freeze_epochs, full,
                         lambda lrn, n, start, cbs: lrn.fit_one_cycle(n, slice(lr), pct_start=FROZEN_PCT_START,
                                                                      start_epoch=start, cbs=cbs)),
-                  Phase("unfrozen", cfg.n_epochs, unfreeze, unfrozen)]
+                  Phase("unfrozen", cfg.epochs, unfreeze, unfrozen)]
     else:
-        phases = [Phase("scratch", cfg.n_epochs, full,
+        phases = [Phase("scratch", cfg.epochs, full,
                         lambda lrn, n, start, cbs: lrn.fit_one_cycle(n, lr, start_epoch=start, cbs=cbs))]
     return [p for p in phases if p.epochs]
 
 
-def run_options(cfg: TrainConfig) -> dict[str, Any]:
+def run_options(cfg: ResolvedConfig) -> dict[str, Any]:
     """The options a checkpoint records, as JSON values, so that a resume can check it runs the same training."""
     return {k: v if isinstance(v, (bool, int, float, type(None))) else str(v)
             for k, v in asdict(cfg).items() if k not in RESUMABLE}
 
 
-def fit(learn, cfg: TrainConfig, pretrained: bool) -> tuple[list[dict], list[dict], dict[str, float]]:
+def fit(learn, cfg: ResolvedConfig) -> tuple[list[dict], list[dict], dict[str, float]]:
     """Run the recipe's phases, checkpointing and resuming where asked.
 
     Returns the whole per-epoch history, the rows of the epochs this call ran, and seconds per phase.
     """
-    files = ModelFiles.of(cfg.models_dir, cfg.model_name)
-    phases = plan(learn, cfg, pretrained)
+    files = ModelFiles.of(cfg.models_dir, cfg.name)
+    phases = plan(learn, cfg)
     names = [p.name for p in phases]
     options = run_options(cfg)
     saved = read_progress(files, options) if cfg.resume else None

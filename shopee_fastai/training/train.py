@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import fastai
+import matplotlib
+import matplotlib.pyplot as plt
+import timm
+import torch
+from fastai.callback.schedule import minimum, slide, steep, valley
+
+from .. import __version__
 from ..artifacts import ModelCard, ModelFiles
-from ..config import Recipe, TrainConfig
+from ..config import TrainConfig
 from ..data import split as S
+from ..data.table import PATH, calibration_photos, group_titles, read_table
 from ..device import leave_world, world
 from ..errors import ShopeeError
+from ..evaluation import accuracy_on
+from ..inference.export import learner_config, write_safetensors
+from ..inference.load import load_network
+from ..inference.quantize import write_graphs
+from ..io import atomic_path
+from ..nets.body import input_stats
+from ..plots import training_curves
+from .callbacks import remove_checkpoint, strip
+from .features import as_ensemble
 from .learner import Prepared, setup
+from .objective import calibrate_matching
 from .recipes import fit
 
 
 def versions() -> dict[str, str]:
-    import fastai
-    import timm
-    import torch
-
-    from .. import __version__
-
     return {"shopee_fastai": __version__, "fastai": fastai.__version__, "timm": timm.__version__, "torch": torch.__version__}
 
 
@@ -38,25 +52,18 @@ class Trained:
 
 def fit_learner(cfg: TrainConfig) -> Trained:
     """Everything `train` does except writing the model: prepare data, build, fit, score valid and test."""
-    from ..data.table import group_titles
-    from ..nets.body import input_stats
-
     files = ModelFiles.of(cfg.models_dir, cfg.model_name)
     started = time.perf_counter()
-    choice, prep, learn = setup(cfg, files.skipped)
-    if choice.pretrained and cfg.recipe == Recipe.features:
-        from .features import as_ensemble, resolve
-
-        cfg = replace(cfg, **resolve(learn.model, cfg))  # the card records what ran
-        if cfg.ensemble > 1:
-            as_ensemble(learn, cfg)
-    history, ran, times = fit(learn, cfg, choice.pretrained)
+    cfg, choice, prep, learn = setup(cfg, files.skipped)  # from here on, the resolved settings: the card records them
+    if cfg.ensemble > 1:
+        as_ensemble(learn, cfg)
+    history, ran, times = fit(learn, cfg)
     mean, std = input_stats(cfg.arch)
     passes = sum(cfg.head_views if h["phase"].startswith("head") else 1 for h in ran)  # a head epoch passes every cached view
     card = ModelCard(
-        name=cfg.model_name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
+        name=cfg.name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
         input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
-        config={**{k: v for k, v in asdict(cfg).items() if k != "data"}, "epochs": cfg.n_epochs},
+        config={k: v for k, v in asdict(cfg).items() if k != "data"},
         split={"mode": "groups" if cfg.loss.margin else str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
                **{s: int((prep.split == s).sum()) for s in S.SPLITS}},
         leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
@@ -71,11 +78,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
 
 def _scores(learn, prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
     """A classifier's accuracy on each split; an embedding's matching settings and F1 on groups it never saw."""
-    from ..evaluation import accuracy_on
-
     if cfg.loss.margin:
-        from .objective import calibrate_matching
-
         return {"matching": calibrate_matching(learn, prep)}
     scores = {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
               "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
@@ -86,8 +89,6 @@ def _scores(learn, prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
 
 def _member_scores(learn, prep: Prepared) -> list[dict[str, float | None]]:
     """Each ensemble member's accuracy alone, to show what averaging adds."""
-    from ..evaluation import accuracy_on
-
     whole, out = learn.model, []
     try:
         for k in range(len(whole.members)):
@@ -107,11 +108,6 @@ def export(trained: Trained) -> None:
     """
     if world()[0]:
         return
-    from ..inference.export import write_safetensors
-    from ..io import atomic_path
-    from ..plots import training_curves
-    from .callbacks import remove_checkpoint, strip
-
     files, card = trained.files, trained.card
     strip(trained.learn)
     S.write_split(trained.prep.split, files.split)
@@ -128,15 +124,8 @@ def _write_graphs(trained: Trained) -> None:
     """The fp32 ONNX graph, so the model's first `predict` loads neither fastai nor torch, and with `--int8` its
     int8 graph; the card records each one's seconds. They are optional: where they cannot be written (an arch the exporter cannot
     trace, a full disk), the model keeps its .pkl and .safetensors and predicts through PyTorch."""
-    import warnings
-
-    from ..inference.export import learner_config
-    from ..data.table import PATH
-    from ..inference.quantize import write_graphs
-
     learn, card, files = trained.learn, trained.card, trained.files
-    photos = (trained.prep.rows(S.TRAIN)[PATH].sample(frac=1.0, random_state=card.split["seed"]).tolist()
-              if card.config.get("int8") else None)
+    photos = calibration_photos(trained.prep.rows(S.TRAIN), card.split["seed"]) if card.config["int8"] else None
     files.int8.unlink(missing_ok=True)  # an int8 graph beside the model describes these weights or is gone
     started = time.perf_counter()
     try:
@@ -147,6 +136,17 @@ def _write_graphs(trained: Trained) -> None:
             graph.unlink(missing_ok=True)  # never leave a graph of an older model beside this one
         warnings.warn(f"{card.arch}: no ONNX graphs written ({type(e).__name__}: {str(e)[:120]}); predict runs PyTorch")
     card.wall_time_s["total"] = round(card.wall_time_s["total"] + time.perf_counter() - started, 1)
+
+
+def export_onnx(model: Path, out: Path | None = None, int8: bool = False, data: Path | None = None) -> list[Path]:
+    """Write a model file's ONNX graph to `out` (default: beside it), and with `int8` its int8 graph calibrated on
+    `data`'s photos: for models trained elsewhere, or graphs written again. Returns the files written."""
+    if int8 and data is None:
+        raise ShopeeError("--int8 calibrates on training photos; add --data DIR (the model's training data)")
+    if data is not None and not int8:
+        raise ShopeeError("--data is read only with --int8 (its photos calibrate the int8 graph); add --int8 or drop --data")
+    photos = calibration_photos(read_table(data, labels=False)) if int8 else None
+    return write_graphs(*load_network(model, cpu=True), out or ModelFiles.beside(model).onnx, [model], photos)
 
 
 def train(cfg: TrainConfig) -> ModelCard:
@@ -160,18 +160,11 @@ def train(cfg: TrainConfig) -> ModelCard:
 
 def lr_find(cfg: TrainConfig, plot: Path | None = None) -> dict[str, float]:
     """fastai's LR range test on the phase `train` starts with (the frozen head if pretrained); plot saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from fastai.callback.schedule import minimum, slide, steep, valley
-
-    from ..io import atomic_path
-
-    _, _, learn = setup(cfg)
+    cfg, _, _, learn = setup(cfg)
+    matplotlib.use("Agg")  # lr_find draws with pyplot: onto a file, never a window
     plt.close("all")
     found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
-    with atomic_path(plot or ModelFiles.of(cfg.models_dir, cfg.model_name).lr_find) as tmp:
+    with atomic_path(plot or ModelFiles.of(cfg.models_dir, cfg.name).lr_find) as tmp:
         plt.gcf().savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close("all")
     return {k: float(v) for k, v in found._asdict().items()}

@@ -88,6 +88,13 @@ def test_holdout_regex_makes_the_test_split():
         S.make_split(df, holdout="(")
 
 
+def test_calibration_photos_are_a_seeded_shuffle_of_the_table():
+    df = pd.DataFrame({D.PATH: [f"{k}.jpg" for k in range(50)]})
+    photos = D.calibration_photos(df, seed=3)
+    assert sorted(photos) == sorted(df[D.PATH]) and photos != list(df[D.PATH])
+    assert photos == D.calibration_photos(df, seed=3) != D.calibration_photos(df, seed=4)
+
+
 def test_split_round_trips_through_its_file(tmp_path):
     split = S.make_split(table({"a": 10, "b": 10}), seed=3)
     S.write_split(split, tmp_path / "m.split.csv")

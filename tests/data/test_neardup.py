@@ -3,7 +3,7 @@ import pandas as pd
 
 from shopee_fastai.data import split as S
 from shopee_fastai.data import table as D
-from shopee_fastai.data.neardup import clusters, leak_report, leaked, similar_pairs
+from shopee_fastai.data.neardup import clusters, leak_free_split, leak_report, leaked, similar_pairs
 from shopee_fastai.inference.embed import embeddings_for
 
 
@@ -54,6 +54,17 @@ def test_leak_free_split_keeps_clusters_whole_and_stays_stratified():
     assert leaked(plain, df, ids) > 5  # what the leak-free split prevents
     report = leak_report(df, ids, seed=0)
     assert report.clusters == 40 and report.largest == 3 and report.random_split_test_leaks == leaked(plain, df, ids)
+
+
+def test_leak_free_split_takes_its_embeddings_from_the_caller():
+    """The data layer clusters the embeddings it is handed: twins by embedding alone stay in one split."""
+    df, ids = make_twins(groups=3, clusters_per_group=10, twins=2)
+    emb = unit(np.eye(64)[ids] + 0.01 * np.random.default_rng(0).normal(size=(len(ids), 64)))
+    found = leak_free_split(df, emb, threshold=0.9, seed=0)
+    assert (pd.Series(found.clusters).groupby(ids).nunique() == 1).all() and len(set(found.clusters)) == 30
+    assert found.test_leaks == 0 and found.leaks.clusters == 30
+    assert found.split.equals(S.make_split(df, 0, clusters=found.clusters))
+    assert found.line().startswith("leak-free split: train ") and found.line().endswith("training: 0")
 
 
 def test_near_duplicates_of_held_out_photos_join_the_test_split():

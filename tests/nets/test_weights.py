@@ -60,7 +60,7 @@ def test_local_weights_file_fills_every_body_tensor(synthetic, tmp_path):
     source = {k: v + 0.25 if v.dtype.is_floating_point else v  # distinct from any fresh init
               for k, v in timm.create_model("test_efficientnet").state_dict().items()}
     save_file(source, str(weights))
-    _, _, learn = setup(TrainConfig(data=synthetic, split="random", arch="test_efficientnet", weights=weights, size=SIZE, workers=0,
+    *_, learn = setup(TrainConfig(data=synthetic, split="random", arch="test_efficientnet", weights=weights, size=SIZE, workers=0,
                                     models_dir=tmp_path))
     body = {k.removeprefix("model."): v for k, v in learn.model[0].state_dict().items()}
     shared = [k for k in source if not k.startswith("classifier")]

@@ -48,7 +48,7 @@ def test_head_views_are_augmented_passes_over_the_training_images_in_order(synth
     save_file(timm.create_model("test_resnet").state_dict(), str(weights))
     cfg = TrainConfig(data=synthetic, split="random", arch="test_resnet", weights=weights, size=SIZE, bs=8, workers=0,
                       models_dir=tmp_path)
-    _, _, learn = setup(cfg)
+    *_, learn = setup(cfg)
     frozen = split_model(learn.model, 0).frozen
     x, y = augmented_outputs(learn, frozen, 2, progress=False)
     n = len(learn.dls.train_ds)

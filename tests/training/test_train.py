@@ -79,7 +79,7 @@ def test_same_seed_same_initial_model(synthetic, tmp_path):
     from shopee_fastai.training.learner import setup
 
     cfg = TrainConfig(data=synthetic, split="random", arch="cnn", size=SIZE, workers=0, models_dir=tmp_path)
-    a, b = (setup(cfg)[2].model.state_dict() for _ in range(2))
+    a, b = (setup(cfg)[-1].model.state_dict() for _ in range(2))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -115,10 +115,38 @@ def test_leak_free_split_that_leaves_no_test_images_says_how_to_fix(synthetic, t
 
 
 def test_epochs_default_by_recipe(synthetic):
-    assert TrainConfig(data=synthetic, arch="cnn").n_epochs == 5
-    assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True).n_epochs == 0  # features: head only
-    assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, recipe="fine-tune").n_epochs == 5
-    assert TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, epochs=2).n_epochs == 2
+    from shopee_fastai.training.learner import resolve
+
+    assert resolve(TrainConfig(data=synthetic, arch="cnn")).epochs == 5
+    assert resolve(TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True)).epochs == 0  # features: head only
+    assert resolve(TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, recipe="fine-tune")).epochs == 5
+    assert resolve(TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, epochs=2)).epochs == 2
+
+
+def test_settings_resolve_once_for_the_body_at_hand(synthetic):
+    """Every default a run leaves open is worked out in one frozen copy; what the user gave stays as given."""
+    import dataclasses
+
+    from shopee_fastai.config import (EMBED_HEAD_EPOCHS, EMBED_TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS, HEAD_WD, LR, TOP_GROUPS,
+                                      TOP_STAGES, WD, Optimizer)
+    from shopee_fastai.training.learner import resolve
+
+    lite = dict(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True)
+    run = resolve(TrainConfig(**lite))
+    assert (run.top_stages, run.head_epochs, run.head_views) == (TOP_STAGES, HEAD_EPOCHS[True], HEAD_VIEWS[True])
+    assert (run.top_groups, run.lr, run.wd, run.head_wd) == (TOP_GROUPS, LR[Optimizer.adam], WD[Optimizer.adam], HEAD_WD)
+    assert run.name == "tf_efficientnet_lite0-pretrained"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.lr = 1.0
+    assert resolve(TrainConfig(**lite, top_stages=0)).head_epochs == HEAD_EPOCHS[False]
+    assert resolve(TrainConfig(**lite, loss="arcface")).top_groups == 0  # an embedding trains on every group
+    assert resolve(TrainConfig(**lite, loss="arcface")).top_stages == EMBED_TOP_STAGES
+    assert resolve(TrainConfig(**lite, loss="arcface", top_stages=0)).head_epochs == EMBED_HEAD_EPOCHS[False]
+    assert resolve(TrainConfig(**lite, head_epochs=7, wd=0.1)).head_epochs == 7
+    assert resolve(TrainConfig(**lite, wd=0.1)).head_wd == 0.1
+    assert resolve(TrainConfig(data=synthetic, arch="test_resnet", pretrained=True)).top_stages == 0  # no stages to train
+    sgd = resolve(TrainConfig(data=synthetic, arch="cnn", opt="sgd"))
+    assert (sgd.lr, sgd.wd, sgd.head_epochs, sgd.top_stages) == (LR[Optimizer.sgd], WD[Optimizer.sgd], 0, 0)  # no head phase
 
 
 def test_groups_too_small_to_split_say_so(tmp_path):
@@ -136,3 +164,12 @@ def test_unwritable_models_dir_fails_before_training(synthetic, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ShopeeError, match="--models-dir .* cannot create it"):
         train(TrainConfig(data=synthetic, arch="cnn", split="random", models_dir=blocker / "sub"))
+
+
+def test_export_onnx_refuses_int8_without_photos_and_photos_without_int8(tmp_path):
+    from shopee_fastai.training.train import export_onnx
+
+    with pytest.raises(ShopeeError, match="--int8 calibrates on training photos"):
+        export_onnx(tmp_path / "m.pkl", int8=True)
+    with pytest.raises(ShopeeError, match="--data is read only with --int8"):
+        export_onnx(tmp_path / "m.pkl", data=tmp_path)
