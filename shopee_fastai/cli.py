@@ -89,6 +89,8 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "embed_dim": "Embedding size of a margin --loss.",
     "margin": "Angular margin of a margin --loss, in degrees.",
     "scale": "Logit scale of a margin --loss.",
+    "refit": ("A margin --loss: after calibrating on held-out groups, train the final model again on all but 2 groups, "
+              "keeping the calibrated settings (2x the time).", "--refit/--no-refit"),
     "mixup": "fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).",
     "epochs": f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).",
     "freeze_epochs": "Epochs with the pretrained body frozen first (--recipe fine-tune).",
@@ -107,7 +109,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
 PANELS = {DATA: DATA_OPTIONS, MODEL: ("arch", "pretrained", "weights"),
           RECIPE: ("recipe", "head_epochs", "top_stages", "head_views", "ensemble", "body_lr", "label_smoothing", "loss",
-                   "embed_dim", "margin", "scale", "mixup"),
+                   "embed_dim", "margin", "scale", "refit", "mixup"),
           SCHEDULE: ("epochs", "freeze_epochs", "lr", "wd", "opt"),
           RUN: ("name", "models_dir", "checkpoint_every", "resume", "early_stop", "keep_best", "precision", "int8")}
 OPTIONS = {name: _option(name, panel) for panel, names in PANELS.items() for name in names}
@@ -147,10 +149,12 @@ def _report_card(card, files) -> None:
         m = card.matching
         how = ("stored in the card; `match --model` uses it" if m.get("calibrated", True) else
                "the defaults: one held-out group cannot calibrate; add label groups")
-        typer.echo(f"matching on {m['valid_groups']} label group(s) it never trained on: F1 {m['valid_f1']} at "
+        typer.echo(f"matching calibrated on {m['valid_groups']} label group(s) held out of training: F1 {m['valid_f1']} at "
                    f"{MatchSettings.of(m).line()} ({how})")
         if "test_f1_unseen" in m:
             typer.echo(f"test photos of those groups: F1 {m['test_f1_unseen']}; all {card.split['test']} test photos: F1 {m['test_f1']}")
+        if m.get("refit"):
+            typer.echo(f"final model: trained again on all but {m['refit']['valid_groups']} groups, with these settings")
         typer.echo(f"({card.wall_time_s['total']} s)")
     else:
         typer.echo(f"valid accuracy {card.valid_accuracy}  test accuracy {card.test_accuracy}  "

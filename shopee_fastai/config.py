@@ -121,6 +121,7 @@ EMBED_TOP_STAGES = 2  # an embedding trains less of the body: more overfits its 
 EMBED_HEAD_EPOCHS = {False: 10, True: 2}
 EMBED_HEAD_VIEWS = {False: 2, True: 2}
 VALID_GROUPS = 0.2  # share of label groups held out, unseen in training, to validate and calibrate matching
+REFIT_VALID_GROUPS = 0.0  # --refit's final model: group_split's minimum, 2 groups, validates; every other group trains
 
 # Inference and matching
 PREDICT_BS = 32
@@ -180,6 +181,7 @@ class TrainConfig:
     embed_dim: int = EMBED_DIM
     margin: float = MARGIN
     scale: float = SCALE
+    refit: bool = True  # an embedding: calibrate on VALID_GROUPS held-out groups, then train the final model on the rest too
     head_epochs: int | None = None  # None: HEAD_EPOCHS for the body at hand
     label_smoothing: float = LABEL_SMOOTHING
     top_stages: int | None = None  # None: TOP_STAGES where the body allows, else 0

@@ -90,9 +90,10 @@ def groups(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def arcface(groups, tmp_path_factory):
-    """An ArcFace embedding trained and exported on `groups` (the val_ photos held out as the test)."""
+    """An ArcFace embedding trained and exported on `groups` (the val_ photos held out as the test), without the
+    refit, so its card and its split describe one run."""
     from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
 
     return fit_and_export(TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE,
                                       head_epochs=4, holdout="^val_", workers=0, models_dir=tmp_path_factory.mktemp("models"),
-                                      name="arc"))
+                                      name="arc", refit=False))

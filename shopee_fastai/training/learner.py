@@ -88,10 +88,10 @@ def split_data(cfg: TrainConfig) -> tuple[pd.DataFrame, LeakFreeSplit]:
     return table, leak_free(table, run)
 
 
-def prepare(cfg: ResolvedConfig, skipped_report: Path | None = None) -> Prepared:
+def prepare(cfg: ResolvedConfig, skipped_report: Path | None = None, valid_groups: float = VALID_GROUPS) -> Prepared:
     table, skipped, hits = readable_table(cfg, skipped_report)
     if cfg.loss.margin:  # an embedding validates on whole groups it never trains on
-        split = S.group_split(table, cfg.seed, VALID_GROUPS, holdout=cfg.holdout)
+        split = S.group_split(table, cfg.seed, valid_groups, holdout=cfg.holdout)
         if not (split == S.TRAIN).any():
             raise ShopeeError(f"{cfg.data}: no training images outside --holdout {cfg.holdout!r}")
         return Prepared(table, split, skipped, hits)
@@ -132,13 +132,14 @@ def build_learner(dls, cfg: ResolvedConfig, choice: WeightsChoice):
     return learn
 
 
-def setup(cfg: TrainConfig, skipped_report: Path | None = None) -> tuple[ResolvedConfig, WeightsChoice, Prepared, Any]:
-    """Resolve the settings, check the environment and the weights (fail fast), prepare and split the data, and
-    build the learner."""
+def setup(cfg: TrainConfig, skipped_report: Path | None = None,
+          valid_groups: float = VALID_GROUPS) -> tuple[ResolvedConfig, WeightsChoice, Prepared, Any]:
+    """Resolve the settings, check the environment and the weights (fail fast), prepare and split the data (an
+    embedding holding out `valid_groups` of its groups), and build the learner."""
     cfg = resolve(cfg)
     check_environment(cfg)
     choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
-    prep = prepare(cfg, skipped_report)
+    prep = prepare(cfg, skipped_report, valid_groups)
     train_valid = pd.concat([prep.rows(S.TRAIN), prep.rows(S.VALID)], ignore_index=True)
     # an embedding's validation groups are not among its training groups: name them all in the vocabulary
     vocab = sorted(train_valid[D.LABEL].astype(str).unique()) if cfg.loss.margin else None

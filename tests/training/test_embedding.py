@@ -45,6 +45,25 @@ def test_arcface_matches_groups_it_never_saw_better_than_chance(arcface):
     assert "match_f1" in arcface.card.history[-1]
 
 
+def test_refit_trains_on_more_groups_and_keeps_the_first_runs_settings(arcface, groups, tmp_path):
+    """The default: the first run (the `arcface` fixture's, same seed) calibrates on its held-out groups; the final
+    model trains again on all groups but 2, under those settings."""
+    from shopee_fastai.training import train
+
+    cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE, head_epochs=4,
+                      holdout="^val_", workers=0, models_dir=tmp_path, name="refit")
+    card = train(cfg)
+    first = arcface.card.matching
+    assert card.matching["refit"]["valid_groups"] == 2 < first["valid_groups"]
+    assert {k: card.matching[k] for k in ("threshold", "min2", "blend", "valid_groups")} == \
+        {k: first[k] for k in ("threshold", "min2", "blend", "valid_groups")}
+    split = S.read_split(tmp_path / "refit.split.csv")
+    table = arcface.prep.table.set_index("posting_id")
+    assert table.loc[split.index[split == S.VALID], LABEL].nunique() == 2
+    assert table.loc[split.index[split == S.TRAIN], LABEL].nunique() > arcface.prep.rows(S.TRAIN)[LABEL].nunique()
+    assert card.wall_time_s["total"] > card.wall_time_s["calibration_run"] > 0
+
+
 def test_every_export_embeds_alike(arcface, tmp_path):
     from typer.testing import CliRunner
 
@@ -155,7 +174,7 @@ def test_interrupted_embedding_training_resumes_with_its_class_centres(groups, t
 
     models = tmp_path / "m"
     cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="subcenter", holdout="^val_", head_epochs=12,
-                      size=SIZE, workers=0, models_dir=models, name="r", checkpoint_every=1)
+                      size=SIZE, workers=0, models_dir=models, name="r", checkpoint_every=1, refit=False)
     saved = interrupt_after_three_epochs(cfg)
     state = torch.load(models / "r.ckpt.pth", weights_only=False)
     assert state["loss"]["loss.W"].shape[0] == 512  # the class centres travel with the weights
