@@ -397,16 +397,13 @@ def embed(
     """L2-normalised image embeddings of every row of the CSV, from a trained model or a pretrained backbone.
 
     Under torchrun / accelerate launch, every process embeds a share of the photos and rank 0 writes them all."""
-    import numpy as np
-
     from .data.table import read_table
-    from .io import atomic_path
+    from .io import write_npy
 
     emb = _embeddings(read_table(data, csv, labels=False), model, arch, weights, precision)
     if emb is None:
         return  # data-parallel: rank 0 gathers and writes
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.save(f, emb)
+    write_npy(out, emb)
     typer.echo(f"{emb.shape[0]} embeddings of {emb.shape[1]} dims written to {out}")
 
 

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from .errors import ShopeeError
 
 LOW_SPACE = 1 << 20  # below this many free bytes, a failed write is taken for a full disk
@@ -57,6 +59,11 @@ def write_text(dest: Path, text: str) -> None:
 
 def write_json(dest: Path, obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_npy(dest: Path, array: np.ndarray) -> None:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def file_key(src: Path) -> str:
