@@ -376,13 +376,6 @@ def split(
         typer.echo(f"written {out}")
 
 
-def _embeddings(table, model: Optional[Path], arch: str, weights: Optional[Path], precision: str = Precision.auto):
-    from .data.table import PATH
-    from .inference.embed import embed_images
-
-    return embed_images(list(table[PATH]), model, arch, weights, precision=precision)
-
-
 EmbedModelOpt = typer.Option(None, "--model", help="Embed with this model: an embedding model (train --loss arcface) or a classifier's body (.pkl); default: a pretrained backbone.")
 EmbedArchOpt = typer.Option(C.OFFLINE_ARCH, help="Pretrained backbone when no --model is given.")
 
@@ -397,10 +390,11 @@ def embed(
     """L2-normalised image embeddings of every row of the CSV, from a trained model or a pretrained backbone.
 
     Under torchrun / accelerate launch, every process embeds a share of the photos and rank 0 writes them all."""
-    from .data.table import read_table
+    from .data.table import PATH, read_table
+    from .inference.embed import embed_images
     from .io import write_npy
 
-    emb = _embeddings(read_table(data, csv, labels=False), model, arch, weights, precision)
+    emb = embed_images(list(read_table(data, csv, labels=False)[PATH]), model, arch, weights, precision=precision)
     if emb is None:
         return  # data-parallel: rank 0 gathers and writes
     write_npy(out, emb)
@@ -415,7 +409,7 @@ def match(
     threshold: Optional[float] = typer.Option(None, help=f"Cosine similarity from which two postings match (default: the --model's calibrated one, else {C.MATCH_THRESHOLD})."),
     tune: bool = typer.Option(False, "--tune", help="Pick the threshold on half the label groups; report F1 on the rest."),
     min2: Optional[bool] = typer.Option(None, "--min2/--no-min2", help="Keep the nearest neighbour when nothing else passes (default: the --model's setting, else off)."),
-    blend: Optional[bool] = typer.Option(None, "--blend/--no-blend", help="Neighbour blending before matching (default: the --model's setting, else off)."),
+    blend: Optional[bool] = typer.Option(None, "--blend/--no-blend", help="Neighbour blending before matching (default off: it loses on photos from a new occasion, docs/results.md)."),
     phash: bool = typer.Option(False, "--phash", help="Also match postings with identical image_phash."),
     titles: bool = typer.Option(False, "--titles", help="Also match title TF-IDF neighbours."),
     title_threshold: float = typer.Option(C.TITLE_THRESHOLD, help="Cosine similarity for title matches."),
@@ -429,24 +423,16 @@ def match(
     """Match postings of the same product; write the submission file; print F1 when label_group is known.
 
     With --catalog, each listing of --data gets its matches among the catalogue's listings instead."""
-    import numpy as np
-
-    from .data.table import ID, read_table
-    from .matching import match_table, settings_for, write_submission
+    from .data.table import ID
+    from .matching import match_postings, refuse_with_catalog, settings_for, write_submission
 
     if catalog is not None:
-        _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out,
-                       refused={"--embeddings": embeddings, "--tune": tune, "--phash": phash, "--titles": titles})
+        refuse_with_catalog(embeddings=embeddings, tune=tune, phash=phash, titles=titles)
+        _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out)
         return
-    table = read_table(data, csv, labels=False)
-    if embeddings:
-        if not embeddings.is_file():
-            raise ShopeeError(f"--embeddings {embeddings}: file not found; write it with `shopee-fastai embed`")
-        emb = np.load(embeddings)
-    else:
-        emb = _embeddings(table, model, arch, weights)
     settings, source = settings_for(model, threshold, min2, blend)
-    result = match_table(table, emb, settings, tune, phash, titles, title_threshold, k, seed, index)
+    table, result = match_postings(data, csv, model, arch, weights, embeddings, settings, tune, phash, titles,
+                                   title_threshold, k, seed, index)
     if result.tuned:
         typer.echo(f"{result.settings.line()} tuned on half the label groups: {result.tuned[0].line()}; "
                    f"on the other half: {result.tuned[1].line()}")
@@ -458,13 +444,9 @@ def match(
     typer.echo(f"submission: {out}")
 
 
-def _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out, refused) -> None:
+def _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out) -> None:
     from .matching import match_new_listings, settings_for, write_catalog_matches
 
-    given = [name for name, value in refused.items() if value]
-    if given:
-        raise ShopeeError(f"{given[0]} does not combine with --catalog, which embeds both tables itself and matches "
-                          "across them; drop one of the two")
     settings, source = settings_for(model, threshold, min2, blend)
     result = match_new_listings(data, catalog, model, settings, csv, catalog_csv, arch, weights, k, index)
     write_catalog_matches(out, result)

@@ -18,11 +18,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import BLEND_K, EXACT_MAX, MATCH_THRESHOLD, TITLE_THRESHOLD, Index
+from .artifacts import ModelCard, ModelFiles
+from .config import BLEND_K, EXACT_MAX, MATCH_THRESHOLD, MAX_K, OFFLINE_ARCH, SEED, TITLE_THRESHOLD, Index
 from .data import table as D
 from .errors import ShopeeError
+from .io import write_text
 
-MAX_K = 50
 KNN_CHUNK = 1024  # query rows per similarity block: memory O(chunk x n), not O(n^2)
 THRESHOLD_GRID = tuple(np.round(np.arange(0.30, 0.96, 0.025), 3))
 TUNE_FRACTION = 0.5  # share of label groups used to pick the threshold; the rest reports F1
@@ -221,8 +222,6 @@ def settings_for(model: Path | None, threshold: float | None = None, min2: bool 
                  blend_: bool | None = None) -> tuple[MatchSettings, str]:
     """The settings `match` uses and where they came from: what the user gave, else the model's calibrated
     ones (an embedding model's card), else the defaults."""
-    from .artifacts import ModelCard, ModelFiles
-
     stored, where = None, "defaults"
     if model is not None and ModelFiles.beside(model).card.is_file():
         card = ModelCard.read(model).matching
@@ -281,8 +280,6 @@ def tune(emb: np.ndarray, labels: Sequence, seed: int = 0, min2: bool | None = F
 
 def write_submission(dest: Path, posting_ids: Sequence[str], matches: list[set[int]]) -> None:
     """`posting_id,matches` with space-separated posting ids, exactly as the competition's submission."""
-    from .io import write_text
-
     ids = list(posting_ids)
     rows = [" ".join(ids[j] for j in sorted(m)) for m in matches]
     write_text(dest, pd.DataFrame({D.ID: ids, "matches": rows}).to_csv(index=False))
@@ -399,8 +396,6 @@ def same_layout(new: pd.DataFrame, catalog: pd.DataFrame, where: Path) -> None:
 
 def write_catalog_matches(dest: Path, result: CatalogMatch) -> None:
     """posting_id of each new listing, then the posting_ids of the catalogue listings it matches (atomically)."""
-    from .io import write_text
-
     ids = result.catalog[D.ID].astype(str).to_numpy()
     rows = [" ".join(ids[sorted(m)]) for m in result.matches]
     write_text(dest, pd.DataFrame({D.ID: result.new[D.ID], "matches": rows}).to_csv(index=False))
@@ -412,9 +407,7 @@ def match_new_listings(data: Path, catalog: Path, model: Path | None = None, set
     """`match --catalog`: embed the new listings of `data` and match them against `catalog`'s listings, whose
     embeddings are cached on disk by the photos' and the model's identities, so a daily batch of new
     listings costs only its own embedding."""
-    # the embedding path loads torch; `match --embeddings` stays free of it
-    from .config import OFFLINE_ARCH
-    from .inference.embed import embed_images, embeddings_for
+    from .inference.embed import embed_images, embeddings_for  # loads torch: `match --embeddings` stays free of it
 
     arch = arch or OFFLINE_ARCH
     photos = D.images_dir(catalog, catalog_csv)
@@ -427,3 +420,32 @@ def match_new_listings(data: Path, catalog: Path, model: Path | None = None, set
     cat_emb = (embeddings_for(list(cat[D.PATH]), arch, model=model) if weights is None
                else embed_images(list(cat[D.PATH]), model, arch, weights))
     return match_catalog(new, embed_images(list(new[D.PATH]), model, arch, weights), cat, cat_emb, settings, k, index)
+
+
+def read_embeddings(path: Path) -> np.ndarray:
+    if not Path(path).is_file():
+        raise ShopeeError(f"--embeddings {path}: file not found; write it with `shopee-fastai embed`")
+    return np.load(path)
+
+
+def match_postings(data: Path, csv: str = "train.csv", model: Path | None = None, arch: str | None = None,
+                   weights: Path | None = None, embeddings: Path | None = None, settings: MatchSettings = MatchSettings(),
+                   tune_it: bool = False, phash: bool = False, titles: bool = False, title_threshold: float = TITLE_THRESHOLD,
+                   k: int = MAX_K, seed: int = SEED, index: Index | str = Index.auto) -> tuple[pd.DataFrame, MatchResult]:
+    """`match`: the table of `data`, embedded (or its saved `embeddings`), matched among itself."""
+    table = D.read_table(data, csv, labels=False)
+    if embeddings:
+        emb = read_embeddings(embeddings)
+    else:
+        from .inference.embed import embed_images  # loads torch: `match --embeddings` stays free of it
+
+        emb = embed_images(list(table[D.PATH]), model, arch or OFFLINE_ARCH, weights)
+    return table, match_table(table, emb, settings, tune_it, phash, titles, title_threshold, k, seed, index)
+
+
+def refuse_with_catalog(**given) -> None:
+    """What `match --catalog` cannot combine with: it embeds both tables itself and matches across them."""
+    named = [name for name, value in given.items() if value]
+    if named:
+        raise ShopeeError(f"--{named[0].replace('_', '-')} does not combine with --catalog, which embeds both tables "
+                          "itself and matches across them; drop one of the two")
