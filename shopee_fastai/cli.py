@@ -467,23 +467,9 @@ def serve(
     port: int = typer.Option(C.SERVE_PORT, help="Port to listen on."),
 ) -> None:
     """A web page (classify photos; find matching listings with --catalog; review an audit with --audit) and a JSON API on one server."""
-    from .app import require_web_stack
+    from .app import serve as run
 
-    if model is None and audit is None:
-        raise ShopeeError("serve needs --model FILE (classify, match) or --audit DIR (review an audit's findings)")
-    if model is None and catalog is not None:
-        raise ShopeeError("--catalog matches photos with a model's embeddings; add --model FILE")
-    require_web_stack()
-    from .app.review import Review
-    from .app.server import check_address, describe
-    from .app.server import serve as run
-    from .app.service import Service
-
-    check_address(host, port)
-    review = Review.load(audit) if audit is not None else None
-    service = Service.load(model, catalog) if model is not None else None
-    typer.echo(describe(service, host, port, review))
-    run(service, host, port, review=review)
+    run(model, catalog, audit, host, port, typer.echo)
 
 
 @command
