@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from shopee_fastai.artifacts import ModelCard
 from shopee_fastai.cli import app
 from shopee_fastai.config import OFFLINE_ARCH
-from shopee_fastai.data.split import VALID, read_split
+from shopee_fastai.data.split import TEST, VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.embed import embed_images
 from shopee_fastai.machine import summary
@@ -140,7 +140,9 @@ def main() -> None:
         if ref is None:
             raise SystemExit("the protocol needs arcface or subcenter among --sources (its validation groups calibrate every source)")
         split = read_split(models / f"{ref[0].stem}.split.csv")
-        calib = seen[seen[ID].map(split).eq(VALID)]
+        held = (ModelCard.read(ref[0]).matching or {}).get("calibration_groups")  # a refit model's first run's
+        calib = (seen[seen[LABEL].astype(str).isin(held).to_numpy() & seen[ID].map(split).ne(TEST).to_numpy()] if held
+                 else seen[seen[ID].map(split).eq(VALID)])
         if args.calibration_photos == "both":  # every photo of the validation groups, the held-out occasion's too
             calib = seen[seen[LABEL].isin(set(calib[LABEL]))]
         if "classifier" in wanted:  # trained on the embedding's training groups only: calibrated on unseen groups too

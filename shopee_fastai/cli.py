@@ -154,7 +154,10 @@ def _report_card(card, files) -> None:
         if "test_f1_unseen" in m:
             typer.echo(f"test photos of those groups: F1 {m['test_f1_unseen']}; all {card.split['test']} test photos: F1 {m['test_f1']}")
         if m.get("refit"):
-            typer.echo(f"final model: trained again on all but {m['refit']['valid_groups']} groups, with these settings")
+            first = m["calibration_run"]
+            typer.echo(f"the calibration run's model on test photos of those groups: F1 {first.get('test_f1_unseen')}; "
+                       f"the final model, trained again on all but {m['refit']['valid_groups']} groups with these settings, "
+                       f"on all {card.split['test']} test photos: F1 {m.get('test_f1')}")
         typer.echo(f"({card.wall_time_s['total']} s)")
     else:
         typer.echo(f"valid accuracy {card.valid_accuracy}  test accuracy {card.test_accuracy}  "

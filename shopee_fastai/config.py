@@ -219,7 +219,7 @@ class TrainConfig:
 
     def _check(self) -> None:
         if self.precision == Precision.int8:
-            raise ShopeeError("--precision int8 is for inference (predict, embed); train with auto, fp32, bf16 or fp16")
+            raise ShopeeError("--precision int8 is for inference (predict --int8, embed --precision int8); train with auto, fp32, bf16 or fp16")
         if self.name and self.name.endswith(".int8"):
             raise ShopeeError(f"--name {self.name}: names ending .int8 are taken by int8 graphs; choose another")
         if self.mixup < 0:
@@ -290,7 +290,7 @@ class TrainConfig:
             "top_groups": _or(self.top_groups, 0 if self.loss.margin else TOP_GROUPS),
             "epochs": _or(self.epochs, 0 if self.cached_head else EPOCHS),
             "lr": _or(self.lr, LR[self.opt]), "wd": _or(self.wd, WD[self.opt]), "head_wd": _or(self.wd, HEAD_WD),
-            "name": self.model_name})
+            "name": self.model_name, "refit": self.refit and bool(self.loss.margin)})
 
 
 @dataclass(frozen=True)

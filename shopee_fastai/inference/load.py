@@ -184,7 +184,7 @@ def _backend(path: Path, backend: Backend, precision: Precision, tta: bool) -> B
     if tta and (backend not in (Backend.auto, Backend.fastai) or kind != PKL):
         raise ShopeeError(f"{path}: --tta runs the fastai learner's augmentations; pass the .pkl with --backend auto or fastai")
     if precision == Precision.int8 and (backend not in (Backend.auto, Backend.onnx) or tta):
-        raise ShopeeError("--precision int8 runs the model's quantised ONNX graph; use --backend auto or onnx, without --tta")
+        raise ShopeeError("--int8 runs the model's quantised ONNX graph; use --backend auto or onnx, without --tta")
     if backend == Backend.auto:
         torch_only = precision in (Precision.bf16, Precision.fp16)
         backend = (Backend.fastai if tta else Backend.onnx if precision == Precision.int8 or kind == ONNX

@@ -19,7 +19,7 @@ from .. import __version__
 from ..artifacts import ModelCard, ModelFiles
 from ..config import REFIT_VALID_GROUPS, VALID_GROUPS, TrainConfig
 from ..data import split as S
-from ..data.table import PATH, calibration_photos, group_titles, read_table
+from ..data.table import LABEL, calibration_photos, group_titles, read_table
 from ..device import leave_world, world
 from ..errors import ShopeeError
 from ..evaluation import accuracy_on
@@ -58,14 +58,24 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     embedding for products it never saw (docs/results.md).
     """
     trained = _fit(cfg, VALID_GROUPS)
-    if not (cfg.loss.margin and cfg.refit and trained.card.matching.get("calibrated")):
-        return trained  # one held-out group calibrates nothing: no settings to keep
-    remove_checkpoint(trained.files)  # the final run starts afresh, not from the calibration run's checkpoint
-    final = _fit(replace(cfg, resume=False), REFIT_VALID_GROUPS)
-    first, own = trained.card.matching, final.card.matching
-    final.card.matching = {**first, "refit": {"valid_groups": own["valid_groups"], "valid_f1": own["valid_f1"]}}
-    final.card.wall_time_s = {**final.card.wall_time_s, "calibration_run": trained.card.wall_time_s["total"],
-                              "total": round(trained.card.wall_time_s["total"] + final.card.wall_time_s["total"], 1)}
+    first = trained.card.matching
+    # a refit needs settings to keep and more groups to train on (with few groups both runs hold out 2)
+    if not (cfg.loss.margin and cfg.refit and first.get("calibrated") and first["valid_groups"] > 2):
+        return trained
+    seconds, held_out = trained.card.wall_time_s["total"], sorted(trained.prep.rows(S.VALID)[LABEL].astype(str).unique())
+    if not world()[0]:
+        remove_checkpoint(trained.files)  # the calibration run is complete
+    del trained  # its learner and cached maps, before the second run builds its own
+    # no checkpoints, resume or early stop in the final run: a resume starts again from the calibration run
+    final = _fit(replace(cfg, resume=False, checkpoint_every=0, early_stop=0, keep_best=False), REFIT_VALID_GROUPS)
+    own = final.card.matching
+    settings = {k: first[k] for k in ("threshold", "min2", "blend", "valid_f1", "valid_groups", "calibrated")}
+    final.card.matching = {**settings, "calibration_groups": held_out,
+                           "calibration_run": {k: first[k] for k in ("test_f1_unseen", "test_f1") if k in first},
+                           "refit": {"valid_groups": own["valid_groups"], "valid_f1": own["valid_f1"]},
+                           **({"test_f1": own["test_f1"]} if "test_f1" in own else {})}
+    final.card.wall_time_s = {**final.card.wall_time_s, "calibration_run": seconds,
+                              "total": round(seconds + final.card.wall_time_s["total"], 1)}
     return final
 
 

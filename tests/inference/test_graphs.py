@@ -87,7 +87,7 @@ def test_a_graph_left_from_other_weights_is_never_used(trained_cnn, synthetic, p
 
 
 def test_int8_mistakes_are_one_line_errors(trained_cnn, synthetic, tmp_path):
-    with pytest.raises(ShopeeError, match="--precision int8 runs the model's quantised ONNX graph"):
+    with pytest.raises(ShopeeError, match="--int8 runs the model's quantised ONNX graph"):
         load_predictor(trained_cnn.files.pkl, backend="torch", precision="int8")
     with pytest.raises(ShopeeError, match="--precision int8 is for inference"):
         TrainConfig(data=synthetic, precision="int8")

@@ -45,7 +45,7 @@ def test_arcface_matches_groups_it_never_saw_better_than_chance(arcface):
     assert "match_f1" in arcface.card.history[-1]
 
 
-def test_refit_trains_on_more_groups_and_keeps_the_first_runs_settings(arcface, groups, tmp_path):
+def test_refit_trains_on_more_groups_and_keeps_the_first_runs_settings(arcface, groups, trained_cnn, tmp_path):
     """The default: the first run (the `arcface` fixture's, same seed) calibrates on its held-out groups; the final
     model trains again on all groups but 2, under those settings."""
     from shopee_fastai.training import train
@@ -62,6 +62,10 @@ def test_refit_trains_on_more_groups_and_keeps_the_first_runs_settings(arcface, 
     assert table.loc[split.index[split == S.VALID], LABEL].nunique() == 2
     assert table.loc[split.index[split == S.TRAIN], LABEL].nunique() > arcface.prep.rows(S.TRAIN)[LABEL].nunique()
     assert card.wall_time_s["total"] > card.wall_time_s["calibration_run"] > 0
+    assert card.matching["calibration_groups"] == sorted(arcface.prep.rows(S.VALID)[LABEL].astype(str).unique())
+    assert card.matching["calibration_run"]["test_f1_unseen"] == first["test_f1_unseen"]  # the first model's, named so
+    assert card.config["refit"] is True and trained_cnn.card.config["refit"] is False  # a classifier has none
+    assert not (tmp_path / "refit.ckpt.pth").exists()
 
 
 def test_every_export_embeds_alike(arcface, tmp_path):
