@@ -63,10 +63,9 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     if not (cfg.loss.margin and cfg.refit and first.get("calibrated") and first["valid_groups"] > 2):
         return trained
     seconds, held_out = trained.card.wall_time_s["total"], sorted(trained.prep.rows(S.VALID)[LABEL].astype(str).unique())
-    if not world()[0]:
-        remove_checkpoint(trained.files)  # the calibration run is complete
     del trained  # its learner and cached maps, before the second run builds its own
-    # no checkpoints, resume or early stop in the final run: a resume starts again from the calibration run
+    # No checkpoints, resume or early stop in the final run: the calibration run's checkpoint stays until export,
+    # so a --resume after an interruption here finds that run complete and trains the final model again.
     final = _fit(replace(cfg, resume=False, checkpoint_every=0, early_stop=0, keep_best=False), REFIT_VALID_GROUPS)
     own = final.card.matching
     settings = {k: first[k] for k in ("threshold", "min2", "blend", "valid_f1", "valid_groups", "calibrated")}

@@ -68,6 +68,22 @@ def test_refit_trains_on_more_groups_and_keeps_the_first_runs_settings(arcface, 
     assert not (tmp_path / "refit.ckpt.pth").exists()
 
 
+def test_a_refit_interrupted_after_calibrating_resumes_from_the_finished_calibration_run(groups, tmp_path):
+    """An interruption during the final run leaves the calibration run's checkpoint: --resume skips its epochs."""
+    from shopee_fastai.config import VALID_GROUPS
+    from shopee_fastai.training import train
+    from shopee_fastai.training.train import _fit
+
+    cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE, head_epochs=2,
+                      holdout="^val_", workers=0, models_dir=tmp_path, name="r", checkpoint_every=1)
+    first = _fit(cfg, VALID_GROUPS).card  # the calibration run, as far as an interrupted refit gets
+    assert (tmp_path / "r.ckpt.pth").is_file() and not (tmp_path / "r.pkl").exists()
+    card = train(replace(cfg, resume=True))
+    assert card.matching["threshold"] == first.matching["threshold"] and card.matching["refit"]["valid_groups"] == 2
+    assert card.wall_time_s["calibration_run"] < first.wall_time_s["total"]  # its epochs were not trained again
+    assert (tmp_path / "r.pkl").is_file() and not (tmp_path / "r.ckpt.pth").exists()
+
+
 def test_every_export_embeds_alike(arcface, tmp_path):
     from typer.testing import CliRunner
 
