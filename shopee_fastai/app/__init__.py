@@ -33,7 +33,8 @@ def serve(model: Path | None, catalog: Path | None, audit: Path | None, host: st
     if model is None and catalog is not None:
         raise ShopeeError("--catalog matches photos with a model's embeddings; add --model FILE")
     require_web_stack()
-    from .review import Review  # the optional web stack: only once it is known to be installed
+    # the optional web stack: only once it is known to be installed
+    from .review import Review
     from .server import check_address, describe, serve as run
     from .service import Service
 
