@@ -388,7 +388,8 @@ def embed(
     data: Path = DataOpt, csv: str = CsvOpt, model: Optional[Path] = EmbedModelOpt, arch: str = EmbedArchOpt,
     weights: Optional[Path] = WeightsOpt,
     out: Path = typer.Option(Path("embeddings.npy"), help="Where to write the [rows, dim] float32 array (CSV row order)."),
-    precision: Precision = typer.Option(Precision.auto, help="int8: an embedding model's int8 graph (train --int8; it lowers match F1, docs/speed.md); auto: fp32 on CPU, mixed on CUDA."),
+    int8: bool = typer.Option(False, "--int8", help="Embed with the model's int8 graph (train --int8): it lowers match F1 (docs/speed.md)."),
+    precision: Precision = typer.Option(Precision.auto, hidden=True, help="Kept for scripts: int8 is --int8; auto: fp32 on CPU, mixed on CUDA."),
 ) -> None:
     """L2-normalised image embeddings of every row of the CSV, from a trained model or a pretrained backbone.
 
@@ -397,7 +398,8 @@ def embed(
     from .inference.embed import embed_images
     from .io import write_npy
 
-    emb = embed_images(list(read_table(data, csv, labels=False)[PATH]), model, arch, weights, precision=precision)
+    emb = embed_images(list(read_table(data, csv, labels=False)[PATH]), model, arch, weights,
+                       precision=Precision.int8 if int8 else precision)
     if emb is None:
         return  # data-parallel: rank 0 gathers and writes
     write_npy(out, emb)

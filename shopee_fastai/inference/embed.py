@@ -85,12 +85,12 @@ def _embed_here(paths: Sequence[str | Path], model: Path | None, arch: str, weig
     int8 = Precision.parse(precision, "--precision") == Precision.int8
     if model is None:
         if int8:
-            raise ShopeeError("--precision int8 runs an embedding model's int8 graph; add --model (train --loss arcface)")
+            raise ShopeeError("--int8 runs an embedding model's int8 graph; add --model (train --loss arcface)")
         return embed_paths(paths, arch, weights, progress=progress)
     predictor = load_predictor(Path(model), precision=precision)
     if predictor.output != EMBEDDING:
         if int8:
-            raise ShopeeError(f"--model {model}: a classifier; --precision int8 embeds with an embedding model only")
+            raise ShopeeError(f"--model {model}: a classifier; --int8 embeds with an embedding model only")
         if Path(model).suffix != PKL:
             raise ShopeeError(f"--model {model}: a classifier; its body embeds from the .pkl learner, or train an "
                               "embedding model with `train --loss arcface`")

@@ -162,6 +162,11 @@ def test_embed_and_match_write_a_valid_submission(cli_model, synthetic, tmp_path
     for pid, matches in zip(rows["posting_id"], rows["matches"]):
         assert pid in matches.split() and set(matches.split()) <= ids
     one_line_error(run("match", "--data", synthetic, "--embeddings", tmp_path / "none.npy"), "file not found")
+    # int8 embeddings come from an embedding model's graph only, asked for as --int8 or with the older spelling
+    for flag in (("--int8",), ("--precision", "int8")):
+        one_line_error(run("embed", "--data", synthetic, "--model", cli_model, *flag, "--out", tmp_path / "i.npy"),
+                       "a classifier; --int8 embeds with an embedding model only")
+    assert not (tmp_path / "i.npy").exists()
 
 
 def test_predict_from_weights_only_export(cli_model, synthetic):
