@@ -140,9 +140,9 @@ def main() -> None:
         if ref is None:
             raise SystemExit("the protocol needs arcface or subcenter among --sources (its validation groups calibrate every source)")
         split = read_split(models / f"{ref[0].stem}.split.csv")
-        groups = (ModelCard.read(ref[0]).matching or {}).get("calibration_groups")  # a refit model's first run's
-        calib = (seen[seen[LABEL].astype(str).isin(groups).to_numpy() & seen[ID].map(split).ne(TEST).to_numpy()] if groups
-                 else seen[seen[ID].map(split).eq(VALID)])
+        held_groups = (ModelCard.read(ref[0]).matching or {}).get("calibration_groups")  # a refit model's first run's
+        calib = (seen[seen[LABEL].astype(str).isin(held_groups).to_numpy() & seen[ID].map(split).ne(TEST).to_numpy()]
+                 if held_groups else seen[seen[ID].map(split).eq(VALID)])
         if args.calibration_photos == "both":  # every photo of the validation groups, the held-out occasion's too
             calib = seen[seen[LABEL].isin(set(calib[LABEL]))]
         if "classifier" in wanted:  # trained on the embedding's training groups only: calibrated on unseen groups too
