@@ -244,11 +244,10 @@ class TrainConfig:
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
         if self.loss.margin and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
-        if self.ensemble > 1 and (self.loss.margin or not self.uses_pretrained or self.recipe != Recipe.features
+        if self.ensemble > 1 and (not self.uses_pretrained or self.recipe != Recipe.features
                                   or self.arch == CNN_ARCH or self.epochs or self.top_stages == 0):
-            raise ShopeeError(f"--ensemble {self.ensemble}: averages classifiers that train body stages on cached maps; use "
-                              "a timm --arch with --pretrained, --recipe features, no --epochs, --top-stages ≥ 1 and the "
-                              "softmax --loss")
+            raise ShopeeError(f"--ensemble {self.ensemble}: averages models that train body stages on cached maps; use "
+                              "a timm --arch with --pretrained, --recipe features, no --epochs and --top-stages ≥ 1")
         if self.arch == CNN_ARCH and (self.pretrained or self.weights):
             raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
 
@@ -266,7 +265,7 @@ class TrainConfig:
         if self.name:
             return self.name
         if self.loss.margin:
-            return f"{self.arch}-{self.loss}"
+            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if self.ensemble > 1 else "")
         if self.ensemble > 1:
             return f"{self.arch}-ensemble{self.ensemble}"
         return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"

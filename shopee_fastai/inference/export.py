@@ -25,7 +25,7 @@ from torch import nn
 from ..artifacts import FORMAT, META_KEY
 from ..config import CNN_ARCH, EMBEDDING, PROBS
 from ..io import atomic_path
-from ..nets.body import is_embedding
+from ..nets.body import embedding_dim, is_embedding
 from ..nets.cnn import HandCNN
 from ..nets.ensemble import Ensemble
 from .backends import ONNX_INPUT, ONNX_OUTPUT, onnx_available, onnx_session
@@ -38,7 +38,7 @@ def learner_config(learn, arch: str | None = None, titles: dict[str, str] | None
     """What a weights-only or ONNX export needs to predict like `learn`, read from the learner itself."""
     norm = next(t for t in learn.dls.after_batch.fs if isinstance(t, Normalize))
     embedding = is_embedding(learn.model)
-    output = {"output": EMBEDDING, "dim": int(learn.model[1][-1].num_features)} if embedding else {"output": PROBS}
+    output = {"output": EMBEDDING, "dim": embedding_dim(learn.model)} if embedding else {"output": PROBS}
     if isinstance(learn.model, Ensemble):
         output.update(members=len(learn.model.members), top_stages=len(learn.model.members[0][0]) - 2)
     arch = arch or getattr(learn, "arch", None) or (CNN_ARCH if isinstance(learn.model, HandCNN) else None)

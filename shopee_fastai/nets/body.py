@@ -61,9 +61,17 @@ def embedding_head(nf: int, dim: int) -> nn.Sequential:
 
 
 def is_embedding(model: nn.Module) -> bool:
-    """Whether `model` ends in `embedding_head`'s BN neck rather than a classifier."""
+    """Whether `model` ends in `embedding_head`'s BN neck rather than a classifier (for an Ensemble, its members)."""
+    if hasattr(model, "members"):  # an Ensemble (nets/ensemble.py)
+        return bool(model.embedding)
     return isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[1], nn.Sequential) \
         and isinstance(model[1][-1], nn.BatchNorm1d)
+
+
+def embedding_dim(model: nn.Module) -> int:
+    """The length of an embedding model's output (an Ensemble's members all share it)."""
+    head = model.members[0][-1] if hasattr(model, "members") else model[1]
+    return int(head[-1].num_features)
 
 
 def body_features(model: nn.Module) -> int:

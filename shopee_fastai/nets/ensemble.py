@@ -1,8 +1,10 @@
-"""An ensemble of classifiers that share a frozen lower body: the body runs once, each member's top stages and
-head run on its output, and the members' probabilities are averaged.
+"""An ensemble of models that share a frozen lower body: the body runs once, each member's top stages and head
+run on its output, and the members' outputs are averaged.
 
-The output is the log of the mean probability, so softmax of it gives that mean: fastai's loss,
-`get_preds`, TTA and the exported ONNX graph treat it as any classifier's logits.
+Classifiers: the output is the log of the mean probability, so softmax of it gives that mean: fastai's loss,
+`get_preds`, TTA and the exported ONNX graph treat it as any classifier's logits. Embeddings: the mean of
+the members' unit-length embeddings, which matching normalises again, so a cosine similarity of the ensemble
+is that of the members' averaged directions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .body import Split, split_model
@@ -24,8 +27,15 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.frozen(x)
+        if self.embedding:
+            return torch.stack([F.normalize(m(shared).float(), dim=1) for m in self.members]).mean(0)
         probs = torch.stack([m(shared).float().softmax(1) for m in self.members]).mean(0)
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+    @property
+    def embedding(self) -> bool:
+        """Whether the members end in an embedding head's BN neck (nets.body.embedding_head)."""
+        return isinstance(self.members[0][-1][-1], nn.BatchNorm1d)
 
     def member(self, k: int) -> Ensemble:
         """Member `k` alone (sharing its weights), to score it by itself."""

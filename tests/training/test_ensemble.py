@@ -6,14 +6,16 @@ import torch
 
 from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
 from shopee_fastai.data import split as S
-from shopee_fastai.data.table import PATH
+from shopee_fastai.data.table import LABEL, PATH
 from shopee_fastai.errors import ShopeeError
+from shopee_fastai.inference.embed import embed_images
 from shopee_fastai.inference.load import load_predictor
 from shopee_fastai.inference.torch_backends import predict_probs
 from shopee_fastai.nets.ensemble import Ensemble
 
 from ..conftest import COLOURS, SIZE, fit_and_export
 from .test_checkpoint import HEAD_EPOCHS, default_recipe_config
+from .test_embedding import chance_f1
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +57,41 @@ def test_every_export_of_an_ensemble_predicts_alike(ensemble):
         assert np.allclose(got, want, atol=1e-4), (model, backend)
 
 
+@pytest.fixture(scope="module")
+def arcface_ensemble(groups, tmp_path_factory):
+    """Two ArcFace embeddings on one cache, without the refit, exported as one model."""
+    return fit_and_export(TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE,
+                                      head_epochs=2, holdout="^val_", workers=0, ensemble=2, refit=False,
+                                      models_dir=tmp_path_factory.mktemp("m")))
+
+
+def test_an_embedding_ensemble_averages_its_members_directions_in_every_export(arcface_ensemble):
+    learn, files = arcface_ensemble.learn, arcface_ensemble.files
+    assert files.pkl.name == f"{OFFLINE_ARCH}-arcface-ensemble2.pkl" and learn.model.embedding
+    images = list(arcface_ensemble.prep.rows(S.TEST)[PATH])
+    whole = predict_probs(learn, images, progress=False).outputs
+    model, members = learn.model, []
+    try:
+        for k in range(len(model.members)):
+            learn.model = model.member(k)
+            members.append(predict_probs(learn, images, progress=False).outputs)
+    finally:
+        learn.model = model
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # each member its own seed
+    mean = np.mean(members, axis=0)
+    assert np.allclose(whole, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(load_predictor(files.pkl, backend="fastai").outputs(images, progress=False).outputs, whole, atol=1e-5)
+    ref = embed_images(images, files.pkl)  # the fast path's own decoding: one preprocessing for every file
+    for path in (files.safetensors, files.onnx):
+        assert np.allclose(embed_images(images, path), ref, atol=1e-4), path
+    m, prep = arcface_ensemble.card.matching, arcface_ensemble.prep
+    unseen = prep.rows(S.TEST)[prep.rows(S.TEST)[LABEL].isin(set(prep.rows(S.VALID)[LABEL]))]
+    assert m["calibrated"] and m["test_f1_unseen"] >= chance_f1(unseen[LABEL].tolist()) + 0.2
+
+
 @pytest.mark.parametrize("extra, message", [
-    ({"loss": "arcface"}, "--ensemble 2: averages classifiers"),
-    ({"epochs": 1}, "--ensemble 2: averages classifiers"),
-    ({"top_stages": 0}, "--ensemble 2: averages classifiers"),
+    ({"epochs": 1}, "--ensemble 2: averages models"),
+    ({"top_stages": 0}, "--ensemble 2: averages models"),
 ])
 def test_ensembles_of_what_cannot_share_a_cache_are_refused(synthetic, extra, message):
     with pytest.raises(ShopeeError, match=message):
