@@ -89,6 +89,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "embed_dim": "Embedding size of a margin --loss.",
     "margin": "Angular margin of a margin --loss, in degrees.",
     "scale": "Logit scale of a margin --loss.",
+    "margin_ramp": "A margin --loss: grow the margin from 0 to --margin over this share of training (0: full margin from the start).",
     "refit": ("A margin --loss: after calibrating on held-out groups, train the final model again on all but 2 groups, "
               "keeping the calibrated settings (2x the time).", "--refit/--no-refit"),
     "mixup": "fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).",
@@ -109,7 +110,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
 PANELS = {DATA: DATA_OPTIONS, MODEL: ("arch", "pretrained", "weights"),
           RECIPE: ("recipe", "head_epochs", "top_stages", "head_views", "ensemble", "body_lr", "label_smoothing", "loss",
-                   "embed_dim", "margin", "scale", "refit", "mixup"),
+                   "embed_dim", "margin", "margin_ramp", "scale", "refit", "mixup"),
           SCHEDULE: ("epochs", "freeze_epochs", "lr", "wd", "opt"),
           RUN: ("name", "models_dir", "checkpoint_every", "resume", "early_stop", "keep_best", "precision", "int8")}
 OPTIONS = {name: _option(name, panel) for panel, names in PANELS.items() for name in names}

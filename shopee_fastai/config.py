@@ -181,6 +181,7 @@ class TrainConfig:
     embed_dim: int = EMBED_DIM
     margin: float = MARGIN
     scale: float = SCALE
+    margin_ramp: float = 0.0  # share of training over which the margin grows from 0 to `margin`
     refit: bool = True  # an embedding: calibrate on VALID_GROUPS held-out groups, then train the final model on the rest too
     head_epochs: int | None = None  # None: HEAD_EPOCHS for the body at hand
     label_smoothing: float = LABEL_SMOOTHING
@@ -232,13 +233,15 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ShopeeError(f"{option(name)} {value}: must be at least {low}")
+        if not 0 <= self.margin_ramp <= 1:
+            raise ShopeeError(f"--margin-ramp {self.margin_ramp}: a share of training, 0 to 1")
         if not 0 <= self.margin < 90:
             raise ShopeeError(f"--margin {self.margin}: an angle in degrees, 0 to 90")
         if self.loss.margin and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
             raise ShopeeError(f"--loss {self.loss}: trains an embedding on cached body outputs; use a timm --arch with "
                               "--pretrained (or --weights) and --recipe features")
         if not self.loss.margin:
-            given = [n for n, default in (("embed_dim", EMBED_DIM), ("margin", MARGIN), ("scale", SCALE))
+            given = [n for n, default in (("embed_dim", EMBED_DIM), ("margin", MARGIN), ("scale", SCALE), ("margin_ramp", 0.0))
                      if getattr(self, n) != default]
             if given:
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.callback.core import Callback
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Metric, accuracy
 from torch import nn
@@ -51,6 +52,21 @@ class MarginLoss(nn.Module):
 
     def decodes(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+class MarginRamp(Callback):
+    """Grows a margin loss's margin from 0 to its full angle over the first `pct` of training: the ramp several
+    Shopee solutions used, so early steps, with class centres still random, are not all spent on the margin."""
+
+    def __init__(self, loss: MarginLoss, degrees: float, pct: float):
+        self.margin_loss, self.full, self.pct = loss, float(np.radians(degrees)), pct
+
+    def before_batch(self):
+        if self.training:
+            self.margin_loss.loss.margin = self.full * min(1.0, self.learn.pct_train / self.pct)
+
+    def after_fit(self):
+        self.margin_loss.loss.margin = self.full
 
 
 class PairLoss(nn.Module):
@@ -108,7 +124,8 @@ def objective(cfg: TrainConfig, n_classes: int, label_smoothing: float = 0.0) ->
         loss = MarginLoss(cfg.loss, n_classes, cfg.embed_dim, cfg.margin, cfg.scale)
     except ImportError as e:
         raise ShopeeError(f"--loss {cfg.loss} needs pytorch-metric-learning: pip install pytorch-metric-learning") from e
-    return Objective(loss, [MatchF1()], [ValidLoss(PairLoss())])
+    ramp = [MarginRamp(loss, cfg.margin, cfg.margin_ramp)] if cfg.margin_ramp else []
+    return Objective(loss, [MatchF1()], [ValidLoss(PairLoss()), *ramp])
 
 
 def _embed(learn, rows) -> np.ndarray:

@@ -135,6 +135,7 @@ def test_embedding_models_refuse_what_they_cannot_do(arcface, groups, trained_cn
     (dict(arch=OFFLINE_ARCH, pretrained=True, recipe="fine-tune"), "--recipe features"),
     (dict(arch=OFFLINE_ARCH, pretrained=True, mixup=0.4), "--mixup with --loss arcface"),
     (dict(arch=OFFLINE_ARCH, pretrained=True, margin=120), "--margin 120"),
+    (dict(arch=OFFLINE_ARCH, pretrained=True, margin_ramp=1.5), "--margin-ramp 1.5: a share of training, 0 to 1"),
     (dict(arch=OFFLINE_ARCH, pretrained=True, loss="cosface"), "--loss 'cosface': choose one of softmax, arcface, subcenter"),
 ])
 def test_bad_embedding_options_are_one_line(groups, options, message):
@@ -145,6 +146,34 @@ def test_bad_embedding_options_are_one_line(groups, options, message):
 def test_embedding_options_on_a_classifier_are_one_line(groups):
     with pytest.raises(ShopeeError, match="--margin shapes an embedding; add --loss arcface"):
         TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, margin=20)
+
+
+def test_the_margin_ramp_grows_the_margin_to_its_full_angle(groups):
+    import torch
+    from fastai.callback.core import Callback
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+
+    from shopee_fastai.training.objective import MarginRamp, objective
+
+    cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", embed_dim=8, margin_ramp=0.5)
+    goal = objective(cfg, 4)
+    seen = []
+
+    class Watch(Callback):
+        order = MarginRamp.order + 1
+
+        def before_batch(self):
+            if self.training:
+                seen.append(goal.loss_func.loss.margin)
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=gen), torch.arange(64) % 4
+    dls = DataLoaders.from_dsets(list(zip(x, y)), list(zip(x, y)), bs=16, device="cpu")
+    Learner(dls, torch.nn.Linear(8, 8), loss_func=goal.loss_func, cbs=[*goal.callbacks, Watch()]).fit(2, 1e-3)
+    full = np.radians(cfg.margin)
+    assert len(seen) == 8 and seen[0] == 0 and np.all(np.diff(seen) >= 0)
+    assert seen[3] < full and np.isclose(seen[4], full) and np.isclose(goal.loss_func.loss.margin, full)
 
 
 def test_match_on_an_empty_csv_is_one_line(groups, tmp_path):
