@@ -18,6 +18,18 @@ from .test_checkpoint import HEAD_EPOCHS, default_recipe_config
 from .test_embedding import chance_f1
 
 
+def member_outputs(learn, images) -> list:
+    """Each member's outputs alone, through the learner's own pipeline."""
+    model, out = learn.model, []
+    try:
+        for k in range(len(model.members)):
+            learn.model = model.member(k)
+            out.append(predict_probs(learn, images, progress=False).outputs)
+    finally:
+        learn.model = model
+    return out
+
+
 @pytest.fixture(scope="module")
 def ensemble(synthetic, tmp_path_factory):
     return fit_and_export(default_recipe_config(synthetic, tmp_path_factory.mktemp("m"), ensemble=2, checkpoint_every=0, name=None))
@@ -37,15 +49,7 @@ def test_the_ensemble_averages_its_members_probabilities(ensemble):
     learn = ensemble.learn
     images = list(ensemble.prep.rows(S.TEST)[PATH])
     whole = predict_probs(learn, images, progress=False).outputs
-    model = learn.model
-    members = []
-    try:
-        for k in range(len(model.members)):
-            learn.model = model.member(k)
-            members.append(predict_probs(learn, images, progress=False).outputs)
-    finally:
-        learn.model = model
-    assert np.allclose(whole, np.mean(members, axis=0), atol=1e-5)
+    assert np.allclose(whole, np.mean(member_outputs(learn, images), axis=0), atol=1e-5)
 
 
 def test_every_export_of_an_ensemble_predicts_alike(ensemble):
@@ -70,13 +74,7 @@ def test_an_embedding_ensemble_averages_its_members_directions_in_every_export(a
     assert files.pkl.name == f"{OFFLINE_ARCH}-arcface-ensemble2.pkl" and learn.model.embedding
     images = list(arcface_ensemble.prep.rows(S.TEST)[PATH])
     whole = predict_probs(learn, images, progress=False).outputs
-    model, members = learn.model, []
-    try:
-        for k in range(len(model.members)):
-            learn.model = model.member(k)
-            members.append(predict_probs(learn, images, progress=False).outputs)
-    finally:
-        learn.model = model
+    members = member_outputs(learn, images)
     assert not np.allclose(members[0], members[1], atol=1e-3)  # each member its own seed
     mean = np.mean(members, axis=0)
     assert np.allclose(whole, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
