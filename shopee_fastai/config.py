@@ -116,6 +116,7 @@ HEAD_VIEWS = {False: 2, True: 4}  # cached views per training photo: head alone 
 EMBED_DIM = 512
 MARGIN = 28.6  # additive angular margin in degrees (0.5 rad, as ArcFace)
 SCALE = 30.0  # logit scale
+MARGIN_RAMP = 0.0  # the full margin from the first step: a ramp lost on the matching protocol (docs/results.md)
 SUB_CENTERS = 3
 EMBED_TOP_STAGES = 2  # an embedding trains less of the body: more overfits its training groups
 EMBED_HEAD_EPOCHS = {False: 10, True: 2}
@@ -181,7 +182,7 @@ class TrainConfig:
     embed_dim: int = EMBED_DIM
     margin: float = MARGIN
     scale: float = SCALE
-    margin_ramp: float = 0.0  # share of training over which the margin grows from 0 to `margin`
+    margin_ramp: float = MARGIN_RAMP  # share of training over which the margin grows from 0 to `margin`
     refit: bool = True  # an embedding: calibrate on VALID_GROUPS held-out groups, then train the final model on the rest too
     head_epochs: int | None = None  # None: HEAD_EPOCHS for the body at hand
     label_smoothing: float = LABEL_SMOOTHING
@@ -241,7 +242,7 @@ class TrainConfig:
             raise ShopeeError(f"--loss {self.loss}: trains an embedding on cached body outputs; use a timm --arch with "
                               "--pretrained (or --weights) and --recipe features")
         if not self.loss.margin:
-            given = [n for n, default in (("embed_dim", EMBED_DIM), ("margin", MARGIN), ("scale", SCALE), ("margin_ramp", 0.0))
+            given = [n for n, default in (("embed_dim", EMBED_DIM), ("margin", MARGIN), ("scale", SCALE), ("margin_ramp", MARGIN_RAMP))
                      if getattr(self, n) != default]
             if given:
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
