@@ -60,12 +60,16 @@ def embedding_head(nf: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nf, dim, bias=False), nn.BatchNorm1d(dim))
 
 
+def is_embedding_head(head: nn.Module) -> bool:
+    """Whether `head` ends in `embedding_head`'s BN neck rather than a classifier."""
+    return isinstance(head, nn.Sequential) and isinstance(head[-1], nn.BatchNorm1d)
+
+
 def is_embedding(model: nn.Module) -> bool:
-    """Whether `model` ends in `embedding_head`'s BN neck rather than a classifier (for an Ensemble, its members)."""
+    """Whether `model` (or, for an Ensemble, its members) ends in an embedding head."""
     if hasattr(model, "members"):  # an Ensemble (nets/ensemble.py)
         return bool(model.embedding)
-    return isinstance(model, nn.Sequential) and len(model) == 2 and isinstance(model[1], nn.Sequential) \
-        and isinstance(model[1][-1], nn.BatchNorm1d)
+    return isinstance(model, nn.Sequential) and len(model) == 2 and is_embedding_head(model[1])
 
 
 def embedding_dim(model: nn.Module) -> int:

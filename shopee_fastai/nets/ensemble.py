@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .body import Split, split_model
+from .body import Split, is_embedding_head, split_model
 
 
 class Ensemble(nn.Module):
@@ -34,8 +34,8 @@ class Ensemble(nn.Module):
 
     @property
     def embedding(self) -> bool:
-        """Whether the members end in an embedding head's BN neck (nets.body.embedding_head)."""
-        return isinstance(self.members[0][-1][-1], nn.BatchNorm1d)
+        """Whether the members end in an embedding head (nets.body.embedding_head)."""
+        return is_embedding_head(self.members[0][-1])
 
     def member(self, k: int) -> Ensemble:
         """Member `k` alone (sharing its weights), to score it by itself."""
