@@ -6,7 +6,10 @@ On a data set whose posting_ids mark photos from another occasion (grocery-store
    (another occasion) — the threshold must separate these;
 2. for several thresholds: clusters, and test images a plain random split leaks;
 3. a linear probe (logistic regression on frozen features) scored on a random split of the `train_`
-   photos, on the leak-free split of them, and on the `val_` photos (the truth).
+   photos, on the leak-free split of them, and on the `val_` photos (the truth);
+4. for each cluster linkage at the default threshold: clusters, largest, the probe on its leak-free split,
+   and how many `train_` photos training keeps under `--holdout` (the held-out photos' direct twins left
+   out, as `split` does) against sweeping each held-out photo's whole cluster into the test.
 
     python bench/near_duplicates.py --data ../shared/data/grocery-store [--top-groups 0]
 """
@@ -19,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shopee_fastai.config import DUP_THRESHOLD, OFFLINE_ARCH
-from shopee_fastai.data.neardup import clusters, leaked
-from shopee_fastai.data.split import TEST, TRAIN, make_split
+from shopee_fastai.config import DUP_LINKAGE, DUP_THRESHOLD, OFFLINE_ARCH, Linkage
+from shopee_fastai.data.neardup import clusters, leak_free_split, leaked
+from shopee_fastai.data.split import TEST, TRAIN, TWIN, make_split
 from shopee_fastai.data.table import ID, LABEL, PATH, clean, read_table
 from shopee_fastai.inference.embed import embeddings_for
 from shopee_fastai.machine import summary
@@ -74,18 +77,34 @@ def main() -> None:
           f"other-occasion photos (the truth): {truth:.3f}")
     print(f"split (threshold)  clusters  largest  groups in test  random-split test leaks  probe test accuracy (mean ± sd, {args.seeds} seeds)  overstates by")
     for t in (None, *THRESHOLDS):
-        ids = None if t is None else clusters(session, s_emb, t)
-        accs, present = [], []
-        for seed in range(args.seeds):
-            split = make_split(session, seed, clusters=ids).reindex(session[ID]).to_numpy()
-            test = np.flatnonzero(split == TEST)
-            accs.append(probe(s_emb, s_y, np.flatnonzero(split == TRAIN), test))
-            present.append(len(set(s_y[test])))
-        sizes = np.bincount(ids) if ids is not None else np.ones(len(session), int)
-        leaks = leaked(make_split(session, 0), session, ids) if ids is not None else "-"
-        name = "random" if t is None else f"leak-free ({t:.2f}{'*' if t == DUP_THRESHOLD else ''})"
-        print(f"  {name:17s} {len(sizes):6d}  {sizes.max():6d}  {np.mean(present):8.1f}  {leaks!s:>12}"
-              f"            {np.mean(accs):.3f} ± {np.std(accs):.3f}                  {100 * (np.mean(accs) - truth):+5.1f} points")
+        row(session, s_emb, s_y, truth, args.seeds, t, DUP_LINKAGE, "random" if t is None else
+            f"leak-free ({t:.2f}{'*' if t == DUP_THRESHOLD else ''})")
+
+    print(f"\nlinkage at {DUP_THRESHOLD} (* the default); then, with --holdout {args.other_occasion!r} on all {len(df)} photos:"
+          " same-session photos training keeps, direct twins left out / if whole clusters went to test")
+    for linkage in Linkage:
+        row(session, s_emb, s_y, truth, args.seeds, DUP_THRESHOLD, linkage,
+            f"{linkage}{'*' if linkage == DUP_LINKAGE else ''}", end="")
+        found = leak_free_split(df, emb, DUP_THRESHOLD, 0, args.other_occasion, linkage)
+        kept = int(np.isin(found.split.reindex(df[ID]).to_numpy(), (TRAIN, "valid"))[~other].sum())
+        cl = found.clusters
+        swept = int(np.isin(cl[~other], cl[other]).sum())
+        print(f"  keeps {kept}/{(~other).sum()} (twins {int((found.split == TWIN).sum())}) / {(~other).sum() - swept}")
+
+
+def row(session, s_emb, s_y, truth, seeds, t, linkage, name, end="\n") -> None:
+    """Clusters, largest, groups in test, random-split leaks and the probe on this split, in one line."""
+    ids = None if t is None else clusters(session, s_emb, t, linkage)
+    accs, present = [], []
+    for seed in range(seeds):
+        split = make_split(session, seed, clusters=ids).reindex(session[ID]).to_numpy()
+        test = np.flatnonzero(split == TEST)
+        accs.append(probe(s_emb, s_y, np.flatnonzero(split == TRAIN), test))
+        present.append(len(set(s_y[test])))
+    sizes = np.bincount(ids) if ids is not None else np.ones(len(session), int)
+    leaks = leaked(make_split(session, 0), session, ids) if ids is not None else "-"
+    print(f"  {name:17s} {len(sizes):6d}  {sizes.max():6d}  {np.mean(present):8.1f}  {leaks!s:>12}"
+          f"            {np.mean(accs):.3f} ± {np.std(accs):.3f}                  {100 * (np.mean(accs) - truth):+5.1f} points", end=end)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "scale": "Logit scale of a margin --loss.",
     "margin_ramp": "A margin --loss: grow the margin from 0 to --margin over this share of training (0: full margin from the start).",
     "refit": ("A margin --loss: after calibrating on held-out groups, train the final model again on all but 2 groups, "
-              "keeping the calibrated settings (2x the time).", "--refit/--no-refit"),
+              "keeping the first network's settings, not re-calibrated (2x the time).", "--refit/--no-refit"),
     "mixup": "fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).",
     "epochs": f"Epochs; unfrozen epochs when pretrained (default {C.EPOCHS}; 0 after --recipe features).",
     "freeze_epochs": "Epochs with the pretrained body frozen first (--recipe fine-tune).",
@@ -140,6 +140,9 @@ CsvOpt = typer.Option("train.csv", help="The CSV inside --data (test.csv for Kag
 
 def _report_card(card, files) -> None:
     typer.echo(f"weights: {card.weights}")
+    if card.split.get("twin"):
+        typer.echo(f"left out of training: {card.split['twin']} direct twin(s) of --holdout photos (same file, phash or "
+                   "an embedding at one photo's similarity)")
     if card.leaks:
         from .data.neardup import LeakReport
 
@@ -152,6 +155,9 @@ def _report_card(card, files) -> None:
                "the defaults: one held-out group cannot calibrate; add label groups")
         typer.echo(f"matching calibrated on {m['valid_groups']} label group(s) held out of training: F1 {m['valid_f1']} at "
                    f"{MatchSettings.of(m).line()} ({how})")
+        if m.get("on_grid_edge"):
+            typer.echo(f"warning: the calibrated threshold {m['threshold']} is an end of its search grid, so the best one may lie "
+                       "beyond it; check `match --tune` on your own listings", err=True)
         if "test_f1_unseen" in m:
             typer.echo(f"test photos of those groups: F1 {m['test_f1_unseen']}; all {card.split['test']} test photos: F1 {m['test_f1']}")
         if m.get("refit"):

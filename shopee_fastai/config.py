@@ -34,6 +34,14 @@ class Split(Choice):
     random = "random"  # the study's plain split
 
 
+class Linkage(Choice):
+    """How embedding links between near-duplicate photos of a group form clusters (data/neardup.py)."""
+
+    single = "single"  # connected components: a chain of look-alikes joins a whole sequence
+    average = "average"
+    complete = "complete"  # every pair of a cluster's photos is linked
+
+
 class Recipe(Choice):
     features = "features"  # trained part on cached frozen-part outputs (see training/features.py)
     fine_tune = "fine-tune"  # fastai's frozen, then unfrozen
@@ -96,7 +104,9 @@ SIZE = 224
 BS = 32
 SEED = 42
 EDA_IMAGES = 2000  # image headers `eda` reads at most (a seeded sample): sizes and modes settle well before that
-DUP_THRESHOLD = 0.85  # cosine similarity of backbone embeddings from which two photos of a group are twins
+DUP_THRESHOLD = 0.85  # cosine similarity of backbone embeddings from which two photos of a group are near-duplicates
+DUP_LINKAGE = Linkage.single  # why: docs/results.md "Leak-free split"
+TWIN_THRESHOLD = 0.95  # ... from which two photos are one photo: a held-out photo's twins, the audit's duplicates
 
 # Schedule
 EPOCHS = 5  # unfrozen (or from-scratch) epochs; 0 after the features recipe
@@ -133,12 +143,14 @@ MAX_K = 50  # neighbours searched per posting: Shopee's groups hold at most 50 p
 BLEND_K = 5  # neighbours averaged by neighbour blending
 EXACT_MAX = 50_000  # postings up to which matching searches exactly: Shopee's 34,250 take seconds, n² beyond
 TITLE_THRESHOLD = 0.75
+SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # listings per product: mostly pairs, a long tail
+CALIBRATION_DRAWS = 20  # Shopee-shaped draws of the calibration groups whose mean F1 a threshold is chosen on
 
 # Auditing a catalogue (`audit`); why these values: docs/results.md
 AUDIT_FOLDS = 5  # cross-validation folds of the out-of-fold probabilities
 AUDIT_CV_MIN = 5  # groups with fewer photos are judged by their photos' neighbours instead
 AUDIT_NEIGHBOURS = 10  # neighbours that vote on a photo's group, and that define an outlier
-AUDIT_DUP_THRESHOLD = 0.95  # cosine similarity from which photos in two groups are one photo (stricter than a split's twins)
+AUDIT_DUP_THRESHOLD = TWIN_THRESHOLD  # photos in two groups that are one photo (stricter than a split's near-duplicates)
 AUDIT_OUT = Path("reports/audit")
 
 # Serving (`serve`)
@@ -183,7 +195,7 @@ class TrainConfig:
     margin: float = MARGIN
     scale: float = SCALE
     margin_ramp: float = MARGIN_RAMP  # share of training over which the margin grows from 0 to `margin`
-    refit: bool = True  # an embedding: calibrate on VALID_GROUPS held-out groups, then train the final model on the rest too
+    refit: bool = False  # an embedding: after calibrating on VALID_GROUPS held-out groups, train again on all but 2 (settings not re-calibrated)
     head_epochs: int | None = None  # None: HEAD_EPOCHS for the body at hand
     label_smoothing: float = LABEL_SMOOTHING
     top_stages: int | None = None  # None: TOP_STAGES where the body allows, else 0

@@ -1,4 +1,9 @@
-"""Splits: seeded train/valid/test stratified by label group, keeping near-duplicate clusters together."""
+"""Splits: seeded train/valid/test stratified by label group, keeping near-duplicate clusters together.
+
+A `--holdout` pattern makes the test split of exactly the postings it matches. Their direct twins on the
+training side (the same file, the same `image_phash`, or an embedding at TWIN_THRESHOLD or above) are left
+out of every split (`twin`), and counted; their near-duplicate sequences otherwise stay in training.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import SEED
+from ..config import SEED, TWIN_THRESHOLD
 from ..errors import ShopeeError
 from ..io import write_text
-from .table import ID, LABEL
+from .table import ID, IMAGE, LABEL, PHASH
 
 SPLIT = "split"
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLITS = (TRAIN, VALID, TEST)
+TWIN = "twin"  # a direct twin of a held-out photo: in no split, so the test never meets its own copy
+SIM_CHUNK = 2048  # rows of a similarity block held at once: memory stays O(chunk x n)
 FRACTIONS = (0.8, 0.1, 0.1)
 
 
@@ -41,20 +48,48 @@ def _assign_units(sizes: list[int], order: np.ndarray, targets: list[int]) -> li
     return where
 
 
+def held_out(df: pd.DataFrame, holdout: str) -> np.ndarray:
+    """Rows whose posting_id matches the `holdout` regular expression (one line naming the fix where none does)."""
+    try:
+        held = df[ID].str.contains(holdout, regex=True).to_numpy(bool)
+    except re.error as e:
+        raise ShopeeError(f"--holdout {holdout!r}: not a valid regular expression ({e})") from e
+    if not held.any():
+        raise ShopeeError(f"--holdout {holdout!r} matches no posting_id; give a pattern such as '^val_'")
+    return held
+
+
+def direct_twins(df: pd.DataFrame, held: np.ndarray, embeddings: np.ndarray | None = None,
+                 threshold: float = TWIN_THRESHOLD, chunk: int = SIM_CHUNK) -> np.ndarray:
+    """Rows outside `held` that are a direct twin of a held row: the same file, the same phash, or (with
+    `embeddings`, unit vectors) cosine >= `threshold`. Direct links only: a chain of look-alikes is no twin."""
+    twin = np.array(df[IMAGE].isin(set(df.loc[held, IMAGE])), bool)
+    if PHASH in df.columns:
+        twin |= df[PHASH].notna().to_numpy(bool) & df[PHASH].isin(set(df.loc[held, PHASH].dropna())).to_numpy(bool)
+    if embeddings is not None and held.any():
+        rest = np.flatnonzero(~held)
+        for start in range(0, len(rest), chunk):
+            rows = rest[start : start + chunk]
+            twin[rows] |= (embeddings[rows] @ embeddings[held].T >= threshold).any(1)
+    return twin & ~held
+
+
 def make_split(
     df: pd.DataFrame,
     seed: int = SEED,
     fractions: Sequence[float] = FRACTIONS,
     holdout: str | None = None,
     clusters: np.ndarray | None = None,
+    twins: np.ndarray | None = None,
 ) -> pd.Series:
-    """Seeded split stratified by label group: a Series posting_id -> train/valid/test.
+    """Seeded split stratified by label group: a Series posting_id -> train/valid/test (and twin).
 
     `clusters` (an id per row, see `neardup`) keeps every cluster of near-duplicates inside one split;
     without it every row is its own cluster (the plain random split). A cluster is stratified under
-    its most common label group. `holdout` is a regular expression: postings whose id matches form the
-    test split (photos from another occasion, say), together with their near-duplicates, and the rest
-    is split train/valid in the proportion of `fractions`.
+    its most common label group. `holdout` is a regular expression: the postings whose id matches are the
+    test split, and nothing else is; `twins` (a mask, default `direct_twins` by file and phash) marks the
+    training-side photos left out as their copies. The rest is split train/valid in the proportion of
+    `fractions`.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6:
         raise ShopeeError(f"split fractions {tuple(fractions)} must be three numbers summing to 1")
@@ -64,15 +99,11 @@ def make_split(
     rest = df
     names: tuple[str, ...] = SPLITS
     if holdout:
-        try:
-            held = df[ID].str.contains(holdout, regex=True)
-        except re.error as e:
-            raise ShopeeError(f"--holdout {holdout!r}: not a valid regular expression ({e})") from e
-        if not held.any():
-            raise ShopeeError(f"--holdout {holdout!r} matches no posting_id; give a pattern such as '^val_'")
-        held |= cl.isin(cl[held])  # near-duplicates of held-out photos go with them
+        held = held_out(df, holdout)
+        twin = (direct_twins(df, held) if twins is None else np.asarray(twins, bool)) & ~held
         split[df.loc[held, ID].values] = TEST
-        rest = df[~held]
+        split[df.loc[twin, ID].values] = TWIN
+        rest = df[~held & ~twin]
         fractions, names = (fractions[0], fractions[1]), (TRAIN, VALID)
     units = rest.groupby(cl[rest.index].to_numpy(), sort=True)
     members = [g[ID].to_numpy() for _, g in units]
@@ -89,23 +120,32 @@ def make_split(
     return split
 
 
+def counts(split: pd.Series) -> dict[str, int]:
+    """Photos per split, and the held-out photos' twins left out (a model card records these)."""
+    return {name: int((split == name).sum()) for name in (*SPLITS, TWIN)}
+
+
 def group_split(df: pd.DataFrame, seed: int, valid_groups: float, holdout: str | None = None) -> pd.Series:
     """Seeded split by label group: a `valid_groups` share of the groups is validation, unseen in training.
 
     Matching meets products it never saw, so an embedding validates (and calibrates its threshold) on
-    whole groups. `holdout` postings form the test split, from every group, as in `make_split`.
+    whole groups. `holdout` postings form the test split, from every group, and their twins by file and
+    phash are left out, as in `make_split`.
     """
     split = pd.Series(TRAIN, index=df[ID].values, name=SPLIT)
     if holdout:
-        split[make_split(df, seed, holdout=holdout).eq(TEST).to_numpy()] = TEST
-    groups = np.array(sorted(df.loc[split.ne(TEST).to_numpy(), LABEL].astype(str).unique()))
+        base = make_split(df, seed, holdout=holdout)
+        aside = base.isin((TEST, TWIN)).to_numpy()
+        split[aside] = base[aside]
+    outside = split.isin((TRAIN, VALID)).to_numpy()
+    groups = np.array(sorted(df.loc[outside, LABEL].astype(str).unique()))
     # two at least where possible: one group alone has no other product to tell apart
     n_valid = min(len(groups) - 2, max(2, int(round(len(groups) * valid_groups))))
     if n_valid < 1:
         raise ShopeeError(f"{len(groups)} label group(s) outside the test split: an embedding needs at least 3 "
                           "(2 to train on, 1 unseen to validate); add groups")
     picked = set(np.random.default_rng(seed).permutation(groups)[:n_valid].tolist())
-    split[(df[LABEL].astype(str).isin(picked).to_numpy()) & split.ne(TEST).to_numpy()] = VALID
+    split[(df[LABEL].astype(str).isin(picked).to_numpy()) & outside] = VALID
     return split
 
 

@@ -68,7 +68,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     # so a --resume after an interruption here finds that run complete and trains the final model again.
     final = _fit(replace(cfg, resume=False, checkpoint_every=0, early_stop=0, keep_best=False), REFIT_VALID_GROUPS)
     own = final.card.matching
-    settings = {k: first[k] for k in ("threshold", "min2", "blend", "valid_f1", "valid_groups", "calibrated")}
+    settings = {k: first[k] for k in ("threshold", "min2", "blend", "valid_f1", "valid_groups", "calibrated", "on_grid_edge")}
     final.card.matching = {**settings, "calibration_groups": held_out,
                            "calibration_run": {k: first[k] for k in ("test_f1_unseen", "test_f1") if k in first},
                            "refit": {"valid_groups": own["valid_groups"], "valid_f1": own["valid_f1"]},
@@ -92,7 +92,7 @@ def _fit(cfg: TrainConfig, valid_groups: float) -> Trained:
         input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
         config={k: v for k, v in asdict(cfg).items() if k != "data"},
         split={"mode": "groups" if cfg.loss.margin else str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
-               **{s: int((prep.split == s).sum()) for s in S.SPLITS}},
+               **S.counts(prep.split)},
         leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
@@ -106,7 +106,7 @@ def _fit(cfg: TrainConfig, valid_groups: float) -> Trained:
 def _scores(learn, prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
     """A classifier's accuracy on each split; an embedding's matching settings and F1 on groups it never saw."""
     if cfg.loss.margin:
-        return {"matching": calibrate_matching(learn, prep)}
+        return {"matching": calibrate_matching(learn, prep, cfg.seed)}
     scores = {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
               "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
     if cfg.ensemble > 1:

@@ -15,7 +15,7 @@ def rows(spec: dict[str, int], dup_images: int = 0) -> list[dict]:
     for label, n in spec.items():
         for i in range(n):
             image = f"{label}_shared.jpg" if i < dup_images else f"{label}_{i}.jpg"
-            out.append({"posting_id": f"{label}_{i}", "image": image, "image_phash": "0", "title": "t", "label_group": label})
+            out.append({"posting_id": f"{label}_{i}", "image": image, "image_phash": f"{label}{i:x}", "title": "t", "label_group": label})
     return out
 
 
@@ -79,8 +79,10 @@ def test_split_of_tiny_groups_keeps_training_rows():
 def test_holdout_regex_makes_the_test_split():
     df = table({"a": 10, "b": 10})
     df.loc[[0, 1, 10], D.ID] = ["val_x", "val_y", "val_z"]
+    df.loc[2, D.IMAGE] = df.loc[0, D.IMAGE]  # the same file as a held-out photo
     split = S.make_split(df, seed=0, holdout="^val_")
     assert sorted(split[split == S.TEST].index) == ["val_x", "val_y", "val_z"]
+    assert split[df.loc[2, D.ID]] == S.TWIN and (split == S.TWIN).sum() == 1
     assert (split == S.VALID).sum() == 2
     with pytest.raises(ShopeeError, match="matches no posting_id"):
         S.make_split(df, holdout="^nothing")

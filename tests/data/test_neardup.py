@@ -67,12 +67,48 @@ def test_leak_free_split_takes_its_embeddings_from_the_caller():
     assert found.line().startswith("leak-free split: train ") and found.line().endswith("training: 0")
 
 
-def test_near_duplicates_of_held_out_photos_join_the_test_split():
-    df, ids = make_twins(groups=2, clusters_per_group=4)
+def test_a_held_out_photos_sequence_stays_in_training_except_its_direct_twins():
+    """The test split is the held-out photos alone; a training-side photo is left out only as a direct twin
+    (same file, same phash, or an embedding at the twin threshold), never through a chain of look-alikes."""
+    df, ids = make_twins(groups=2, clusters_per_group=4, twins=4)  # sequences of 4 photos
     df.loc[0, D.ID] = "val_0"
-    split = S.make_split(df, seed=0, holdout="^val_", clusters=ids)
-    assert set(split[df[D.ID][ids == ids[0]]]) == {S.TEST}
-    assert leaked(split, df, ids) == 0
+    df.loc[1, D.PHASH] = df.loc[0, D.PHASH]  # photo 1: the same phash as the held-out photo
+    base = np.eye(64)[ids]
+    chain = np.zeros((len(ids), 64))
+    chain[0, 60], chain[2, 60], chain[2, 61], chain[3, 61] = 1.0, 0.6, 0.6, 1.0  # 0 ~ 2 ~ 3: a chain, not a twin of 0
+    chain[4:, 62] = 1.0  # every other photo of the data set: far from photo 0
+    emb = unit(base + chain)
+    assert (emb[0] @ emb[2]) >= 0.85 and (emb[2] @ emb[3]) >= 0.85 and (emb[0] @ emb[3]) < 0.95
+    found = leak_free_split(df, emb, threshold=0.85, seed=0, holdout="^val_")
+    split = found.split
+    assert list(split[split == S.TEST].index) == ["val_0"]
+    assert split[df.loc[1, D.ID]] == S.TWIN  # its phash twin: in no split
+    assert set(split[df[D.ID][[2, 3]]]) <= {S.TRAIN, S.VALID}  # its sequence stays on the training side
+    assert S.counts(split) == {S.TRAIN: int((split == S.TRAIN).sum()), S.VALID: int((split == S.VALID).sum()),
+                               S.TEST: 1, S.TWIN: 1}
+    assert "1 training-side photos left out as direct twins" in found.line()
+    emb_twin = emb.copy()
+    emb_twin[3] = emb[0]  # an embedding twin of the held-out photo
+    split = leak_free_split(df, emb_twin, threshold=0.85, seed=0, holdout="^val_").split
+    assert split[df.loc[3, D.ID]] == S.TWIN and split[df.loc[2, D.ID]] in (S.TRAIN, S.VALID)
+
+
+def test_direct_twins_are_direct_links_to_held_out_photos():
+    df = frame(["a"] * 5, images=["x.jpg", "x.jpg", "y.jpg", "z.jpg", "w.jpg"], phash=["0", "1", "2", "2", None])
+    held = np.array([True, False, False, True, False])
+    emb = unit(np.array([[1, 0], [0, 1], [0, 1], [0, 1], [1, 0.01]], dtype=float))
+    assert S.direct_twins(df, held).tolist() == [False, True, True, False, False]  # same file; same phash
+    assert S.direct_twins(df, held, emb, threshold=0.99).tolist() == [False, True, True, False, True]  # + embedding
+
+
+def test_hierarchical_linkage_does_not_chain():
+    """Single linkage joins a chain of look-alikes into one cluster; complete linkage cuts it."""
+    df = frame(["a"] * 4)
+    angles = np.radians([0, 25, 50, 75])  # neighbours at cos 25° = 0.906, the ends at cos 75°
+    emb = unit(np.stack([np.cos(angles), np.sin(angles)], 1))
+    assert len(set(clusters(df, emb, threshold=0.9, linkage="single"))) == 1
+    assert len(set(clusters(df, emb, threshold=0.9, linkage="complete"))) == 2
+    assert 1 <= len(set(clusters(df, emb, threshold=0.9, linkage="average"))) <= 4
 
 
 def test_embeddings_are_cached_by_file_identity(synthetic):
