@@ -92,8 +92,8 @@ class LearnerPredictor:
 def normalised(images, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 NHWC (numpy or torch) -> float NCHW tensor in channels-last memory (a view, no transpose copy)."""
     x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)
 
 
