@@ -31,14 +31,13 @@ from PIL import Image, ImageOps
 
 from shopee_fastai.artifacts import ModelCard
 from shopee_fastai.cli import app
-from shopee_fastai.config import OFFLINE_ARCH
+from shopee_fastai.config import OFFLINE_ARCH, SHOPEE_SIZES
 from shopee_fastai.data.split import TEST, VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.embed import embed_images
 from shopee_fastai.machine import summary
 from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
 
-SHOPEE_SIZES = (2, 2, 2, 2, 2, 2, 3, 3, 4, 5, 6, 8, 12, 20, 35, 50)  # draws: mostly pairs, a long tail
 OCCASION = "^val_"  # grocery-store's photos from another occasion
 CLASSIFIER_ARGS = "--top-stages 2 --head-views 2 --head-epochs 2"  # an embedding's default budget
 
@@ -105,7 +104,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--work", type=Path, required=True, help="where the subsets and models go (reused when run again)")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="each seed picks the test groups and trains with `--seed S` (a user's default is 42)")
     ap.add_argument("--test-groups", type=int, default=21)
     ap.add_argument("--draws", type=int, default=5, help="Shopee-shaped draws per seed")
     ap.add_argument("--sources", default="backbone,classifier,arcface,subcenter")
@@ -123,7 +123,7 @@ def main() -> None:
     full = read_table(args.data)
     groups = np.array(sorted(full[LABEL].astype(str).unique()))
     results: dict[str, list] = {}
-    for seed in range(args.seeds):
+    for seed in args.seeds:
         rng = np.random.default_rng(seed)
         test_groups = set(rng.permutation(groups)[: args.test_groups].tolist())
         test = full[full[LABEL].astype(str).isin(test_groups)]

@@ -124,3 +124,32 @@ def test_calibration_picks_the_best_settings_on_its_groups():
     assert M.score(M.find(emb, cal.settings), truth) == cal.score
     fixed = M.calibrate(emb, labels, min2=False, blend_=False)
     assert not fixed.settings.min2 and not fixed.settings.blend and fixed.score.f1 <= cal.score.f1
+
+
+def test_shopee_draws_take_every_group_at_a_marketplace_size():
+    labels = [g for g in range(6) for _ in range(40)] + [9, 9]
+    draws = M.shopee_draws(labels, seed=1, draws=30)
+    assert len(draws) == 30 and all(len(set(d)) == len(d) for d in draws)
+    sizes = [pd.Series(labels)[d].value_counts() for d in draws]
+    assert all(set(s.index) == set(labels) and (s <= 40).all() for s in sizes)
+    assert all(s[9] == 2 for s in sizes)  # capped by what the group has
+    assert set(pd.concat(sizes)) <= set(M.SHOPEE_SIZES) | {40}
+    assert np.median(pd.concat([s.drop(9) for s in sizes])) <= 3  # mostly pairs
+    assert all((a == b).all() for a, b in zip(draws, M.shopee_draws(labels, seed=1, draws=30)))
+
+
+def test_calibration_on_draws_scores_the_mean_of_its_draws():
+    emb, labels = clustered(noise=0.7, seed=4)
+    draws = M.shopee_draws(labels, seed=0, draws=8)
+    cal = M.calibrate(emb, labels, min2=False, blend_=False, draws=draws)
+    def mean_f1(t):
+        return np.mean([M.score(M.find(emb[d], M.MatchSettings(t)), M.true_matches(np.asarray(labels)[d])).f1 for d in draws])
+    assert cal.score.f1 == pytest.approx(mean_f1(cal.settings.threshold), abs=1e-3)
+    assert all(mean_f1(t) <= cal.score.f1 + 1e-3 for t in M.THRESHOLD_GRID[::3])
+
+
+def test_a_best_threshold_on_an_end_of_the_grid_is_flagged():
+    emb, labels = clustered(noise=0.6, seed=2)
+    assert not M.calibrate(emb, labels).on_edge
+    narrow = M.calibrate(emb, labels, grid=(0.9, 0.95))  # every good threshold lies below this grid
+    assert narrow.on_edge and narrow.settings.threshold == 0.9

@@ -39,19 +39,34 @@ def test_arcface_matches_groups_it_never_saw_better_than_chance(arcface):
     unseen = unseen[unseen[LABEL].isin(set(arcface.prep.rows(S.VALID)[LABEL]))]
     assert m["valid_groups"] == unseen[LABEL].nunique() >= 2
     assert m["test_f1_unseen"] >= chance_f1(unseen[LABEL].tolist()) + 0.2
-    assert 0.3 <= m["threshold"] <= 0.95 and isinstance(m["min2"], bool)
+    assert M.THRESHOLD_GRID[0] <= m["threshold"] <= M.THRESHOLD_GRID[-1] and isinstance(m["min2"], bool)
+    assert m["on_grid_edge"] == (m["threshold"] in (M.THRESHOLD_GRID[0], M.THRESHOLD_GRID[-1]))
     assert m["blend"] is False  # blending is asked for at match time, never chosen by calibration
     assert arcface.card.valid_accuracy is None  # accuracy over classes means nothing for unseen groups
     assert "match_f1" in arcface.card.history[-1]
 
 
+def test_the_shipped_network_is_calibrated_on_groups_it_never_trained_on(arcface):
+    """By default the network in the model file is the one whose settings the card holds: calibrated on held-out
+    groups, as the mean over Shopee-shaped draws of them."""
+    valid = arcface.prep.rows(S.VALID)
+    labels = valid[LABEL].astype(str).tolist()
+    assert not set(labels) & set(arcface.prep.rows(S.TRAIN)[LABEL].astype(str))
+    m = arcface.card.matching
+    assert "refit" not in m and "calibration_run" not in m and arcface.card.config["refit"] is False
+    emb = embed_images(list(valid[PATH]), arcface.files.pkl, progress=False)  # the exported network
+    again = M.calibrate(emb, labels, blend_=False, draws=M.shopee_draws(labels, arcface.card.config["seed"]))
+    assert m["valid_f1"] == pytest.approx(again.score.f1, abs=0.02)
+    assert m["threshold"] == pytest.approx(again.settings.threshold, abs=0.051)
+
+
 def test_refit_trains_on_more_groups_and_keeps_the_first_runs_settings(arcface, groups, trained_cnn, tmp_path):
-    """The default: the first run (the `arcface` fixture's, same seed) calibrates on its held-out groups; the final
+    """--refit: the first run (the `arcface` fixture's, same seed) calibrates on its held-out groups; the final
     model trains again on all groups but 2, under those settings."""
     from shopee_fastai.training import train
 
     cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE, head_epochs=4,
-                      holdout="^val_", workers=0, models_dir=tmp_path, name="refit")
+                      holdout="^val_", workers=0, models_dir=tmp_path, name="refit", refit=True)
     card = train(cfg)
     first = arcface.card.matching
     assert card.matching["refit"]["valid_groups"] == 2 < first["valid_groups"]
@@ -75,7 +90,7 @@ def test_a_refit_interrupted_after_calibrating_resumes_from_the_finished_calibra
     from shopee_fastai.training.train import _fit
 
     cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", size=SIZE, head_epochs=2,
-                      holdout="^val_", workers=0, models_dir=tmp_path, name="r", checkpoint_every=1)
+                      holdout="^val_", workers=0, models_dir=tmp_path, name="r", checkpoint_every=1, refit=True)
     first = _fit(cfg, VALID_GROUPS).card  # the calibration run, as far as an interrupted refit gets
     assert (tmp_path / "r.ckpt.pth").is_file() and not (tmp_path / "r.pkl").exists()
     card = train(replace(cfg, resume=True))
