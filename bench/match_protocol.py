@@ -36,7 +36,7 @@ from shopee_fastai.data.split import TEST, VALID, read_split
 from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.embed import embed_images
 from shopee_fastai.machine import summary
-from shopee_fastai.matching import MatchSettings, calibrate, find, score, true_matches
+from shopee_fastai.matching import MatchSettings, calibrate, find, score, shopee_draws, true_matches
 
 OCCASION = "^val_"  # grocery-store's photos from another occasion
 CLASSIFIER_ARGS = "--top-stages 2 --head-views 2 --head-epochs 2"  # an embedding's default budget
@@ -162,28 +162,65 @@ def main() -> None:
                 emb = embeddings(paths, model, flip, args.work)
                 score_source(results, f"{source}+flip" if flip else source, seed, emb, calib, draws, stored,
                              trained.get(source, (None, float("nan")))[1])
-    print(f"\n{'source':14s} {'post-processing':36s} {'test':5s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
+    print(f"\n{'source':14s} {'post-processing':42s} {'test':5s} {'F1 (mean ± sd)':>16s} precision recall threshold postings train_s")
     for (source, label, kind), rows in sorted(results.items(), key=lambda kv: (kv[0][2], list(results).index(kv[0]))):
         a = np.array(rows, dtype=float)
-        print(f"{source:14s} {label:36s} {kind:5s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
+        print(f"{source:14s} {label:42s} {kind:5s} {a[:, 0].mean():8.3f} ± {a[:, 0].std():.3f} {a[:, 1].mean():9.3f} {a[:, 2].mean():6.3f}"
               f" {a[:, 3].mean():9.3f} {a[:, 4].mean():8.0f} {np.nanmean(a[:, 5]) if not np.isnan(a[:, 5]).all() else float('nan'):7.0f}")
+
+
+def pair_stats(emb: np.ndarray) -> tuple[float, float]:
+    """Median and robust sd (IQR / 1.349) of the cosine similarity of every pair of listings."""
+    sims = (emb @ emb.T)[np.triu_indices(len(emb), 1)]
+    q25, median, q75 = np.quantile(sims, [0.25, 0.5, 0.75])
+    return float(median), float((q75 - q25) / 1.349)
+
+
+def relative_rule(cases: list[tuple[np.ndarray, list]], grid=np.round(np.arange(0.0, 8.01, 0.1), 2)) -> float:
+    """A scale-free candidate: threshold = median + z * robust sd of the listings being matched; the z with the best
+    mean F1 over `cases` (embeddings, labels)."""
+    stats = [pair_stats(e) for e, _ in cases]
+    f1 = [np.mean([score(find(e, MatchSettings(m + z * sd)), true_matches(lab)).f1 for (e, lab), (m, sd) in zip(cases, stats)])
+          for z in grid]
+    return float(grid[int(np.argmax(f1))])
 
 
 def score_source(results: dict, source: str, seed: int, emb: dict, calib: pd.DataFrame, draws: dict,
                  stored: MatchSettings | None, train_s: float) -> None:
-    """Each post-processing, calibrated on `calib` (or the model card's `stored` settings), on every test draw."""
+    """Each post-processing, calibrated on `calib` (or the model card's `stored` settings), on every test draw.
+
+    Besides the card's settings: whole calibration groups; Shopee-shaped draws of them (`shopee_draws`); the
+    relative rule (z calibrated on those draws, the threshold read off each test draw's own similarities);
+    and the best threshold for the test draws themselves, an upper bound no calibration can beat."""
     c_emb = np.stack([emb[p] for p in calib[PATH]])
+    labels = calib[LABEL].astype(str).tolist()
+    shaped = shopee_draws(labels, seed)
+    z = relative_rule([(c_emb[r], [labels[i] for i in r]) for r in shaped])
     options = {"the card's settings (min-2 chosen)": (None, False), "plain": (False, False), "+ min-2": (True, False),
-               "+ blending": (False, True), "+ blending + min-2": (True, True)}
+               "+ blending": (False, True), "+ blending + min-2": (True, True), "Shopee-shaped draws": ("shaped", False),
+               "relative rule (z chosen on draws)": ("z", False), "best threshold for the test (upper bound)": ("oracle", False)}
     for label, (m2, bl) in options.items():
-        settings = stored if (stored is not None and m2 is None) else calibrate(c_emb, calib[LABEL].tolist(), m2, bl).settings
         for kind, kind_draws in draws.items():
-            got = [score(find(np.stack([emb[p] for p in d[PATH]]), settings), true_matches(d[LABEL].tolist()))
-                   for d in kind_draws]
+            cases = [(np.stack([emb[p] for p in d[PATH]]), d[LABEL].tolist()) for d in kind_draws]
+            if m2 == "z":
+                got = [score(find(e, MatchSettings(sum(np.array(pair_stats(e)) * (1, z)))), true_matches(lab)) for e, lab in cases]
+                settings = MatchSettings(float(np.mean([sum(np.array(pair_stats(e)) * (1, z)) for e, _ in cases])))
+            else:
+                if m2 == "oracle":
+                    settings = calibrate(np.concatenate([e for e, _ in cases]), sum((list(lab) for _, lab in cases), []), False, False,
+                                         draws=list(np.split(np.arange(sum(len(e) for e, _ in cases)),
+                                                             np.cumsum([len(e) for e, _ in cases])[:-1]))).settings
+                elif m2 == "shaped":
+                    settings = calibrate(c_emb, labels, None, False, draws=shaped).settings
+                elif stored is not None and m2 is None:
+                    settings = stored
+                else:
+                    settings = calibrate(c_emb, labels, m2, bl).settings
+                got = [score(find(e, settings), true_matches(lab)) for e, lab in cases]
             key = (source, label, kind)
             results.setdefault(key, []).append((np.mean([g.f1 for g in got]), np.mean([g.precision for g in got]),
                                                 np.mean([g.recall for g in got]), settings.threshold, len(kind_draws[0]), train_s))
-            print(f"seed {seed} {source:10s} {label:36s} {kind:5s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
+            print(f"seed {seed} {source:10s} {label:42s} {kind:5s} F1 {results[key][-1][0]:.3f} at {settings.line()}", flush=True)
 
 
 if __name__ == "__main__":
