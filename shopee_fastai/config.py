@@ -113,6 +113,12 @@ EPOCHS = 5  # unfrozen (or from-scratch) epochs; 0 after the features recipe
 LR = {Optimizer.adam: 2e-3, Optimizer.sgd: 1e-2}
 WD = {Optimizer.adam: 0.01, Optimizer.sgd: 0.0}  # weight decay of the full-model phases: fastai's optimizers' defaults
 
+# Every phase: the divergence guard (training/callbacks.py)
+GUARD_RISE = 2.0  # running training loss over its lowest value at which a run counts as diverged
+GUARD_FLOOR = 0.5  # ... over this where its lowest is below it: a loss of 0.1 that wobbles to 0.2 has not diverged
+GUARD_WARMUP = 5  # steps before the guard judges a rise: the running mean needs a few losses
+GUARD_EVERY = 25  # steps between snapshots of good weights to return to
+
 # The features recipe
 LABEL_SMOOTHING = 0.1
 TOP_STAGES = 3  # last body stages trained with the head, where the body has EfficientNet's layout

@@ -6,22 +6,26 @@ fastai's own frozen/unfrozen phases checkpoint, resume, stop early and keep thei
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelBatchException
+from fastai.callback.schedule import ParamScheduler
 from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 from torch import nn
 
 from ..artifacts import ModelFiles
-from ..config import Precision, TrainConfig, option
+from ..config import GUARD_EVERY, GUARD_FLOOR, GUARD_RISE, GUARD_WARMUP, Precision, TrainConfig, option
 from ..device import resolve_precision, world
 from ..errors import ShopeeError
 from ..io import atomic_path, write_json
@@ -116,13 +120,70 @@ class EpochTimer(Callback):
         self.learn.epoch_seconds[self.epoch] = round(time.perf_counter() - self.started, 2)
 
 
+class DivergenceGuard(Callback):
+    """No run blows up silently: when the running training loss turns non-finite or rises to `rise` times its
+    lowest value (or `rise` times `floor`, for losses near 0, whose wobbles are not divergence), the last good
+    weights and optimizer state come back and the learning rate is halved for the rest of the phase. Each
+    recovery is warned about and counted in the epoch's history.
+
+    A high peak of the one-cycle schedule can throw a run off (the body's BatchNorm keeps ImageNet statistics,
+    so nothing pulls drifting activations back); halving from there is what a person would do by hand."""
+
+    order = ParamScheduler.order + 1  # after the scheduler has set this batch's rates
+
+    def __init__(self, rise: float = GUARD_RISE, floor: float = GUARD_FLOOR, warmup: int = GUARD_WARMUP,
+                 every: int = GUARD_EVERY, beta: float = 0.9):
+        self.rise, self.floor, self.warmup, self.every, self.beta = rise, floor, warmup, every, beta
+        self.recoveries: dict[int, int] = {}  # epoch -> recoveries, for the history (one guard per phase)
+
+    def before_fit(self):  # fastai's validate() calls this too; it trains nothing, so a fresh start costs nothing
+        self.scale, self.mean, self.lowest, self.steps = 1.0, 0.0, math.inf, 0
+        self.learn.recoveries = self.recoveries
+        self._snapshot()  # the weights a phase starts from are good by definition
+
+    def before_batch(self):
+        if self.training and self.scale != 1.0:
+            self.opt.set_hyper("lr", [h["lr"] * self.scale for h in self.opt.hypers])
+
+    def after_loss(self):
+        if not self.training:
+            return
+        loss = float(self.learn.loss.detach().float())
+        self.steps += 1
+        self.mean = self.beta * self.mean + (1 - self.beta) * loss
+        smooth = self.mean / (1 - self.beta ** self.steps)
+        if not math.isfinite(smooth):
+            self._recover(f"a non-finite loss ({loss})")
+        if self.steps >= self.warmup and smooth > self.rise * max(self.lowest, self.floor):
+            self._recover(f"the running training loss rose from {self.lowest:.3g} to {smooth:.3g}")
+        self.lowest = min(self.lowest, smooth)
+        if self.steps % self.every == 0 and smooth <= (1 + (self.rise - 1) / 4) * self.lowest:
+            self._snapshot()
+
+    def _snapshot(self):
+        self.good = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), self.mean, self.steps)
+
+    def _recover(self, why: str):
+        model, opt, self.mean, self.steps = self.good
+        self.model.load_state_dict(model)
+        self.opt.load_state_dict(copy.deepcopy(opt))
+        self.scale /= 2
+        self.recoveries[self.epoch] = self.recoveries.get(self.epoch, 0) + 1
+        warnings.warn(f"training diverged in epoch {self.epoch} ({why}): restored the last good weights and halved the "
+                      f"learning rate (now x{self.scale:g} of the schedule)")
+        raise CancelBatchException  # no step on this batch
+
+
 def history(learn, phase: str, start: int = 0) -> list[dict[str, Any]]:
-    """Per-epoch rows of the Recorder for `phase` from epoch `start` (fastai records skipped epochs as empty rows)."""
+    """Per-epoch rows of the Recorder for `phase` from epoch `start` (fastai records skipped epochs as empty rows),
+    with the epoch's seconds and any recoveries of the DivergenceGuard."""
     names = learn.recorder.metric_names[1:-1]
     rows = learn.recorder.values[start:]
     seconds = getattr(learn, "epoch_seconds", {})
+    recoveries = getattr(learn, "recoveries", {})
     return [{"phase": phase, "epoch": start + i, **{n: float(v) for n, v in zip(names, row)},
-             **({"seconds": seconds[start + i]} if start + i in seconds else {})} for i, row in enumerate(rows)]
+             **({"seconds": seconds[start + i]} if start + i in seconds else {}),
+             **({"recoveries": recoveries[start + i]} if start + i in recoveries else {})} for i, row in enumerate(rows)]
 
 
 class ValidLoss(Callback):

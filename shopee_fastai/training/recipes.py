@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 from ..artifacts import ModelFiles
 from ..config import ResolvedConfig
-from ..device import distributed
+from ..device import distributed, world
 from ..errors import ShopeeError
-from .callbacks import Checkpoint, EpochTimer, history, load_checkpoint, read_progress, stopping_callbacks
+from .callbacks import Checkpoint, DivergenceGuard, EpochTimer, history, load_checkpoint, read_progress, stopping_callbacks
 from .features import features_learner, fit_features
 
 # Options that a resumed run may change: they do not alter what the saved epochs computed.
@@ -111,7 +111,9 @@ def fit(learn, cfg: ResolvedConfig) -> tuple[list[dict], list[dict], dict[str, f
                 load_checkpoint(files, learn.model, lrn)  # again, after the phase's set-up, with its optimizer state
             cbs = [Checkpoint(files, learn.model, phase.name, cfg.checkpoint_every, list(done), start, options)
                    ] if cfg.checkpoint_every else []
-            phase.fit(lrn, phase.epochs, start, [EpochTimer(), *cbs, *stopping_callbacks(cfg, files, start)])
+            # the guard decides per process: under data parallelism one rank skipping a step would stall the others
+            guard = [DivergenceGuard()] if world()[1] == 1 else []
+            phase.fit(lrn, phase.epochs, start, [EpochTimer(), *guard, *cbs, *stopping_callbacks(cfg, files, start)])
             rows = history(lrn, phase.name, start)
             ran += rows
             done += rows
