@@ -3,17 +3,23 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from fastai.learner import load_learner
+from typer.testing import CliRunner
 
+from shopee_fastai.artifacts import ModelCard
+from shopee_fastai.cli import app
 from shopee_fastai.config import TrainConfig
 from shopee_fastai.data import split as S
 from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
+from shopee_fastai.evaluation import accuracy_on
 from shopee_fastai.inference.torch_backends import predict_probs
 from shopee_fastai.training import fit_learner, lr_find, train
 
-from ..conftest import COLOURS, SIZE
+from ..conftest import COLOURS, SIZE, make_groups
 
 CHANCE = 1 / len(COLOURS)
 
@@ -173,3 +179,29 @@ def test_export_onnx_refuses_int8_without_photos_and_photos_without_int8(tmp_pat
         export_onnx(tmp_path / "m.pkl", int8=True)
     with pytest.raises(ShopeeError, match="--data is read only with --int8"):
         export_onnx(tmp_path / "m.pkl", data=tmp_path)
+
+
+def test_train_scores_the_held_out_photos_alone_and_counts_their_twins(tmp_path):
+    """With --holdout the test is the held-out photos and nothing else; a training photo with a held-out photo's
+    phash is left out of training, and `train` says how many."""
+    data = make_groups(tmp_path / "groups", n_groups=6, per_group=8, other=3)
+    table = pd.read_csv(data / "train.csv", dtype=str)
+    held = table["posting_id"].str.startswith("val_")
+    twin = table.index[~held][0]
+    table.loc[twin, "image_phash"] = table.loc[held.idxmax(), "image_phash"]  # one training photo: a held-out one's twin
+    table.to_csv(data / "train.csv", index=False)
+    out = CliRunner().invoke(app, ["train", "--data", str(data), "--arch", "cnn", "--size", str(SIZE), "--epochs", "2",
+                                   "--split", "random", "--holdout", "^val_", "--top-groups", "0", "--aug", "none",
+                                   "--workers", "0", "--models-dir", str(tmp_path / "m"), "--name", "h"])
+    assert out.exit_code == 0, out.output
+    assert "left out of training: 1 direct twin(s) of --holdout photos" in out.output
+    card = ModelCard.read(tmp_path / "m" / "h.pkl")
+    assert card.split["test"] == held.sum() == 18 and card.split["twin"] == 1
+    assert card.split["train"] + card.split["valid"] == len(table) - 18 - 1
+    split = S.read_split(tmp_path / "m" / "h.split.csv")
+    assert set(split.index[split == S.TEST]) == set(table.loc[held, "posting_id"])
+    assert split[table.loc[twin, "posting_id"]] == S.TWIN
+    learn = load_learner(tmp_path / "m" / "h.pkl")
+    rows = D.read_table(data)[held.to_numpy()].reset_index(drop=True)
+    assert card.test_accuracy == accuracy_on(learn, rows)
+    assert f"({held.sum()} test images" in out.output
