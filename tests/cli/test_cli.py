@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -141,8 +142,12 @@ def test_eda_prepare_and_split_commands(tmp_path):
     result = run("split", "--data", data, "--out", tmp_path / "split.csv")
     assert result.exit_code == 0, result.output
     assert "a plain random split would put" in result.stdout
-    assert "test images beside a twin in training: 0" in result.stdout
+    assert "test images beside a near-duplicate in training: 0" in result.stdout
     assert (tmp_path / "split.csv").read_text().startswith("posting_id,split")
+    held = run("split", "--data", data, "--holdout", "_00[1-3]$", "--out", tmp_path / "held.csv")
+    assert held.exit_code == 0, held.output
+    split = pd.read_csv(tmp_path / "held.csv")
+    assert set(split.loc[split["split"] == "test", "posting_id"]) == set(split.loc[split["posting_id"].str.contains("_00[1-3]$"), "posting_id"])
 
 
 def test_embed_and_match_write_a_valid_submission(cli_model, synthetic, tmp_path):
