@@ -72,9 +72,9 @@ def split_groups(table: pd.DataFrame, rng, n: int = 3) -> tuple[pd.DataFrame, li
     return out, [{str(g), f"{g}b"} for g in chosen]
 
 
-def train_val(data: Path, seed: int, models: Path, name: str) -> float:
+def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "auto") -> float:
     cfg = TrainConfig(data=data, arch=OFFLINE_ARCH, pretrained=True, top_groups=0, holdout=OCCASION, seed=seed,
-                      models_dir=models, name=name)
+                      models_dir=models, name=name, precision=precision)
     return float(fit_learner(cfg).card.test_accuracy)
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.10], help="noise levels (none: skip the noise and merge runs)")
     ap.add_argument("--titles", choices=["both", "on", "off"], default="both", help="audit with titles as evidence, without, or both")
     ap.add_argument("--retrain", action="store_true", help="also train the default recipe three ways per seed (slow)")
+    ap.add_argument("--precision", default="auto", help="the retrained models' `train --precision`")
     args = ap.parse_args()
     print(summary())
     table = read_table(args.data)
@@ -129,7 +130,7 @@ def main() -> None:
         clean_dir = folder(args.work / f"retrain-clean-s{seed}", table, images)
         row = {"seed": seed}
         for what, data in (("noisy", noisy_dir), ("audited", cleaned), ("clean", clean_dir)):
-            row[what] = train_val(data, seed, args.work / "models", f"{what}-s{seed}")
+            row[what] = train_val(data, seed, args.work / "models", f"{what}-s{seed}", args.precision)
             print(row, flush=True)
         accs.append(row)
     print(pd.DataFrame(accs).set_index("seed").agg(["mean", "std"]).round(3).to_string())

@@ -25,7 +25,7 @@ from ..config import DUP_LINKAGE, DUP_THRESHOLD, SEED, Linkage
 from . import split as S
 from . import table as D
 
-SIM_CHUNK = 2048  # rows of the similarity matrix held at once: memory stays O(chunk x n)
+SIM_CHUNK = S.SIM_CHUNK
 
 
 def similar_pairs(emb: np.ndarray, threshold: float, groups: np.ndarray | None = None,
