@@ -280,8 +280,7 @@ def calibrate(emb: np.ndarray, labels: Sequence, min2: bool | None = None, blend
                     sims, idx = knn(blend(part, t, near=plain)) if bl else plain
                     found = neighbours(sims, idx, t, m2)
                     got.append(score(union(found, more) if more else found, truth))
-                mean = got[0] if len(got) == 1 else Score(*(round(float(np.mean([getattr(g, f.name) for g in got])), 4)
-                                                             for f in fields(Score)))
+                mean = Score(*(round(float(np.mean([getattr(g, f.name) for g in got])), 4) for f in fields(Score)))
                 if best is None or mean.f1 > best.score.f1:
                     best = Calibration(MatchSettings(float(t), m2, bl), mean, t in (grid[0], grid[-1]))
     return best

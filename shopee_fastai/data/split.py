@@ -65,7 +65,7 @@ def direct_twins(df: pd.DataFrame, held: np.ndarray, embeddings: np.ndarray | No
     `embeddings`, unit vectors) cosine >= `threshold`. Direct links only: a chain of look-alikes is no twin."""
     twin = np.array(df[IMAGE].isin(set(df.loc[held, IMAGE])), bool)
     if PHASH in df.columns:
-        twin |= df[PHASH].notna().to_numpy(bool) & df[PHASH].isin(set(df.loc[held, PHASH].dropna())).to_numpy(bool)
+        twin |= df[PHASH].isin(set(df.loc[held, PHASH].dropna())).to_numpy(bool)  # a missing phash matches nothing
     if embeddings is not None and held.any():
         rest = np.flatnonzero(~held)
         for start in range(0, len(rest), chunk):
