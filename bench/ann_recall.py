@@ -19,7 +19,7 @@ import numpy as np
 
 from match_speed import shopee_like
 from shopee_fastai.config import Index
-from shopee_fastai.matching import HNSW_EF_SEARCH, _faiss_index
+from shopee_fastai.matching import HNSW_EF_SEARCH, faiss_index
 from shopee_fastai.machine import summary
 
 K = 10
@@ -38,14 +38,14 @@ def main() -> None:
     scale = args.n / len(q)
     rows = []
     began = time.perf_counter()
-    ix = _faiss_index(emb, Index.exact)
+    ix = faiss_index(emb, Index.exact)
     built = time.perf_counter() - began
     began = time.perf_counter()
     exact = ix.search(q, K)[1]
     rows.append(("exact", built, time.perf_counter() - began, 1.0))
     del ix
     began = time.perf_counter()
-    ix = _faiss_index(emb, Index.hnsw)
+    ix = faiss_index(emb, Index.hnsw)
     built = time.perf_counter() - began
     for ef in sorted({HNSW_EF_SEARCH // 2, HNSW_EF_SEARCH, HNSW_EF_SEARCH * 2}):
         ix.hnsw.efSearch = ef

@@ -436,7 +436,7 @@ def match(
 
     With --catalog, each listing of --data gets its matches among the catalogue's listings instead."""
     from .data.table import ID
-    from .matching import match_postings, refuse_with_catalog, settings_for, write_submission
+    from .matching import match_postings, refuse_with_catalog, settings_for, source_line, write_submission
 
     if catalog is not None:
         refuse_with_catalog(embeddings=embeddings, tune=tune, phash=phash, titles=titles)
@@ -450,6 +450,8 @@ def match(
                    f"on the other half: {result.tuned[1].line()}")
     else:
         typer.echo(f"matching at {result.settings.line()} ({source})")
+    if embeddings is None:
+        typer.echo(f"with the {source_line(model, arch)}")
     write_submission(out, table[ID], result.matches)
     if result.score:
         typer.echo(f"all {len(table)} postings: {result.score.line()}")
@@ -457,13 +459,13 @@ def match(
 
 
 def _match_catalog(data, csv, catalog, catalog_csv, model, arch, weights, threshold, min2, blend, k, index, out) -> None:
-    from .matching import match_new_listings, settings_for, write_catalog_matches
+    from .matching import match_new_listings, settings_for, source_line, write_catalog_matches
 
     settings, source = settings_for(model, threshold, min2, blend)
     result = match_new_listings(data, catalog, model, settings, csv, catalog_csv, arch, weights, k, index)
     write_catalog_matches(out, result)
     matched = sum(bool(m) for m in result.matches)
-    typer.echo(f"matching at {result.settings.line()} ({source})")
+    typer.echo(f"matching at {result.settings.line()} ({source}), with the {source_line(model, arch)}")
     typer.echo(f"{len(result.new)} new listing(s) against {len(result.catalog)} in {catalog}: {matched} matched one or more")
     if result.score:
         typer.echo(f"against the catalogue's label groups: {result.score.line()}")

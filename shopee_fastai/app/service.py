@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import faiss
 import numpy as np
 import pandas as pd
 
 from ..artifacts import ModelCard, ModelFiles
-from ..config import MATCH_THRESHOLD, OFFLINE_ARCH, PREDICT_BS, PROBS, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
+from ..config import OFFLINE_ARCH, PREDICT_BS, PROBS, SERVE_EXAMPLES, SERVE_NEIGHBOURS, TOP_K
 from ..data import split as S
 from ..data import table as D
 from ..errors import ShopeeError
 from ..inference.load import load_predictor
 from ..inference.predictions import Predictions, top_k
+from ..matching import Catalogue, MatchSettings, embed_for_matching, read_catalog, settings_for, source_line
 
 
 class BadInput(ShopeeError):
@@ -63,11 +63,6 @@ def _name_failures(messages: Sequence[str], files: Sequence[tuple[str, Path]]) -
         name, path = next(((n, p) for n, p in files if msg.startswith(f"{p}: ")), (None, None))
         out.append({"image": name or "?", "error": msg.replace(str(path), name, 1) if path else msg})
     return out
-
-
-def match_threshold(card: ModelCard | None) -> float:
-    """The threshold the model's card was calibrated with (embedding models keep one), else the default."""
-    return float(((card.matching if card else None) or {}).get("threshold", MATCH_THRESHOLD))
 
 
 def training_examples(model: Path, card: ModelCard | None, classes: Sequence[str],
@@ -147,35 +142,29 @@ class Batcher:
 
 @dataclass
 class Catalog:
-    """Listings to match against: their table, and their embeddings in a faiss inner-product index."""
+    """The served catalogue: its folder and the matcher `match --catalog` uses (matching.Catalogue), built once."""
 
     folder: Path
-    table: pd.DataFrame
-    index: Any  # faiss.IndexFlatIP over unit vectors: inner product = cosine similarity
-    threshold: float
+    matcher: Catalogue
 
     @classmethod
-    def load(cls, folder: Path, threshold: float, embed: Callable[[list[str]], np.ndarray],
+    def load(cls, folder: Path, settings: MatchSettings, embed: Callable[[list[str]], np.ndarray],
              csv: str = "train.csv") -> Catalog:
-        """Embed every listing once with `embed` and index them."""
-        table = D.read_table(Path(folder), csv, labels=False)
-        emb = np.ascontiguousarray(embed(list(table[D.PATH])), np.float32)
-        index = faiss.IndexFlatIP(emb.shape[1])
-        index.add(emb)
-        return cls(Path(folder), table, index, threshold)
+        """Embed every listing once with `embed` (cached on disk) and index them."""
+        table = read_catalog(Path(folder), csv)
+        return cls(Path(folder), Catalogue(table, embed(list(table[D.PATH])), settings))
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return self.matcher.table
+
+    @property
+    def settings(self) -> MatchSettings:
+        return self.matcher.settings
 
     @property
     def image_dir(self) -> Path:
         return Path(self.table[D.PATH].iloc[0]).parent
-
-    def nearest(self, queries: np.ndarray, k: int = SERVE_NEIGHBOURS) -> list[list[dict[str, Any]]]:
-        """Per query vector: the k most similar listings, best first, each marked whether it passes the threshold."""
-        sims, idx = self.index.search(np.ascontiguousarray(queries, np.float32), min(k, len(self.table)))
-        titles = self.table[D.TITLE].fillna("") if D.TITLE in self.table else pd.Series([""] * len(self.table))
-        return [[{"posting_id": str(self.table[D.ID].iloc[j]), "title": str(titles.iloc[j]),
-                  "image": str(self.table[D.IMAGE].iloc[j]), "similarity": round(float(s), 4),
-                  "match": bool(s >= self.threshold)} for s, j in zip(row_s, row_i) if j >= 0]
-                for row_s, row_i in zip(sims, idx)]
 
     def path_of(self, image: str) -> Path:
         return D.images_dir(self.folder) / image
@@ -193,6 +182,7 @@ class Service:
     predictor: Any
     examples: dict[str, list[Path]] = field(default_factory=dict)
     catalog: Catalog | None = None
+    settings_source: str = ""  # where the catalogue's match settings came from
 
     def __post_init__(self) -> None:
         self.batcher = Batcher(lambda paths: self.predictor.outputs(paths, progress=False), PREDICT_BS)
@@ -208,7 +198,8 @@ class Service:
         if service.classifies:
             service.examples = training_examples(Path(model), card, predictor.vocab)
         if catalog:
-            service.catalog = Catalog.load(catalog, match_threshold(card), lambda paths: service.embed(paths, catalogue=True))
+            settings, service.settings_source = settings_for(model)
+            service.catalog = Catalog.load(catalog, settings, lambda paths: service.embed(paths, catalogue=True))
         return service
 
     @property
@@ -216,17 +207,16 @@ class Service:
         return self.predictor.output == PROBS
 
     def embed(self, paths: Sequence[str | Path], catalogue: bool = False) -> np.ndarray:
-        """Unit vectors in input order (zeros for unreadable photos): the model's own, or the backbone's.
+        """Unit vectors in input order (zeros for unreadable photos), from what `match --model` embeds with
+        (matching.embed_for_matching); an embedding model's queries go through the batcher, on the same predictor.
 
         A `catalogue`'s embeddings are cached on disk by the files' (and the model's) identities.
         """
-        from ..inference.embed import aligned, embed_paths, embeddings_for  # imports torch: an ONNX model serves without it
+        from ..inference.embed import aligned  # imports torch: an ONNX model serves without it
 
-        if catalogue:
-            return embeddings_for([str(p) for p in paths], OFFLINE_ARCH, model=None if self.classifies else self.model)
-        if not self.classifies:
-            return aligned(self.batcher([Path(p) for p in paths]), paths)
-        return embed_paths(paths, OFFLINE_ARCH, progress=False)
+        if catalogue or self.classifies:
+            return embed_for_matching(paths, self.model, OFFLINE_ARCH, cache=catalogue, progress=catalogue)
+        return aligned(self.batcher([Path(p) for p in paths]), paths)
 
     @property
     def titles(self) -> dict[str, str]:
@@ -240,7 +230,8 @@ class Service:
         cat = self.catalog
         return {"status": "ok", "model": ModelFiles.beside(self.model).name, "backend": self.backend,
                 "output": self.predictor.output, "classes": list(self.predictor.vocab), "titles": self.titles,
-                "catalog": {"listings": len(cat.table), "threshold": cat.threshold} if cat else None}
+                "catalog": {"listings": len(cat.table), "threshold": cat.settings.threshold, **cat.settings.to_dict(),
+                            "settings": self.settings_source, "embeddings": source_line(self.model)} if cat else None}
 
     @staticmethod
     def check_k(k: Any, most: int, what: str = "top_k") -> int:
@@ -276,8 +267,13 @@ class Service:
         good = [(n, p) for n, p in files if str(p) not in bad]
         results = []
         if good:
-            emb = self.embed([p for _, p in good])
-            for (n, _), near in zip(good, catalog.nearest(emb, k)):
-                results.append({"image": n, "threshold": catalog.threshold,
-                                "matches": [x["posting_id"] for x in near if x["match"]], "nearest": near})
+            found = catalog.matcher.match(self.embed([p for _, p in good]))
+            cat = catalog.matcher
+            for (n, _), matched, sims, idx in zip(good, found.matches, found.sims, found.idx):
+                ranked = [(int(j), float(s)) for s, j in zip(sims, idx) if j >= 0]
+                if catalog.settings.blend:  # blending moved the query: rank what it matches by similarity
+                    ranked.sort(key=lambda r: -r[1])
+                results.append({"image": n, "threshold": catalog.settings.threshold,
+                                "matches": [cat.listing(j, s, True)["posting_id"] for j, s in ranked if j in matched],
+                                "nearest": [cat.listing(j, s, j in matched) for j, s in ranked[:k]]})
         return results, _name_failures(list(bad.values()), files)

@@ -96,7 +96,7 @@ class MatchF1(Metric):
     def value(self):
         if not self.embs:
             return None
-        return calibrate(torch.cat(self.embs).numpy(), torch.cat(self.labels).tolist(), min2=False, blend_=False).score.f1
+        return calibrate(torch.cat(self.embs).numpy(), torch.cat(self.labels).tolist(), min2=False, blend=False).score.f1
 
     @property
     def name(self) -> str:
@@ -145,7 +145,7 @@ def calibrate_matching(learn, prep, seed: int = SEED) -> dict[str, Any]:
     emb = _embed(learn, valid)
     if len(set(labels)) >= 2:
         # blending wins on the occasion it is calibrated on and loses on a new one (docs/results.md): off unless asked
-        cal = calibrate(emb, labels, blend_=False, draws=shopee_draws(labels, seed))
+        cal = calibrate(emb, labels, blend=False, draws=shopee_draws(labels, seed))
     else:  # one group: matching everything would score best, so keep the defaults
         cal = Calibration(MatchSettings(), score(find(emb, MatchSettings()), true_matches(labels)))
     out: dict[str, Any] = {**cal.settings.to_dict(), "valid_f1": cal.score.f1, "valid_groups": len(set(labels)),

@@ -1,5 +1,7 @@
 """`match --catalog DIR --data NEW`: new listings matched against a catalogue's listings, with one line per bad input."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,10 +63,14 @@ def test_min2_and_blending_across_tables():
     catalog /= np.linalg.norm(catalog, axis=1, keepdims=True)
     stranger = rng.normal(size=(1, 16)).astype(np.float32)
     queries = np.concatenate([catalog[[5, 9]], stranger / np.linalg.norm(stranger)])
-    assert M.find_in(catalog, queries, M.MatchSettings(threshold=0.95)) == [{5}, {9}, set()]
-    assert M.find_in(catalog, queries, M.MatchSettings(threshold=0.95, blend=True)) == [{5}, {9}, set()]
+    table = pd.DataFrame({"posting_id": [f"c{i}" for i in range(40)], "image": [f"c{i}.jpg" for i in range(40)]})
+    found = lambda **s: M.Catalogue(table, catalog, M.MatchSettings(threshold=0.95, **s)).match(queries).matches  # noqa: E731
+    assert found() == [{5}, {9}, set()]
+    assert found(blend=True) == [{5}, {9}, set()]
     nearest = int(np.argmax(catalog @ queries[2]))
-    assert M.find_in(catalog, queries, M.MatchSettings(threshold=0.95, min2=True))[2] == {nearest}  # its nearest listing
+    assert found(min2=True)[2] == {nearest}  # its nearest listing
+    unreadable = np.zeros((1, 16), np.float32)
+    assert M.Catalogue(table, catalog, M.MatchSettings(min2=True)).match(unreadable).matches == [set()]
 
 
 @pytest.mark.parametrize("case, message", [
@@ -91,7 +97,18 @@ def test_bad_catalogue_inputs_are_one_line(listings, tmp_path, case, message):
     assert not (tmp_path / "m.csv").exists()
 
 
-def test_a_classifier_file_that_cannot_embed_is_one_line(listings, trained_cnn, tmp_path):
-    root, _ = listings
-    r = run("--data", root / "new", "--catalog", root / "cat", "--model", trained_cnn.files.safetensors, "--out", tmp_path / "m.csv")
-    assert r.exit_code == 2 and "a classifier; its body embeds from the .pkl" in r.output, r.output
+def test_a_classifier_matches_with_its_learners_body_whatever_file_is_given(trained_cnn, tmp_path):
+    """One rule for `match` and `serve`: an embedding model embeds itself; a classifier, its .pkl's body (the
+    .pkl given, or beside the export given); a classifier export alone, the pretrained backbone, said so."""
+    files = trained_cnn.files
+    assert M.matching_source(files.pkl) == files.pkl
+    assert M.matching_source(files.safetensors) == files.pkl
+    alone = tmp_path / files.safetensors.name
+    shutil.copy(files.safetensors, alone)
+    shutil.copy(files.card, tmp_path / files.card.name)
+    assert M.matching_source(alone) is None
+    assert "pretrained tf_efficientnet_lite0" in M.source_line(alone) and "without its .pkl" in M.source_line(alone)
+    assert "body" in M.source_line(files.safetensors)
+    assert M.matching_source(None) is None
+
+

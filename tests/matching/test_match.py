@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from shopee_fastai import matching as M
+from shopee_fastai.config import SHOPEE_SIZES
 from shopee_fastai.data import table as D
 from shopee_fastai.errors import ShopeeError
 
@@ -87,7 +88,7 @@ def clustered(n_groups=60, per=5, dim=32, noise=0.3, seed=0):
 
 def test_blending_equals_its_definition():
     emb, _ = clustered(n_groups=10, per=4, dim=8)
-    got = M.blend(emb, threshold=0.5, k=3)
+    got = M.blend_neighbours(emb, threshold=0.5, k=3)
     full = emb @ emb.T
     for i in range(len(emb)):
         top = np.argsort(-full[i], kind="stable")[:3]
@@ -100,7 +101,7 @@ def test_blending_equals_its_definition():
 def test_blending_pulls_a_group_together_and_helps_noisy_matches():
     emb, labels = clustered(noise=0.9, seed=1)
     within = lambda e: np.mean([(e[labels == g] @ e[labels == g].T).mean() for g in range(10)])  # noqa: E731
-    assert within(M.blend(emb, 0.3)) > within(emb)
+    assert within(M.blend_neighbours(emb, 0.3)) > within(emb)
 
 
 def test_hnsw_finds_the_exact_neighbours_on_a_small_set():
@@ -122,7 +123,7 @@ def test_calibration_picks_the_best_settings_on_its_groups():
         for m2 in (False, True):
             assert M.score(M.find(emb, M.MatchSettings(t, m2, False)), truth).f1 <= cal.score.f1
     assert M.score(M.find(emb, cal.settings), truth) == cal.score
-    fixed = M.calibrate(emb, labels, min2=False, blend_=False)
+    fixed = M.calibrate(emb, labels, min2=False, blend=False)
     assert not fixed.settings.min2 and not fixed.settings.blend and fixed.score.f1 <= cal.score.f1
 
 
@@ -133,7 +134,7 @@ def test_shopee_draws_take_every_group_at_a_marketplace_size():
     sizes = [pd.Series(labels)[d].value_counts() for d in draws]
     assert all(set(s.index) == set(labels) and (s <= 40).all() for s in sizes)
     assert all(s[9] == 2 for s in sizes)  # capped by what the group has
-    assert set(pd.concat(sizes)) <= set(M.SHOPEE_SIZES) | {40}
+    assert set(pd.concat(sizes)) <= set(SHOPEE_SIZES) | {40}
     assert np.median(pd.concat([s.drop(9) for s in sizes])) <= 3  # mostly pairs
     assert all((a == b).all() for a, b in zip(draws, M.shopee_draws(labels, seed=1, draws=30)))
 
@@ -141,7 +142,7 @@ def test_shopee_draws_take_every_group_at_a_marketplace_size():
 def test_calibration_on_draws_scores_the_mean_of_its_draws():
     emb, labels = clustered(noise=0.7, seed=4)
     draws = M.shopee_draws(labels, seed=0, draws=8)
-    cal = M.calibrate(emb, labels, min2=False, blend_=False, draws=draws)
+    cal = M.calibrate(emb, labels, min2=False, blend=False, draws=draws)
     def mean_f1(t):
         return np.mean([M.score(M.find(emb[d], M.MatchSettings(t)), M.true_matches(np.asarray(labels)[d])).f1 for d in draws])
     assert cal.score.f1 == pytest.approx(mean_f1(cal.settings.threshold), abs=1e-3)
