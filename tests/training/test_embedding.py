@@ -55,7 +55,7 @@ def test_the_shipped_network_is_calibrated_on_groups_it_never_trained_on(arcface
     m = arcface.card.matching
     assert "refit" not in m and "calibration_run" not in m and arcface.card.config["refit"] is False
     emb = embed_images(list(valid[PATH]), arcface.files.pkl, progress=False)  # the exported network
-    again = M.calibrate(emb, labels, blend_=False, draws=M.shopee_draws(labels, arcface.card.config["seed"]))
+    again = M.calibrate(emb, labels, blend=False, draws=M.shopee_draws(labels, arcface.card.config["seed"]))
     assert m["valid_f1"] == pytest.approx(again.score.f1, abs=0.02)
     assert m["threshold"] == pytest.approx(again.settings.threshold, abs=0.051)
 
