@@ -235,16 +235,20 @@ def _print_evaluation(r: dict, data: Optional[Path], tta: bool) -> None:
 
 @command
 def evaluate(
-    model: Path = typer.Option(..., "--model", help="An exported learner, models/<name>.pkl."),
+    model: Path = typer.Option(..., "--model", help="models/<name>.pkl, .safetensors or .onnx (its card beside it)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Score every row of this Kaggle-layout folder instead of the saved test split (labels optional)."),
     csv: str = typer.Option("train.csv", help="The CSV inside --data."),
-    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation."),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation (fastai's, 5 passes; .pkl only)."),
+    int8: bool = typer.Option(False, "--int8", help="Score the model's int8 graph, as `predict --int8` runs it."),
+    backend: Backend = typer.Option(Backend.auto, help="Score on the backend `predict --backend` would use: onnx, torch or fastai."),
     out: Optional[Path] = typer.Option(None, help="Report folder (default reports/<model>-test or reports/<model>-<data>)."),
 ) -> None:
     """Top-1/top-5 accuracy, per-class precision/recall/F1, confusion and top-losses PNGs, predictions CSV."""
     from .evaluation import evaluate as run
 
-    _print_evaluation(run(model, data, csv, tta, out), data, tta)
+    result = run(model, data, csv, tta, out, backend=backend, precision=Precision.int8 if int8 else Precision.auto)
+    typer.echo(f"model: {result['predictor']}", err=True)
+    _print_evaluation(result, data, tta)
 
 
 def _print_predictions(predictor, files: list[Path], top_k: int, as_json: bool, bs: int) -> None:

@@ -1,4 +1,8 @@
-"""Score an exported model on images its training never saw, with the numbers and pictures a person checks."""
+"""Score an exported model on images its training never saw, with the numbers and pictures a person checks.
+
+Every score goes through the predictor `predict` uses (inference/load.py), so each backend, TTA and int8
+are scored as they predict.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,12 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import ModelCard, model_titles
-from .config import TOP_K
+from .config import TOP_K, Backend, Precision
 from .data import split as S
 from .data import table as D
 from .errors import ShopeeError
-from .inference.load import load_learner
-from .inference.predictions import display_name
-from .inference.torch_backends import predict_probs
+from .inference.load import load_classifier
+from .inference.predictions import Predictor, display_name
 from .io import write_json, write_text
 from .plots import confusion_figure, image_grid
 
@@ -25,24 +28,35 @@ PICTURE_TITLE = 24  # characters of a title shown beside its class in figures
 UNKNOWN = "(not a class of this model)"
 
 
-def accuracy_on(learn, rows: pd.DataFrame, progress: bool = False) -> float | None:
-    """Top-1 accuracy on `rows` (`path`, `label_group`); None when there are none. Unreadable images count as wrong."""
+def as_predictor(model) -> Predictor:
+    """A predictor as it is, or a fastai Learner behind the predictor interface (a run scores its own learner)."""
+    if hasattr(model, "dls"):
+        from .inference.torch_backends import LearnerPredictor  # imports torch: only a Learner at hand needs it
+
+        return LearnerPredictor(model)
+    return model
+
+
+def accuracy_on(model, rows: pd.DataFrame, progress: bool = False) -> float | None:
+    """Top-1 accuracy of `model` (a predictor or a Learner) on `rows` (`path`, `label_group`); None when there are
+    none. Unreadable images count as wrong."""
     if rows.empty:
         return None
-    probs, _ = _probs_for(learn, rows, progress=progress)
-    return round(float(_hits(probs, _targets(rows, learn), 1).mean()), 4)
+    predictor = as_predictor(model)
+    probs, _ = _probs_for(predictor, rows, progress=progress)
+    return round(float(_hits(probs, _targets(rows, predictor.vocab), 1).mean()), 4)
 
 
-def _targets(rows: pd.DataFrame, learn) -> np.ndarray:
+def _targets(rows: pd.DataFrame, vocab: Sequence) -> np.ndarray:
     """Class index of each row's label, -1 where the model has no such class."""
-    index = {str(v): i for i, v in enumerate(learn.dls.vocab)}
+    index = {str(v): i for i, v in enumerate(vocab)}
     return np.array([index.get(str(y), -1) for y in rows[D.LABEL]])
 
 
-def _probs_for(learn, rows: pd.DataFrame, tta: bool = False, progress: bool = False) -> tuple[np.ndarray, list[str]]:
+def _probs_for(predictor: Predictor, rows: pd.DataFrame, progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """[len(rows), n_classes] probabilities in row order; an unreadable image's row is all zeros (always wrong)."""
-    preds = predict_probs(learn, [Path(p) for p in rows[D.PATH]], tta=tta, progress=progress)
-    out = np.zeros((len(rows), len(learn.dls.vocab)), np.float32)
+    preds = predictor.outputs([Path(p) for p in rows[D.PATH]], progress=progress)
+    out = np.zeros((len(rows), len(predictor.vocab)), np.float32)
     at = {str(p): i for i, p in enumerate(preds.paths)}
     for r, p in enumerate(rows[D.PATH]):
         if str(p) in at:
@@ -89,9 +103,8 @@ def most_confused(cm: np.ndarray, classes: Sequence[str], top: int = MOST_CONFUS
     return [p for p in pairs if p[2] > 0]
 
 
-def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metrics: dict | None, title: str,
-                  titles: dict[str, str]) -> None:
-    classes = [str(v) for v in learn.dls.vocab]
+def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, classes: list[str], metrics: dict | None,
+                  title: str, titles: dict[str, str]) -> None:
     pred = probs.argmax(1)
     table = pd.DataFrame({D.ID: rows[D.ID] if D.ID in rows else rows[D.PATH], D.PATH: rows[D.PATH],
                           "predicted": [classes[i] for i in pred],
@@ -107,7 +120,7 @@ def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metri
     name = {c: display_name(c, titles, PICTURE_TITLE) for c in classes}
     confusion_figure(out / "confusion.png", metrics["confusion"], [name[c] for c in classes],
                      [(name[a], name[b], n) for a, b, n in confused], title)
-    targets = _targets(rows, learn)
+    targets = _targets(rows, classes)
     p_true = np.where(targets >= 0, probs[np.arange(len(rows)), np.maximum(targets, 0)], 0.0)
     loss = -np.log(np.clip(p_true, 1e-7, 1))
     worst = np.argsort(-loss, kind="stable")[:TOP_LOSSES]
@@ -120,8 +133,10 @@ def _write_report(out: Path, rows: pd.DataFrame, probs: np.ndarray, learn, metri
 
 
 def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv", tta: bool = False,
-             out: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Metrics and a report folder for `model`: on its saved test split, or on every row of `data`'s CSV.
+             out: Path | None = None, progress: bool = True, backend: str = Backend.auto,
+             precision: str = Precision.auto) -> dict[str, Any]:
+    """Metrics and a report folder for `model` (any model file, on the predictor `predict` would use with the same
+    `backend`, `precision` and `tta`): on its saved test split, or on every row of `data`'s CSV.
 
     Labels are optional with `data`: without a `label_group` column only predictions are written.
     """
@@ -129,13 +144,14 @@ def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv",
     if card.matching is not None:
         raise ShopeeError(f"--model {model}: an embedding model has no classes to score; its matching F1 is in its card, "
                           "and `shopee-fastai match --model` scores it on any labelled CSV")
-    learn = load_learner(model)
-    result: dict[str, Any] = {"model": str(model), "tta": tta}
+    predictor = load_classifier(model, backend, precision, tta)
+    classes = [str(v) for v in predictor.vocab]
+    result: dict[str, Any] = {"model": str(model), "tta": tta, "predictor": predictor.why}
     if data is None:
         split = S.read_split(Path(model).parent / card.split["file"])
         table = D.read_table(Path(card.data))
         rows = S.rows_in_split(table, split, S.TEST)
-        result["valid_accuracy"] = accuracy_on(learn, S.rows_in_split(table, split, S.VALID))
+        result["valid_accuracy"] = accuracy_on(predictor, S.rows_in_split(table, split, S.VALID))
         where = f"{card.name}-test"
     else:
         rows = D.read_table(Path(data), csv_name, labels=False)
@@ -143,10 +159,10 @@ def evaluate(model: Path, data: Path | None = None, csv_name: str = "train.csv",
     if rows.empty:
         raise ShopeeError(f"no images to evaluate on (empty test split of {model}); pass --data DIR")
     labelled = D.LABEL in rows.columns and rows[D.LABEL].notna().all()
-    probs, failures = _probs_for(learn, rows, tta=tta, progress=progress)
-    metrics = classification_metrics(probs, _targets(rows, learn), learn.dls.vocab) if labelled else None
+    probs, failures = _probs_for(predictor, rows, progress=progress)
+    metrics = classification_metrics(probs, _targets(rows, classes), classes) if labelled else None
     out = Path(out or Path("reports") / where)
-    _write_report(out, rows, probs, learn, metrics, card.name, model_titles(model))
+    _write_report(out, rows, probs, classes, metrics, card.name, model_titles(model))
     result.update({"images": len(rows), "unreadable": len(failures), "report": str(out)})
     if metrics:
         result.update({k: v for k, v in metrics.items() if k not in ("per_class", "confusion")})

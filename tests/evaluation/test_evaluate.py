@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -85,3 +86,25 @@ def test_missing_card_is_a_clear_error(trained_cnn, tmp_path):
     lone.write_bytes(trained_cnn.files.pkl.read_bytes())
     with pytest.raises(ShopeeError, match="model card not found"):
         evaluate(lone)
+
+
+@pytest.mark.parametrize("backend, file", [("onnx", "onnx"), ("torch", "safetensors"), ("fastai", "pkl")])
+def test_evaluate_scores_every_backend_as_predict_runs_it(trained_cnn, tmp_path, backend, file):
+    """`evaluate` goes through the predictor `predict` uses: each backend and file format gives the card's score."""
+    model = getattr(trained_cnn.files, file)
+    result = evaluate(model, out=tmp_path / backend, progress=False, backend=backend)
+    card = json.loads(trained_cnn.files.card.read_text())
+    assert result["test_accuracy"] == pytest.approx(card["test_accuracy"], abs=1e-4)
+    assert backend.replace("onnx", "ONNX Runtime").replace("torch", "PyTorch").replace("fastai", "fastai learner") \
+        in result["predictor"]
+
+
+def test_evaluate_refuses_what_predict_refuses(trained_cnn, synthetic, tmp_path):
+    with pytest.raises(ShopeeError, match="--tta runs the fastai learner"):
+        evaluate(trained_cnn.files.onnx, out=tmp_path / "t", tta=True, progress=False)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for f in (trained_cnn.files.pkl, trained_cnn.files.card):  # no int8 graph beside this copy
+        shutil.copy(f, alone / f.name)
+    with pytest.raises(ShopeeError, match="no int8 graph made from this model"):
+        evaluate(alone / trained_cnn.files.pkl.name, data=synthetic, out=tmp_path / "i", precision="int8", progress=False)
