@@ -20,6 +20,7 @@ LAYERS = [
     {"evaluation", "matching"},
     {"training"},
     {"eda", "audit"},
+    {"api"},
     {"app"},
     {"cli", "__main__"},
 ]
