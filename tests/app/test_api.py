@@ -122,7 +122,8 @@ def test_match_finds_the_listing_itself_first_with_titles(served, synthetic):
     assert first["posting_id"] == "p2002_4" and first["similarity"] > 0.99 and first["match"]
     assert first["title"] == "product 2002" and "p2002_4" in got["matches"]
     sims = [n["similarity"] for n in got["nearest"]]
-    assert sims == sorted(sims, reverse=True) and got["matches"] == [n["posting_id"] for n in got["nearest"] if n["match"]]
+    shown = [n["posting_id"] for n in got["nearest"] if n["match"]]  # matches beyond the nearest shown are listed too
+    assert sims == sorted(sims, reverse=True) and got["matches"][: len(shown)] == shown
     bad = httpx.post(f"{served.url}/api/match", files=[("file", ("notes.txt", b"words", "text/plain"))], timeout=60)
     assert bad.status_code == 422 and "notes.txt: not an image file" in bad.json()["error"]
 
@@ -137,12 +138,12 @@ def test_files_outside_the_catalogue_and_examples_are_not_served(served, synthet
 
 @pytest.mark.parametrize("suffix", [".pkl", ".onnx"])
 def test_every_model_format_serves_without_a_catalogue(trained_cnn, synthetic, tmp_path, suffix):
-    from shopee_fastai.inference.export import export_onnx
+    from shopee_fastai.inference.export import write_onnx
     from shopee_fastai.inference.load import load_network
 
     model = trained_cnn.files.pkl
     if suffix == ".onnx":  # alone in its folder: the titles come from the graph's own metadata
-        model = export_onnx(*load_network(model), tmp_path / "alone.onnx")
+        model = write_onnx(*load_network(model), tmp_path / "alone.onnx")
     with running(model, tmp_path / "serve.log") as server:
         health = httpx.get(f"{server.url}/health").json()
         assert health["catalog"] is None and health["titles"] == TITLES
@@ -229,3 +230,57 @@ def test_serve_needs_a_model_or_an_audit_and_names_a_missing_audit(tmp_path):
     assert r.exit_code == 2 and "--model FILE" in r.stderr and "--audit DIR" in r.stderr
     r = CliRunner().invoke(app, ["serve", "--audit", str(tmp_path), "--port", "0"])
     assert r.exit_code == 2 and "run `shopee-fastai audit" in r.stderr, r.stderr
+
+
+def _catalogue_and_new(groups, root):
+    """The `groups` listings split in two folders over the same photos: a catalogue, and 6 new listings."""
+    import pandas as pd
+
+    table = pd.read_csv(groups / "train.csv", dtype=str)
+    new = table.groupby("label_group").tail(1).head(6)
+    for name, rows in (("cat", table.drop(new.index)), ("new", new)):
+        (root / name).mkdir()
+        (root / name / "train_images").symlink_to(groups / "train_images")
+        rows.to_csv(root / name / "train.csv", index=False)
+    return root / "cat", root / "new", list(new["image"])
+
+
+def _with_card(model, dest, **matching):
+    """A copy of the model's files whose card's matching settings say `matching`."""
+    import shutil
+
+    files = model.files
+    dest.mkdir()
+    for f in (files.pkl, files.onnx, files.card):
+        shutil.copy(f, dest / f.name)
+    card = json.loads(files.card.read_text())
+    card["matching"] = {**card["matching"], **matching}
+    (dest / files.card.name).write_text(json.dumps(card))
+    return dest / files.pkl.name
+
+
+@pytest.mark.parametrize("card", [dict(threshold=0.999, min2=True), dict(threshold=0.999, min2=True, calibrated=False)],
+                         ids=["min2 on", "not calibrated"])
+def test_match_catalog_and_the_api_give_the_same_matches(arcface, groups, tmp_path, card):
+    """One answer for one model and one photo: `match --catalog` and `/api/match` share the matcher and the card's
+    settings (min-2 on: each photo's nearest listing; a card marked not calibrated: the defaults)."""
+    import pandas as pd
+
+    cat, new, images = _catalogue_and_new(groups, tmp_path)
+    model = _with_card(arcface, tmp_path / "model", **card)
+    out = tmp_path / "m.csv"
+    r = CliRunner().invoke(app, ["match", "--catalog", str(cat), "--data", str(new), "--model", str(model), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cli = pd.read_csv(out, dtype=str, keep_default_na=False).set_index("posting_id")["matches"].str.split().to_dict()
+    ids = pd.read_csv(new / "train.csv", dtype=str).set_index("image")["posting_id"]
+    with running(model, tmp_path / "serve.log", cat) as server:
+        files = [("file", (n, (groups / "train_images" / n).read_bytes(), "image/jpeg")) for n in images]
+        got = httpx.post(f"{server.url}/api/match", files=files, timeout=300)
+        assert got.status_code == 200, got.text
+        health = httpx.get(f"{server.url}/health").json()["catalog"]
+    api = {ids[x["image"]]: x["matches"] for x in got.json()}
+    assert {k: sorted(v) for k, v in api.items()} == {k: sorted(v) for k, v in cli.items()}
+    if card.get("calibrated", True):
+        assert all(len(v) == 1 for v in api.values()) and health["min2"] and health["threshold"] == 0.999
+    else:
+        assert not health["min2"] and health["threshold"] == 0.6 and "defaults" in health["settings"]
