@@ -40,6 +40,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB") if im.mode != "RGB" else im
 
 
+def upright_rgb(im: Image.Image) -> Image.Image:
+    """A new image, EXIF orientation applied and in RGB: what `load_rgb` makes of a file, for a photo already
+    opened (the caller's image is left as it was)."""
+    return to_rgb(ImageOps.exif_transpose(im))
+
+
 def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
     """Open, decode fully, apply EXIF orientation and convert to RGB.
 
@@ -53,8 +59,7 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return to_rgb(im)
+                return upright_rgb(im)
     except FileNotFoundError as e:
         raise ShopeeError(f"{path}: image file not found; add it or remove its row") from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

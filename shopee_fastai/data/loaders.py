@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from fastai.data.block import CategoryBlock, DataBlock
@@ -15,9 +16,10 @@ from fastai.vision.augment import Hue, Resize, Saturation, aug_transforms
 from fastai.vision.core import PILImage, TensorImage
 from fastai.vision.data import ImageBlock
 from fasttransform import Transform
+from PIL import Image
 
 from ..config import BS, SEED, SIZE, Aug
-from .images import load_rgb
+from .images import load_rgb, upright_rgb
 from .split import SPLIT, VALID
 from .table import LABEL, PATH
 
@@ -32,9 +34,15 @@ class ShopeeImage(PILImage):
     """fastai's PILImage, opened through `load_rgb` (EXIF orientation, any mode to RGB, clear errors)."""
 
     @classmethod
-    def create(cls, fn, **kwargs):
+    def create(cls, fn: Path | str | torch.Tensor | np.ndarray | bytes | Image.Image, **kwargs):
+        """The annotation is the input type the DataBlock records, which `predict` and `test_dl` check items
+        against: the types fastai's own `PILImage.create` takes, so a path, a `PILImage` or a PIL image predicts."""
+        if isinstance(fn, cls):
+            return fn
         if isinstance(fn, (str, Path)):
             return cls(load_rgb(fn))
+        if isinstance(fn, Image.Image):
+            return cls(upright_rgb(fn))
         return super().create(fn, **kwargs)
 
 

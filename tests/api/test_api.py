@@ -25,6 +25,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
+@pytest.mark.timeout(900)  # trains the default recipe on the sample: a minute or two on 2 idle cores
 def test_the_readme_example_runs_as_written_in_an_empty_folder(tmp_path):
     """On the bundled sample, offline, ending with a prediction."""
     out = subprocess.run([sys.executable, "-c", readme_example()], cwd=tmp_path, capture_output=True, text=True,
