@@ -53,7 +53,8 @@ class Loss(Choice):
     subcenter = "subcenter"  # Sub-center ArcFace: several centres per group, robust to odd photos
 
     @property
-    def margin(self) -> bool:
+    def is_embedding(self) -> bool:
+        """Whether this loss trains an embedding for matching (nets.body.is_embedding), not a classifier."""
         return self is not Loss.softmax
 
 
@@ -157,6 +158,7 @@ AUDIT_FOLDS = 5  # cross-validation folds of the out-of-fold probabilities
 AUDIT_CV_MIN = 5  # groups with fewer photos are judged by their photos' neighbours instead
 AUDIT_NEIGHBOURS = 10  # neighbours that vote on a photo's group, and that define an outlier
 AUDIT_DUP_THRESHOLD = TWIN_THRESHOLD  # photos in two groups that are one photo (stricter than a split's near-duplicates)
+AUDIT_MAX_MERGES = 1000  # merge candidates listed, strongest first: a reviewer's list, not every weak link of Shopee's pairs
 AUDIT_OUT = Path("reports/audit")
 
 # Serving (`serve`)
@@ -172,8 +174,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "shopee-fastai")
 
 
+class RunTraits:
+    """What a run's settings imply, the same for a TrainConfig as given and for its ResolvedConfig: one definition
+    for both, read from the fields they share."""
+
+    arch: str
+    pretrained: bool
+    weights: Path | None
+    recipe: Recipe
+    loss: Loss
+    ensemble: int
+    name: str | None
+
+    @property
+    def uses_pretrained(self) -> bool:
+        return bool(self.pretrained or self.weights)
+
+    @property
+    def cached_head(self) -> bool:
+        """Whether the run starts with the features recipe's head phase on cached outputs of a pretrained body."""
+        return self.recipe == Recipe.features and self.uses_pretrained and self.arch != CNN_ARCH
+
+    @property
+    def model_name(self) -> str:
+        if self.name:
+            return self.name
+        if self.loss.is_embedding:
+            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if self.ensemble > 1 else "")
+        if self.ensemble > 1:
+            return f"{self.arch}-ensemble{self.ensemble}"
+        return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunTraits):
     """Everything a training run depends on, as given; checked when made, so a bad value fails before any work.
 
     None leaves a setting to the recipe's default; `resolved` works every default out, for the body at hand.
@@ -256,15 +290,15 @@ class TrainConfig:
             raise ShopeeError(f"--margin-ramp {self.margin_ramp}: a share of training, 0 to 1")
         if not 0 <= self.margin < 90:
             raise ShopeeError(f"--margin {self.margin}: an angle in degrees, 0 to 90")
-        if self.loss.margin and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
+        if self.loss.is_embedding and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
             raise ShopeeError(f"--loss {self.loss}: trains an embedding on cached body outputs; use a timm --arch with "
                               "--pretrained (or --weights) and --recipe features")
-        if not self.loss.margin:
+        if not self.loss.is_embedding:
             given = [n for n, default in (("embed_dim", EMBED_DIM), ("margin", MARGIN), ("scale", SCALE), ("margin_ramp", MARGIN_RAMP))
                      if getattr(self, n) != default]
             if given:
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
-        if self.loss.margin and self.mixup:
+        if self.loss.is_embedding and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
         if self.ensemble > 1 and (not self.uses_pretrained or self.recipe != Recipe.features
                                   or self.arch == CNN_ARCH or self.epochs or self.top_stages == 0):
@@ -273,30 +307,11 @@ class TrainConfig:
         if self.arch == CNN_ARCH and (self.pretrained or self.weights):
             raise ShopeeError("--arch cnn has no pretrained weights; drop --pretrained/--weights or pick a timm arch")
 
-    @property
-    def uses_pretrained(self) -> bool:
-        return bool(self.pretrained or self.weights)
-
-    @property
-    def cached_head(self) -> bool:
-        """Whether the run starts with the features recipe's head phase on cached outputs of a pretrained body."""
-        return self.recipe == Recipe.features and self.uses_pretrained and self.arch != CNN_ARCH
-
-    @property
-    def model_name(self) -> str:
-        if self.name:
-            return self.name
-        if self.loss.margin:
-            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if self.ensemble > 1 else "")
-        if self.ensemble > 1:
-            return f"{self.arch}-ensemble{self.ensemble}"
-        return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
-
     def resolved(self, body_stages: int) -> ResolvedConfig:
         """This config with every default worked out, for a body with `body_stages` stages that can train with the
         head (nets.body.body_stages; 0 without EfficientNet's layout). The run uses it; the model card records it."""
         given = {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
-        if self.loss.margin:  # an embedding's own defaults
+        if self.loss.is_embedding:  # an embedding's own defaults
             top, head_epochs, views = EMBED_TOP_STAGES, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS
         else:
             top, views = TOP_STAGES, HEAD_VIEWS
@@ -308,24 +323,65 @@ class TrainConfig:
             top_stages, head = _or(self.top_stages, 0), {"head_epochs": 0, "head_views": 0}
         return ResolvedConfig(**{
             **given, "top_stages": top_stages, **{k: _or(given[k], v) for k, v in head.items()},
-            "top_groups": _or(self.top_groups, 0 if self.loss.margin else TOP_GROUPS),
+            "top_groups": _or(self.top_groups, 0 if self.loss.is_embedding else TOP_GROUPS),
             "epochs": _or(self.epochs, 0 if self.cached_head else EPOCHS),
             "lr": _or(self.lr, LR[self.opt]), "wd": _or(self.wd, WD[self.opt]), "head_wd": _or(self.wd, HEAD_WD),
-            "name": self.model_name, "refit": self.refit and bool(self.loss.margin)})
+            "name": self.model_name, "refit": self.refit and self.loss.is_embedding})
 
 
-@dataclass(frozen=True)
-class ResolvedConfig(TrainConfig):
-    """A TrainConfig with no default left open (only `weights`, `holdout` and `workers` may be None): what a run
-    uses and what its model card records. Made by `TrainConfig.resolved`."""
+@dataclass(frozen=True, kw_only=True)
+class ResolvedConfig(RunTraits):
+    """The settings a run uses and its model card records: TrainConfig's fields with every default worked out for
+    the body at hand (only `weights`, `holdout` and `workers` may be None), plus `head_wd`. Made by
+    `TrainConfig.resolved`; not a TrainConfig, so a function that needs resolved settings says so in its type."""
 
-    head_wd: float = HEAD_WD  # weight decay of the cached-features phase (--wd sets both)
-
-    def __post_init__(self) -> None:  # made from a checked TrainConfig: nothing left to coerce or check
-        pass
-
-    def resolved(self, body_stages: int) -> ResolvedConfig:
-        return self  # resolved for its body already
+    data: Path
+    # model
+    arch: str
+    pretrained: bool
+    weights: Path | None
+    # data
+    top_groups: int
+    holdout: str | None
+    split: Split
+    dup_threshold: float
+    seed: int
+    size: int
+    bs: int
+    aug: Aug
+    workers: int | None  # None: 0 on CPU, fastai's default with CUDA (the device decides, not the recipe)
+    # recipe
+    recipe: Recipe
+    loss: Loss
+    embed_dim: int
+    margin: float
+    scale: float
+    margin_ramp: float
+    refit: bool
+    head_epochs: int
+    label_smoothing: float
+    top_stages: int
+    body_lr: float
+    head_views: int
+    ensemble: int
+    mixup: float
+    # schedule
+    epochs: int
+    freeze_epochs: int
+    lr: float
+    wd: float
+    opt: Optimizer
+    # run
+    name: str
+    models_dir: Path
+    checkpoint_every: int
+    early_stop: int
+    keep_best: bool
+    resume: bool
+    score_train: bool
+    precision: Precision
+    int8: bool
+    head_wd: float  # weight decay of the cached-features phase (--wd sets both)
 
 
 def _or(value, default):

@@ -97,8 +97,9 @@ def with_config(graph, cfg: dict[str, Any], dest: Path) -> Path:
     return dest
 
 
-def export_onnx(model, cfg: dict[str, Any], dest: Path, source: dict[str, str] | None = None) -> Path:
-    """Write the packaged model to `dest` atomically; it predicts without fastai or torch.
+def write_onnx(model, cfg: dict[str, Any], dest: Path, source: dict[str, str] | None = None) -> Path:
+    """Write a network's packaged graph, with `cfg`, to `dest` atomically; it predicts without fastai or torch.
+    (From a model file, with its int8 graph: training.train.export_onnx, the `export-onnx` command.)
 
     `source`: digests of the model files it was exported from ({".pkl": ..., ".safetensors": ...}), so
     `predict` on one of those can take this graph instead, knowing it holds the same weights.

@@ -137,18 +137,24 @@ def load_network(path: Path, cpu: bool = True) -> tuple[Any, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class Reads:
-    """What one backend runs: the model files it reads and the precisions it computes in."""
+class PredictorBackend:
+    """One backend's entry in BACKENDS: the model files it reads, the precisions it computes in, and its loader,
+    `load(path, asked, precision, tta) -> (predictor, why)`, where `asked` is the --backend given (maybe auto)."""
 
     files: tuple[str, ...]
     precisions: tuple[Precision, ...]
+    load: Callable[[Path, Backend, Precision, bool], tuple[Predictor, str]]
 
 
-READS = {
-    Backend.onnx: Reads((PKL, SAFETENSORS, ONNX), (Precision.auto, Precision.fp32, Precision.int8)),
-    Backend.torch: Reads((PKL, SAFETENSORS), (Precision.auto, Precision.fp32, Precision.bf16, Precision.fp16)),
-    Backend.fastai: Reads((PKL,), (Precision.auto, Precision.fp32)),  # the learner's own get_preds; TTA runs here
-}
+BACKENDS: dict[Backend, PredictorBackend] = {}  # filled by @register_backend below, in the order errors list them
+
+
+def register_backend(backend: Backend, files: tuple[str, ...], precisions: tuple[Precision, ...]):
+    """Decorator: the function is `backend`'s loader, for `files` in `precisions` (as timm's register_model)."""
+    def register(load):
+        BACKENDS[backend] = PredictorBackend(files, precisions, load)
+        return load
+    return register
 
 
 def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Precision.auto, tta: bool = False) -> Predictor:
@@ -163,7 +169,7 @@ def load_predictor(path: Path, backend: str = Backend.auto, precision: str = Pre
     """
     path = require_file(path)
     backend, precision = Backend.parse(backend, "--backend"), Precision.parse(precision, "--precision")
-    predictor, why = _load(path, backend, _backend(path, backend, precision, tta), precision, tta)
+    predictor, why = BACKENDS[_backend(path, backend, precision, tta)].load(path, backend, precision, tta)
     predictor.titles = model_titles(path, getattr(predictor, "cfg", None))
     predictor.why = why
     return predictor
@@ -189,9 +195,9 @@ def _backend(path: Path, backend: Backend, precision: Precision, tta: bool) -> B
         torch_only = precision in (Precision.bf16, Precision.fp16)
         backend = (Backend.fastai if tta else Backend.onnx if precision == Precision.int8 or kind == ONNX
                    else Backend.torch if torch_only or not onnx_available() or gpu_present() else Backend.onnx)
-    reads = READS[backend]
+    reads = BACKENDS[backend]
     if kind not in reads.files:
-        readers = [str(b) for b, r in READS.items() if kind in r.files]
+        readers = [str(b) for b, r in BACKENDS.items() if kind in r.files]
         needs = "the .pkl learner" if reads.files == (PKL,) else " or ".join(reads.files)
         raise ShopeeError(f"{path}: --backend {backend} needs {needs}; a {kind} runs on --backend "
                           f"{' or '.join(readers)}{' only' if len(readers) == 1 else ''}")
@@ -202,25 +208,28 @@ def _backend(path: Path, backend: Backend, precision: Precision, tta: bool) -> B
     return backend
 
 
-def _load(path: Path, asked: Backend, backend: Backend, precision: Precision, tta: bool) -> tuple[Predictor, str]:
-    """The predictor on the `backend` that `_backend` chose for what was `asked`, and why it runs there."""
-    if backend == Backend.fastai:
-        from .torch_backends import LearnerPredictor  # torch-free until a network runs on PyTorch
-
-        return LearnerPredictor(load_learner(path), tta), f"fastai learner{' with TTA' if tta else ''} ({'--tta' if tta else '--backend fastai'})"
+@register_backend(Backend.onnx, (PKL, SAFETENSORS, ONNX), (Precision.auto, Precision.fp32, Precision.int8))
+def _onnx(path: Path, asked: Backend, precision: Precision, tta: bool) -> tuple[Predictor, str]:
+    """ONNX Runtime on the int8 graph, the `.onnx` given, the graph written beside the model, or one exported and
+    cached; PyTorch where the exporter cannot trace the network and --backend onnx was not asked for."""
     if precision == Precision.int8:
         vnni = "" if cpu().int8_dot else "; this CPU has no VNNI: compare speed without --int8"
         return _int8(path), f"ONNX Runtime, int8 graph (asked for with --precision int8 or --int8{vnni})"
     if path.suffix == ONNX:
         return onnx_predictor(path), f"ONNX Runtime, {path.name}"
-    if backend == Backend.onnx:
-        graph = ModelFiles.beside(path).onnx
-        beside = _bound(path, graph)
-        if beside is not None:
-            return beside, f"ONNX Runtime, fp32 graph {graph.name} written with the model; {_int8_note()}"
-        exported = _exported(path, lambda: load_network(path, cpu=True), forced=asked == Backend.onnx)
-        if exported is not None:
-            return exported, f"ONNX Runtime, fp32 graph exported from {path.name} and cached; {_int8_note()}"
+    graph = ModelFiles.beside(path).onnx
+    beside = _bound(path, graph)
+    if beside is not None:
+        return beside, f"ONNX Runtime, fp32 graph {graph.name} written with the model; {_int8_note()}"
+    exported = _exported(path, lambda: load_network(path, cpu=True), forced=asked == Backend.onnx)
+    if exported is not None:
+        return exported, f"ONNX Runtime, fp32 graph exported from {path.name} and cached; {_int8_note()}"
+    return _torch(path, asked, precision, tta)
+
+
+@register_backend(Backend.torch, (PKL, SAFETENSORS), (Precision.auto, Precision.fp32, Precision.bf16, Precision.fp16))
+def _torch(path: Path, asked: Backend, precision: Precision, tta: bool) -> tuple[Predictor, str]:
+    """The bare network on PyTorch: mixed precision on a GPU, channels-last on CPU."""
     from .torch_backends import TorchBackend  # torch-free until a network runs on PyTorch
 
     gpu = gpu_present()
@@ -228,6 +237,14 @@ def _load(path: Path, asked: Backend, backend: Backend, precision: Precision, tt
     why = ("--backend torch" if asked == Backend.torch else "a GPU" if gpu else f"--precision {precision}"
            if precision != Precision.auto else "no onnxruntime" if not onnx_available() else "the ONNX export failed")
     return FastPredictor(torch_backend, torch_backend.cfg), f"PyTorch on {'GPU' if gpu else 'CPU'}, {torch_backend.precision} ({why})"
+
+
+@register_backend(Backend.fastai, (PKL,), (Precision.auto, Precision.fp32))
+def _fastai(path: Path, asked: Backend, precision: Precision, tta: bool) -> tuple[Predictor, str]:
+    """The learner's own get_preds: the one backend that runs fastai's test-time augmentation."""
+    from .torch_backends import LearnerPredictor  # torch-free until a network runs on PyTorch
+
+    return LearnerPredictor(load_learner(path), tta), f"fastai learner{' with TTA' if tta else ''} ({'--tta' if tta else '--backend fastai'})"
 
 
 def _int8_note() -> str:
@@ -253,9 +270,9 @@ def cached_onnx(model_file: Path, build: Callable[[], tuple[Any, dict[str, Any]]
     """The ONNX graph for `model_file`, exported on first use and cached by the file's identity."""
     dest = cache_dir() / "onnx" / f"{model_file.stem}-{file_key(model_file)}{ONNX}"
     if not dest.is_file():
-        from .export import export_onnx  # imports torch, onnx and fastai: only a cache miss exports
+        from .export import write_onnx  # imports torch, onnx and fastai: only a cache miss exports
 
-        export_onnx(*build(), dest)
+        write_onnx(*build(), dest)
     return dest
 
 

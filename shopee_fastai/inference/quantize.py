@@ -20,7 +20,7 @@ from ..config import INT8_PHOTOS
 from ..errors import ShopeeError
 from ..io import digest
 from .backends import ONNX_INPUT, batches, onnx_session
-from .export import export_onnx, with_config
+from .export import with_config, write_onnx
 from .load import onnx_config
 
 CALIBRATION_BS = 32
@@ -91,7 +91,7 @@ def write_graphs(model, cfg: dict[str, Any], dest: Path, sources: Sequence[Path]
     source = {Path(p).suffix: digest(Path(p)) for p in sources if Path(p).is_file()}
     started = time.perf_counter()
     try:
-        written = [export_onnx(model, cfg, dest, source)]
+        written = [write_onnx(model, cfg, dest, source)]
     except ShopeeError:
         raise
     except Exception as e:  # the exporter's own exception types: an arch it cannot trace

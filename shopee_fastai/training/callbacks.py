@@ -25,7 +25,7 @@ from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
 from torch import nn
 
 from ..artifacts import ModelFiles
-from ..config import GUARD_EVERY, GUARD_FLOOR, GUARD_RISE, GUARD_WARMUP, Precision, TrainConfig, option
+from ..config import GUARD_EVERY, GUARD_FLOOR, GUARD_RISE, GUARD_WARMUP, Precision, ResolvedConfig, option
 from ..device import resolve_precision, world
 from ..errors import ShopeeError
 from ..io import atomic_path, write_json
@@ -288,7 +288,7 @@ def remove_checkpoint(files: ModelFiles) -> None:
         p.unlink(missing_ok=True)
 
 
-def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> list:
+def stopping_callbacks(cfg: ResolvedConfig, files: ModelFiles, start: int = 0) -> list:
     """fastai's EarlyStoppingCallback and SaveModelCallback (best epoch by valid loss, or matching F1 for an
     embedding, reloaded at the phase's end),
     blind to the epochs a resumed phase skips (fastai records those as empty rows)."""
@@ -302,7 +302,7 @@ def stopping_callbacks(cfg: TrainConfig, files: ModelFiles, start: int = 0) -> l
         return FromStart
 
     # an embedding's valid loss is a pair loss; what it is for is matching
-    watch = dict(monitor=F1_METRIC, comp=np.greater) if cfg.loss.margin else dict(monitor="valid_loss")
+    watch = dict(monitor=F1_METRIC, comp=np.greater) if cfg.loss.is_embedding else dict(monitor="valid_loss")
     cbs: list = []
     if cfg.early_stop:
         cbs.append(from_start(EarlyStoppingCallback)(patience=cfg.early_stop, **watch))

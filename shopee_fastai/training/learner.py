@@ -50,7 +50,7 @@ class Prepared:
         return S.rows_in_split(self.table, self.split, name).assign(**{S.SPLIT: name})
 
 
-def check_environment(cfg: TrainConfig) -> None:
+def check_environment(cfg: ResolvedConfig) -> None:
     """What TrainConfig cannot check by itself: the precision runs here, models_dir is writable."""
     resolve_precision(cfg.precision, torch.cuda.is_available())
     try:  # fail before training, not at export time
@@ -90,7 +90,7 @@ def split_data(cfg: TrainConfig) -> tuple[pd.DataFrame, LeakFreeSplit]:
 
 def prepare(cfg: ResolvedConfig, skipped_report: Path | None = None, valid_groups: float = VALID_GROUPS) -> Prepared:
     table, skipped, hits = readable_table(cfg, skipped_report)
-    if cfg.loss.margin:  # an embedding validates on whole groups it never trains on
+    if cfg.loss.is_embedding:  # an embedding validates on whole groups it never trains on
         split = S.group_split(table, cfg.seed, valid_groups, holdout=cfg.holdout)
         if not (split == S.TRAIN).any():
             raise ShopeeError(f"{cfg.data}: no training images outside --holdout {cfg.holdout!r}")
@@ -121,7 +121,7 @@ def build_learner(dls, cfg: ResolvedConfig, choice: WeightsChoice):
             if choice.pretrained:
                 raise weights_load_error(cfg.arch, choice, e) from e
             raise
-    if cfg.loss.margin:  # an embedding: BN-neck head, margin loss, matching F1 on unseen groups
+    if cfg.loss.is_embedding:  # an embedding: BN-neck head, margin loss, matching F1 on unseen groups
         learn.model[1] = embedding_head(body_features(learn.model), cfg.embed_dim)
         goal = objective(cfg, len(dls.vocab))
         learn.loss_func, learn.metrics = goal.loss_func, goal.metrics
@@ -136,13 +136,13 @@ def setup(cfg: TrainConfig, skipped_report: Path | None = None,
           valid_groups: float = VALID_GROUPS) -> tuple[ResolvedConfig, WeightsChoice, Prepared, Any]:
     """Resolve the settings, check the environment and the weights (fail fast), prepare and split the data (an
     embedding holding out `valid_groups` of its groups), and build the learner."""
-    cfg = resolve(cfg)
-    check_environment(cfg)
-    choice = resolve_weights(cfg.arch, cfg.pretrained, cfg.weights)
-    prep = prepare(cfg, skipped_report, valid_groups)
+    run = resolve(cfg)
+    check_environment(run)
+    choice = resolve_weights(run.arch, run.pretrained, run.weights)
+    prep = prepare(run, skipped_report, valid_groups)
     train_valid = pd.concat([prep.rows(S.TRAIN), prep.rows(S.VALID)], ignore_index=True)
     # an embedding's validation groups are not among its training groups: name them all in the vocabulary
-    vocab = sorted(train_valid[D.LABEL].astype(str).unique()) if cfg.loss.margin else None
-    dls = make_dataloaders(train_valid, input_stats(cfg.arch), LoaderConfig(cfg.size, cfg.bs, cfg.aug, cfg.workers, cfg.seed),
+    vocab = sorted(train_valid[D.LABEL].astype(str).unique()) if run.loss.is_embedding else None
+    dls = make_dataloaders(train_valid, input_stats(run.arch), LoaderConfig(run.size, run.bs, run.aug, run.workers, run.seed),
                            vocab)
-    return cfg, choice, prep, build_learner(dls, cfg, choice)
+    return run, choice, prep, build_learner(dls, run, choice)

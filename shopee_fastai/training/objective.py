@@ -8,7 +8,7 @@ Sub-center ArcFace) and validates on label groups it never trained on: its valid
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Metric, accuracy
 from torch import nn
 
-from ..config import SEED, SUB_CENTERS, Loss, TrainConfig
+from ..config import SEED, SUB_CENTERS, Loss, ResolvedConfig
 from ..data import split as S
 from ..data.table import LABEL, PATH
 from ..errors import ShopeeError
@@ -26,6 +26,12 @@ from ..inference.embed import aligned
 from ..inference.torch_backends import predict_probs
 from ..matching import Calibration, MatchSettings, calibrate, find, score, shopee_draws, true_matches
 from .callbacks import F1_METRIC, ValidLoss
+
+# pytorch-metric-learning's class for each margin loss, with what it takes beyond ArcFace's arguments
+MARGIN_LOSSES: dict[Loss, tuple[str, dict[str, Any]]] = {
+    Loss.arcface: ("ArcFaceLoss", {}),
+    Loss.subcenter: ("SubCenterArcFaceLoss", {"sub_centers": SUB_CENTERS}),
+}
 
 
 class MarginLoss(nn.Module):
@@ -38,11 +44,8 @@ class MarginLoss(nn.Module):
         super().__init__()
         from pytorch_metric_learning import losses  # optional: only margin losses need it, and --loss says how to get it
 
-        if loss == Loss.subcenter:
-            self.loss = losses.SubCenterArcFaceLoss(num_classes=n_classes, embedding_size=dim, margin=margin,
-                                                    scale=scale, sub_centers=SUB_CENTERS)
-        else:
-            self.loss = losses.ArcFaceLoss(num_classes=n_classes, embedding_size=dim, margin=margin, scale=scale)
+        name, extra = MARGIN_LOSSES[loss]
+        self.loss = getattr(losses, name)(num_classes=n_classes, embedding_size=dim, margin=margin, scale=scale, **extra)
 
     def forward(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss(emb.float(), y.as_subclass(torch.Tensor).long())
@@ -116,10 +119,32 @@ class Objective:
         return list(self.loss_func.parameters()) if isinstance(self.loss_func, nn.Module) else []
 
 
-def objective(cfg: TrainConfig, n_classes: int, label_smoothing: float = 0.0) -> Objective:
+OBJECTIVES: dict[Loss, Callable[[ResolvedConfig, int, float], Objective]] = {}  # filled by @register_objective
+
+
+def register_objective(*losses: Loss):
+    """Decorator: `fn(cfg, n_classes, label_smoothing) -> Objective` builds the objective of `losses` (as timm's
+    register_model)."""
+    def register(fn):
+        OBJECTIVES.update(dict.fromkeys(losses, fn))
+        return fn
+    return register
+
+
+def objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float = 0.0) -> Objective:
     """The objective `cfg.loss` asks for, over `n_classes` training classes."""
-    if not cfg.loss.margin:
-        return Objective(CrossEntropyLossFlat(label_smoothing=label_smoothing), [accuracy], [ValidLoss(CrossEntropyLossFlat())])
+    return OBJECTIVES[cfg.loss](cfg, n_classes, label_smoothing)
+
+
+@register_objective(Loss.softmax)
+def softmax_objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float) -> Objective:
+    """Cross-entropy over the training groups, scored by accuracy; its valid loss without label smoothing."""
+    return Objective(CrossEntropyLossFlat(label_smoothing=label_smoothing), [accuracy], [ValidLoss(CrossEntropyLossFlat())])
+
+
+@register_objective(*MARGIN_LOSSES)
+def margin_objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float) -> Objective:
+    """A margin loss, scored by matching F1 and validated by a pair loss on groups it never trains on."""
     try:
         loss = MarginLoss(cfg.loss, n_classes, cfg.embed_dim, cfg.margin, cfg.scale)
     except ImportError as e:

@@ -17,7 +17,7 @@ from fastai.callback.schedule import minimum, slide, steep, valley
 
 from .. import __version__
 from ..artifacts import ModelCard, ModelFiles
-from ..config import REFIT_VALID_GROUPS, VALID_GROUPS, TrainConfig
+from ..config import REFIT_VALID_GROUPS, VALID_GROUPS, ResolvedConfig, TrainConfig
 from ..data import split as S
 from ..data.table import LABEL, calibration_photos, group_titles, read_table
 from ..device import leave_world, world
@@ -60,7 +60,7 @@ def fit_learner(cfg: TrainConfig) -> Trained:
     trained = _fit(cfg, VALID_GROUPS)
     first = trained.card.matching
     # a refit needs settings to keep and more groups to train on (with few groups both runs hold out 2)
-    if not (cfg.loss.margin and cfg.refit and first.get("calibrated") and first["valid_groups"] > 2):
+    if not (cfg.loss.is_embedding and cfg.refit and first.get("calibrated") and first["valid_groups"] > 2):
         return trained
     seconds, held_out = trained.card.wall_time_s["total"], sorted(trained.prep.rows(S.VALID)[LABEL].astype(str).unique())
     del trained  # its learner and cached maps, before the second run builds its own
@@ -81,31 +81,31 @@ def fit_learner(cfg: TrainConfig) -> Trained:
 def _fit(cfg: TrainConfig, valid_groups: float) -> Trained:
     files = ModelFiles.of(cfg.models_dir, cfg.model_name)
     started = time.perf_counter()
-    cfg, choice, prep, learn = setup(cfg, files.skipped, valid_groups)  # from here on, the resolved settings: the card records them
-    if cfg.ensemble > 1:
-        as_ensemble(learn, cfg)
-    history, ran, times = fit(learn, cfg)
-    mean, std = input_stats(cfg.arch)
-    passes = sum(cfg.head_views if h["phase"].startswith("head") else 1 for h in ran)  # a head epoch passes every cached view
+    run, choice, prep, learn = setup(cfg, files.skipped, valid_groups)  # from here on, the resolved settings: the card records them
+    if run.ensemble > 1:
+        as_ensemble(learn, run)
+    history, ran, times = fit(learn, run)
+    mean, std = input_stats(run.arch)
+    passes = sum(run.head_views if h["phase"].startswith("head") else 1 for h in ran)  # a head epoch passes every cached view
     card = ModelCard(
-        name=cfg.name, arch=cfg.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
-        input={"size": cfg.size, "mean": list(mean), "std": list(std)}, data=str(Path(cfg.data).resolve()),
-        config={k: v for k, v in asdict(cfg).items() if k != "data"},
-        split={"mode": "groups" if cfg.loss.margin else str(cfg.split), "seed": cfg.seed, "holdout": cfg.holdout, "file": files.split.name,
+        name=run.name, arch=run.arch, weights=choice.source, classes=[str(c) for c in learn.dls.vocab],
+        input={"size": run.size, "mean": list(mean), "std": list(std)}, data=str(Path(run.data).resolve()),
+        config={k: v for k, v in asdict(run).items() if k != "data"},
+        split={"mode": "groups" if run.loss.is_embedding else str(run.split), "seed": run.seed, "holdout": run.holdout, "file": files.split.name,
                **S.counts(prep.split)},
         leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
         images_per_s=round(len(learn.dls.train_ds) * passes / sum(times.values()), 1) if times else 0.0,
-        **_scores(learn, prep, cfg),
+        **_scores(learn, prep, run),
         wall_time_s={"total": round(time.perf_counter() - started, 1), **{k: round(v, 1) for k, v in times.items()}},
         versions=versions())
     return Trained(learn, card, prep, files)
 
 
-def _scores(learn, prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
+def _scores(learn, prep: Prepared, cfg: ResolvedConfig) -> dict[str, Any]:
     """A classifier's accuracy on each split; an embedding's matching settings and F1 on groups it never saw."""
-    if cfg.loss.margin:
+    if cfg.loss.is_embedding:
         return {"matching": calibrate_matching(learn, prep, cfg.seed)}
     scores = {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
               "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
@@ -187,11 +187,11 @@ def train(cfg: TrainConfig) -> ModelCard:
 
 def lr_find(cfg: TrainConfig, plot: Path | None = None) -> dict[str, float]:
     """fastai's LR range test on the phase `train` starts with (the frozen head if pretrained); plot saved as PNG."""
-    cfg, _, _, learn = setup(cfg)
+    run, _, _, learn = setup(cfg)
     matplotlib.use("Agg")  # lr_find draws with pyplot: onto a file, never a window
     plt.close("all")
     found = learn.lr_find(suggest_funcs=(valley, slide, minimum, steep), show_plot=True)
-    with atomic_path(plot or ModelFiles.of(cfg.models_dir, cfg.name).lr_find) as tmp:
+    with atomic_path(plot or ModelFiles.of(run.models_dir, run.name).lr_find) as tmp:
         plt.gcf().savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close("all")
     return {k: float(v) for k, v in found._asdict().items()}

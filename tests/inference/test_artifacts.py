@@ -73,7 +73,7 @@ def test_titles_travel_with_every_model_format(trained_cnn, tmp_path):
     import shutil
 
     from shopee_fastai.artifacts import ModelCard, model_titles
-    from shopee_fastai.inference.export import export_onnx
+    from shopee_fastai.inference.export import write_onnx
     from shopee_fastai.inference.load import load_network, load_predictor
 
     expected = {c: f"product {c}" for c in ("1001", "2002", "3003")}
@@ -83,7 +83,7 @@ def test_titles_travel_with_every_model_format(trained_cnn, tmp_path):
     alone = tmp_path / "alone.safetensors"
     shutil.copy(files.safetensors, alone)
     assert model_titles(alone, load_network(alone)[1]) == expected
-    onnx_file = export_onnx(*load_network(files.pkl), tmp_path / "alone.onnx")
+    onnx_file = write_onnx(*load_network(files.pkl), tmp_path / "alone.onnx")
     for model in (files.pkl, files.safetensors, alone, onnx_file):
         assert load_predictor(model).titles == expected, model
 

@@ -3,13 +3,13 @@ import pytest
 import torch
 from PIL import Image
 
-from shopee_fastai.config import cache_dir
+from shopee_fastai.config import Backend, cache_dir
 from shopee_fastai.data.images import crop_resize, decode
 from shopee_fastai.device import cpu_has_bf16
 from shopee_fastai.errors import ShopeeError
 from shopee_fastai.inference import load as L
 from shopee_fastai.inference.backends import FastPredictor
-from shopee_fastai.inference.export import export_onnx, learner_config
+from shopee_fastai.inference.export import learner_config, write_onnx
 from shopee_fastai.inference.load import load_predictor
 from shopee_fastai.inference.torch_backends import TorchBackend, predict_probs
 
@@ -38,7 +38,7 @@ def test_torch_backend_predicts_like_the_learner(trained_cnn, photos, reference)
 
 def test_onnx_export_predicts_like_the_learner_and_carries_its_config(trained_cnn, photos, reference, tmp_path):
     cfg = learner_config(trained_cnn.learn)
-    dest = export_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
+    dest = write_onnx(trained_cnn.learn.model, cfg, tmp_path / "m.onnx")
     model = load_predictor(dest)
     assert model.backend.name == "onnx" and model.cfg == cfg and model.vocab == cfg["classes"]
     assert np.allclose(model.outputs(photos, progress=False).outputs, reference, atol=1e-4)  # these are small: no draft
@@ -97,14 +97,18 @@ def test_draft_decoding_keeps_large_photos_close(tmp_path):
 def test_backend_mismatches_are_one_line_errors(trained_cnn, tmp_path, backend, suffix, message):
     path = getattr(trained_cnn.files, suffix) if suffix != "onnx" else tmp_path / "m.onnx"
     if suffix == "onnx":
-        export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
+        write_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), path)
     with pytest.raises(ShopeeError, match=message):
         load_predictor(path, backend=backend)
 
 
+def test_every_backend_has_one_registry_entry_listed_in_the_order_errors_name_them():
+    assert list(L.BACKENDS) == [Backend.onnx, Backend.torch, Backend.fastai] and set(Backend) == {Backend.auto, *L.BACKENDS}
+
+
 def test_broken_or_foreign_onnx_files_are_refused(trained_cnn, tmp_path):
     cut = tmp_path / "cut.onnx"
-    export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
+    write_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), cut)
     cut.write_bytes(cut.read_bytes()[:1000])
     with pytest.raises(ShopeeError, match="not a readable ONNX model"):
         load_predictor(cut)
@@ -135,7 +139,7 @@ def test_tta_predicts_with_the_learners_augmentations_and_needs_the_pkl(trained_
     # the augmented passes change the outputs; a confident model saturates its probabilities, so compare logs
     assert not np.allclose(np.log(got.outputs + 1e-30), np.log(plain.outputs + 1e-30))
     onnx = tmp_path / "m.onnx"
-    export_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
+    write_onnx(trained_cnn.learn.model, learner_config(trained_cnn.learn), onnx)
     for path, backend in ((trained_cnn.files.safetensors, "auto"), (trained_cnn.files.pkl, "torch"), (onnx, "auto")):
         with pytest.raises(ShopeeError, match="--tta runs the fastai learner"):
             load_predictor(path, backend=backend, tta=True)

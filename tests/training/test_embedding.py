@@ -163,15 +163,23 @@ def test_embedding_options_on_a_classifier_are_one_line(groups):
         TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, margin=20)
 
 
+def test_every_loss_has_one_objective_and_every_embedding_loss_a_margin_loss():
+    from shopee_fastai.config import Loss
+    from shopee_fastai.training.objective import MARGIN_LOSSES, OBJECTIVES
+
+    assert set(OBJECTIVES) == set(Loss) and set(MARGIN_LOSSES) == {loss for loss in Loss if loss.is_embedding}
+
+
 def test_the_margin_ramp_grows_the_margin_to_its_full_angle(groups):
     import torch
     from fastai.callback.core import Callback
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
 
+    from shopee_fastai.training.learner import resolve
     from shopee_fastai.training.objective import MarginRamp, objective
 
-    cfg = TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", embed_dim=8, margin_ramp=0.5)
+    cfg = resolve(TrainConfig(data=groups, arch=OFFLINE_ARCH, pretrained=True, loss="arcface", embed_dim=8, margin_ramp=0.5))
     goal = objective(cfg, 4)
     seen = []
 

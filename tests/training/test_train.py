@@ -155,6 +155,28 @@ def test_settings_resolve_once_for_the_body_at_hand(synthetic):
     assert (sgd.lr, sgd.wd, sgd.head_epochs, sgd.top_stages) == (LR[Optimizer.sgd], WD[Optimizer.sgd], 0, 0)  # no head phase
 
 
+def test_a_resolved_config_leaves_nothing_open_and_is_no_train_config(synthetic):
+    """Only `weights`, `holdout` and `workers` may be None once resolved, in its values and its types; the card
+    records TrainConfig's keys plus `head_wd`; and an unresolved config cannot pass for a resolved one."""
+    import dataclasses
+
+    from shopee_fastai.config import ResolvedConfig
+    from shopee_fastai.training.learner import resolve
+
+    optional = {"weights", "holdout", "workers"}
+    lite = dict(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True)
+    for cfg in (TrainConfig(data=synthetic, arch="cnn"), TrainConfig(**lite), TrainConfig(**lite, loss="arcface"),
+                TrainConfig(**lite, ensemble=2), TrainConfig(**lite, recipe="fine-tune")):
+        run = resolve(cfg)
+        assert [f.name for f in dataclasses.fields(run) if getattr(run, f.name) is None and f.name not in optional] == []
+        assert list(dataclasses.asdict(run)) == [f.name for f in dataclasses.fields(TrainConfig)] + ["head_wd"]
+        assert run.model_name == run.name == cfg.model_name and run.cached_head == cfg.cached_head
+    assert {f.name for f in dataclasses.fields(ResolvedConfig) if "None" in str(f.type)} == optional
+    assert not issubclass(ResolvedConfig, TrainConfig) and not isinstance(TrainConfig(**lite), ResolvedConfig)
+    with pytest.raises(TypeError):
+        ResolvedConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})  # no head_wd: not resolved
+
+
 def test_groups_too_small_to_split_say_so(tmp_path):
     from ..conftest import make_synthetic
 
