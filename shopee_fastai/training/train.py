@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 import timm
 import torch
 from fastai.callback.schedule import minimum, slide, steep, valley
+from fastai.data.core import DataLoaders
 
 from .. import __version__
 from ..artifacts import ModelCard, ModelFiles
@@ -139,12 +141,28 @@ def export(trained: Trained) -> None:
     strip(trained.learn)
     S.write_split(trained.prep.split, files.split)
     training_curves(files.curves, card.history, f"{card.name}: training curves")
-    with atomic_path(files.pkl) as tmp:
+    with atomic_path(files.pkl) as tmp, keeping_valid(trained.learn.dls):
         trained.learn.export(tmp.resolve())
     write_safetensors(trained.learn, card.arch, files.safetensors, card.titles)
     _write_graphs(trained)
     card.write(files.card)
     remove_checkpoint(files)  # the model is complete now
+
+
+@contextmanager
+def keeping_valid(dls):
+    """fastai's `export` empties the DataLoaders; keep the validation rows (paths and labels, not photos), so that
+    `show_results()` and `ClassificationInterpretation.from_learner` work on the loaded learner as on the trained
+    one, wherever those photos are."""
+    def new_empty():
+        empty = DataLoaders.new_empty(dls)
+        return DataLoaders(empty.train, dls.valid.new(shuffle=False), path=dls.path, device=dls.device)
+
+    dls.new_empty = new_empty
+    try:
+        yield
+    finally:
+        del dls.new_empty
 
 
 def _write_graphs(trained: Trained) -> None:

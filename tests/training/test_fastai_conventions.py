@@ -60,6 +60,10 @@ with learn.no_bar():
     got["most_confused"] = interp.most_confused()
     interp.plot_confusion_matrix()
     got["plotted"] = len(plt.gcf().axes)
+    plt.close("all")
+    learn.show_results(max_n=4)  # the validation rows travel with the export
+    got["shown_valid"] = len(plt.get_fignums())
+    got["valid_confusion"] = int(ClassificationInterpretation.from_learner(learn).confusion_matrix().sum())
 got["modules"] = sorted(m for m in sys.modules if m.startswith("shopee_fastai"))
 out.write_text(json.dumps(got))
 """
@@ -78,6 +82,11 @@ def plain(trained_cnn, synthetic, tmp_path_factory):
 
 def test_the_pickle_loads_without_the_cli(plain):
     assert "shopee_fastai.cli" not in plain["modules"]
+
+
+def test_show_results_and_interpretation_need_no_arguments_on_the_loaded_learner(plain, trained_cnn):
+    card = json.loads(trained_cnn.files.card.read_text())
+    assert plain["shown_valid"] >= 1 and plain["valid_confusion"] == card["split"]["valid"]
     assert "shopee_fastai.data.loaders" in plain["modules"]  # the image type the DataBlock names
 
 
