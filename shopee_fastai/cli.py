@@ -85,7 +85,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "ensemble": "Train N models on one cache of the frozen body (each its own seed) and export them as one model that averages their probabilities (an embedding: their unit-length embeddings).",
     "body_lr": "Learning rate of those body stages.",
     "label_smoothing": "Label smoothing of the cached-features phase.",
-    "loss": "softmax: a classifier; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.",
+    "loss": "softmax: a classifier; gce: a classifier whose bounded loss resists mislabelled photos; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.",
     "embed_dim": "Embedding size of a margin --loss.",
     "margin": "Angular margin of a margin --loss, in degrees.",
     "scale": "Logit scale of a margin --loss.",

@@ -49,13 +49,14 @@ class Recipe(Choice):
 
 class Loss(Choice):
     softmax = "softmax"  # a classifier over the training groups
+    gce = "gce"  # a classifier whose loss is bounded, so moved labels pull less (generalised cross-entropy)
     arcface = "arcface"  # an embedding for matching: additive angular margin (pytorch-metric-learning)
     subcenter = "subcenter"  # Sub-center ArcFace: several centres per group, robust to odd photos
 
     @property
     def is_embedding(self) -> bool:
         """Whether this loss trains an embedding for matching (nets.body.is_embedding), not a classifier."""
-        return self is not Loss.softmax
+        return self in (Loss.arcface, Loss.subcenter)
 
 
 class Aug(Choice):
@@ -122,6 +123,7 @@ GUARD_EVERY = 25  # steps between snapshots of good weights to return to
 
 # The features recipe
 LABEL_SMOOTHING = 0.1
+GCE_Q = 0.7  # --loss gce: Zhang & Sabuncu's value; 0 is cross-entropy, 1 mean absolute error
 TOP_STAGES = 3  # last body stages trained with the head, where the body has EfficientNet's layout
 BODY_LR = 5e-4
 HEAD_WD = 0.01  # weight decay of the cached-features phase, whose optimizer is AdamW whatever --opt says

@@ -18,7 +18,7 @@ from fastai.optimizer import SGD, Adam
 from fastai.torch_core import set_seed
 from fastai.vision.learner import vision_learner
 
-from ..config import CNN_ARCH, VALID_GROUPS, Optimizer, ResolvedConfig, Split, TrainConfig
+from ..config import CNN_ARCH, VALID_GROUPS, Loss, Optimizer, ResolvedConfig, Split, TrainConfig
 from ..data import split as S
 from ..data import table as D
 from ..data.cache import use_cache
@@ -128,6 +128,8 @@ def build_learner(dls, cfg: ResolvedConfig, choice: WeightsChoice):
         learn.add_cbs(goal.callbacks)
         learn.opt = None  # vision_learner made one for the replaced head
         learn.freeze()  # an embedding is always pretrained (TrainConfig checks): the body stays frozen
+    elif cfg.loss != Loss.softmax:  # another classifier loss: every phase trains with it
+        learn.loss_func = objective(cfg, len(dls.vocab)).loss_func
     learn.precision = configure(learn, cfg.precision)
     return learn
 

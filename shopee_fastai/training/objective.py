@@ -18,7 +18,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Metric, accuracy
 from torch import nn
 
-from ..config import SEED, SUB_CENTERS, Loss, ResolvedConfig
+from ..config import GCE_Q, SEED, SUB_CENTERS, Loss, ResolvedConfig
 from ..data import split as S
 from ..data.table import LABEL, PATH
 from ..errors import ShopeeError
@@ -151,6 +151,33 @@ def margin_objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float
         raise ShopeeError(f"--loss {cfg.loss} needs pytorch-metric-learning: pip install pytorch-metric-learning") from e
     ramp = [MarginRamp(loss, cfg.margin, cfg.margin_ramp)] if cfg.margin_ramp else []
     return Objective(loss, [MatchF1()], [ValidLoss(PairLoss()), *ramp])
+
+
+class GeneralisedCrossEntropy(nn.Module):
+    """(1 - p_y^q) / q (Zhang & Sabuncu, 2018): cross-entropy as q -> 0, mean absolute error at q = 1. Bounded, so
+    a photo filed under the wrong group cannot pull the network as hard as cross-entropy lets it; fastai reads
+    its `activation` and `decodes` as a classifier's."""
+
+    def __init__(self, q: float = GCE_Q):
+        super().__init__()
+        self.q = q
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = F.softmax(logits.float(), dim=1).gather(1, y.as_subclass(torch.Tensor).long()[:, None]).squeeze(1)
+        return ((1 - p.clamp_min(1e-7) ** self.q) / self.q).mean()
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(x, dim=1)
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        return x.argmax(dim=1)
+
+
+@register_objective(Loss.gce)
+def gce_objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float) -> Objective:
+    """Generalised cross-entropy over the training groups (label smoothing does not apply: the loss is already
+    bounded), scored by accuracy; its valid loss plain cross-entropy, comparable with the softmax objective's."""
+    return Objective(GeneralisedCrossEntropy(), [accuracy], [ValidLoss(CrossEntropyLossFlat())])
 
 
 def _embed(learn, rows) -> np.ndarray:
