@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from fastai.callback.mixup import MixUp
+from fastai.callback.training import GradientClip
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
@@ -27,7 +28,7 @@ from fastai.torch_core import params, set_seed, trainable_params
 from fastprogress.fastprogress import progress_bar
 from torch import nn
 
-from ..config import ResolvedConfig
+from ..config import ADAM_BETAS, GRAD_CLIP, ResolvedConfig
 from ..data.table import LABEL, PATH
 from ..errors import ShopeeError
 from ..inference.export import onnx_module
@@ -40,7 +41,7 @@ from .objective import objective
 HEAD_BS = 64
 VALID_BS = 256
 # One-cycle settings of the trained phase: torch's OneCycleLR defaults (warm-up 30 %, final lr max/2.5e5), with
-# PyTorch's AdamW (weight decay on every parameter) behind fastai's OptimWrapper.
+# PyTorch's AdamW (weight decay on every parameter, config.ADAM_BETAS) behind fastai's OptimWrapper, gradients clipped.
 PCT_START, DIV_FINAL = 0.3, 2.5e5
 
 
@@ -181,14 +182,14 @@ def features_learner(learn, cfg: ResolvedConfig, member: int = 0, shared: dict |
                       DataLoader(valid, bs=VALID_BS, create_batch=valid.batch, after_batch=_float), device=device)
     body = split.body
     goal = objective(cfg, len(learn.dls.vocab), cfg.label_smoothing)
-    cbs: list = goal.callbacks + ([FrozenBatchNormStats(body)] if body is not None else [])
+    cbs: list = goal.callbacks + ([FrozenBatchNormStats(body)] if body is not None else []) + [GradientClip(GRAD_CLIP)]
     if cfg.mixup:
         cbs.append(MixUp(cfg.mixup))
     if body is not None:
         body.requires_grad_(True)
     # the margin loss's class centres train with the head
     head = (lambda m: params(m[1]) + goal.params) if body is not None else (lambda m: trainable_params(m) + goal.params)
-    flearn = Learner(dls, split.trained, loss_func=goal.loss_func, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
+    flearn = Learner(dls, split.trained, loss_func=goal.loss_func, opt_func=partial(OptimWrapper, opt=partial(torch.optim.AdamW, betas=ADAM_BETAS)),
                      metrics=goal.metrics, wd=cfg.head_wd, wd_bn_bias=True,
                      splitter=(lambda m: [params(m[0]), head(m)]) if body is not None else (lambda m: [head(m)]),
                      path=Path("."), model_dir=".", cbs=cbs)
