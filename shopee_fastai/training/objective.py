@@ -1,4 +1,5 @@
-"""What a model learns: a softmax classifier over its training groups, or an embedding for matching.
+"""What a model learns: a classifier over its training groups (cross-entropy, or generalised cross-entropy for
+mislabelled catalogues), or an embedding for matching.
 
 An embedding trains with an additive angular margin loss from pytorch-metric-learning (ArcFace, or
 Sub-center ArcFace) and validates on label groups it never trained on: its valid loss is a pair loss
