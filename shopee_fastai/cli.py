@@ -336,6 +336,7 @@ def audit(
     titles: bool = typer.Option(True, "--titles/--no-titles", help="Count a title that disagrees with its group as evidence.", rich_help_panel=RECIPE),
     arch: str = typer.Option(C.OFFLINE_ARCH, help="Pretrained timm body whose features are judged.", rich_help_panel=MODEL),
     dup_threshold: float = typer.Option(C.AUDIT_DUP_THRESHOLD, help="Cosine similarity from which photos in two groups are one photo.", rich_help_panel=RECIPE),
+    max_merges: int = typer.Option(C.AUDIT_MAX_MERGES, help="Merge candidates listed, strongest first (0: all).", rich_help_panel=RECIPE),
     seed: int = typer.Option(C.SEED, help="Seed of the folds.", rich_help_panel=RUN),
 ) -> None:
     """Find listings in the wrong group, groups that are one product, odd and duplicated photos; --apply writes the fixes."""
@@ -346,7 +347,7 @@ def audit(
         typer.echo(f"cleaned copy of {data} in {done} (photos linked); train on it with --data {done}")
         return
     out = out or C.AUDIT_OUT
-    cfg = AuditConfig(data=data, out=out, top_groups=top_groups, folds=folds, cv_min=cv_min, neighbours=neighbours,
+    cfg = AuditConfig(data=data, out=out, top_groups=top_groups, max_merges=max_merges, folds=folds, cv_min=cv_min, neighbours=neighbours,
                       titles=titles, arch=arch, dup_threshold=dup_threshold, seed=seed)
     result, paths = run_audit(cfg)
     counts = ", ".join(f"{n} {kind}" for kind, n in result.counts().items())

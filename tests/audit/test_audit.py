@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shopee_fastai.audit import AuditConfig, apply_fixes, audit, decide, read_fixes, run_audit
-from shopee_fastai.audit.find import DUPLICATE, KIND, SAME_PRODUCT, SUGGESTED, WRONG_GROUP
+from shopee_fastai.audit.find import DUPLICATE, KIND, SAME_PRODUCT, SUGGESTED, WRONG_GROUP, Twins, merge_candidates
 from shopee_fastai.audit.fixes import proposed
 from shopee_fastai.cli import app
 from shopee_fastai.errors import ShopeeError
@@ -107,6 +107,65 @@ def test_a_group_split_in_two_is_a_merge_candidate_and_a_reused_file_a_duplicate
     assert found.loc[found[KIND] == "unreadable", "posting_id"].tolist() == ["broken"]
 
 
+def linked_pairs(weak: int, doubled: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """Codes and twin rows of 2-photo groups in pairs: a `weak` pair shares one photo, a `doubled` pair both."""
+    codes, links = [], []
+    for p in range(weak + doubled):
+        a, b = 2 * p, 2 * p + 1
+        first = len(codes)
+        codes += [a, a, b, b]
+        links += [(first, first + 2)] + ([(first + 1, first + 3)] if p >= weak else [])
+    return codes, links
+
+
+def test_merge_candidates_need_two_photos_or_a_photo_and_the_title_and_are_capped_strongest_first():
+    codes, links = linked_pairs(weak=3000, doubled=600)  # Shopee's shape: most groups hold 2 listings
+    big = len(codes)
+    codes += [8000] * 10 + [8001] * 10  # one product filed as two groups of 10, every photo twinned
+    links += [(big + i, big + 10 + i) for i in range(10)]
+    first, second = np.array(links).T
+    twins = Twins(first, second, np.ones(len(links)), np.full(len(links), "embedding", object))
+    codes = np.array(codes)
+    every = merge_candidates(codes, twins, None, None, limit=0)
+    assert len(every) == 601 and set(every["small"]) == {8000} | set(range(6000, 7200, 2))  # no weak pair
+    assert every["score"].is_monotonic_decreasing and every["score"].iloc[0] > every["score"].iloc[1]
+    capped = merge_candidates(codes, twins, None, None, limit=50)
+    assert len(capped) == 50 and tuple(capped[["small", "big"]].iloc[0]) == (8000, 8001)
+    sims = np.where(np.arange(len(codes)) == 0, 0.9, 0.0)[:, None]  # listing 0's title is near listing 2's (a weak pair)
+    titles = (sims, np.full((len(codes), 1), 2))
+    with_title = merge_candidates(codes, twins, None, titles, limit=0)
+    assert with_title.loc[with_title["small"] == 0, "method"].tolist() == ["near-duplicates + title"]
+
+
+def plant_pairs(data: Path, weak: int, doubled: int, seed: int = 5) -> tuple[list[set[str]], list[set[str]]]:
+    """2-photo groups in pairs (a weak pair shares one photo file, a doubled pair both; titles unrelated), and
+    group 105 listed again as group 998 with the same photos and titles: (weak pairs, doubled pairs)."""
+    rng = np.random.default_rng(seed)
+    table = pd.read_csv(data / "train.csv", dtype=str)
+    repost = table[table["label_group"] == "105"].assign(posting_id=lambda t: "re_" + t["posting_id"], label_group="998")
+    rows, weak_pairs, doubled_pairs = [], [], []
+    for p in range(weak + doubled):
+        a, b = str(200 + 2 * p), str(201 + 2 * p)
+        photos = [colour_jpeg(data, f"pair{p}_{i}.jpg", rng.integers(0, 255, 3), 30, rng) for i in range(3)]
+        for group, own in ((a, photos[:2]), (b, photos[:2] if p >= weak else photos[::2])):
+            title = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 12))
+            rows += [{"posting_id": f"{group}_{i}", "image": image, "image_phash": f"{group}{i}", "title": title,
+                      "label_group": group} for i, image in enumerate(own)]
+        (doubled_pairs if p >= weak else weak_pairs).append({a, b})
+    pd.concat([table, repost, pd.DataFrame(rows)]).to_csv(data / "train.csv", index=False)
+    return weak_pairs, doubled_pairs
+
+
+def test_weak_links_between_2_photo_groups_are_no_merge_and_the_list_is_capped_strongest_first(tmp_path):
+    data = make_catalogue(tmp_path / "pairs")
+    weak, doubled = plant_pairs(data, weak=8, doubled=4)
+    cfg = AuditConfig(data=data, out=tmp_path / "out", dup_threshold=0.999, max_merges=3)  # twins: the shared files alone
+    found = audit(cfg, progress=False).findings
+    merges = [{a, b} for a, b in found.loc[found[KIND] == SAME_PRODUCT, ["label_group", SUGGESTED]].itertuples(index=False)]
+    assert len(merges) == 3 and merges[0] == {"105", "998"}
+    assert all(pair in doubled for pair in merges[1:]) and not any(pair in weak for pair in merges)
+
+
 def test_outputs_are_written_and_earlier_decisions_survive_a_rerun(catalogue, audited, tmp_path):
     result, paths = audited
     issues = pd.read_csv(paths["issues.csv"], dtype=str)
@@ -182,6 +241,8 @@ def test_bad_options_get_one_line_and_nothing_written(catalogue, tmp_path):
     one_line_error(run("--data", catalogue, "--out", catalogue), "--out", "inside the data folder")
     one_line_error(run("--data", catalogue, "--out", catalogue / "x"), "--out", "inside the data folder")
     one_line_error(run("--data", catalogue, "--folds", 8, "--out", tmp_path / "o"), "--folds 8", "--cv-min 5")
+    with pytest.raises(ShopeeError, match="--max-merges -1: must be at least 0"):
+        AuditConfig(data=catalogue, out=tmp_path / "o", max_merges=-1)
     one_line_error(run("--data", catalogue, "--apply", tmp_path / "none.csv"), "--apply", "--out")
     single = tmp_path / "single"
     shutil.copytree(catalogue, single)
