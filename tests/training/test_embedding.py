@@ -151,7 +151,7 @@ def test_embedding_models_refuse_what_they_cannot_do(arcface, groups, trained_cn
     (dict(arch=OFFLINE_ARCH, pretrained=True, mixup=0.4), "--mixup with --loss arcface"),
     (dict(arch=OFFLINE_ARCH, pretrained=True, margin=120), "--margin 120"),
     (dict(arch=OFFLINE_ARCH, pretrained=True, margin_ramp=1.5), "--margin-ramp 1.5: a share of training, 0 to 1"),
-    (dict(arch=OFFLINE_ARCH, pretrained=True, loss="cosface"), "--loss 'cosface': choose one of softmax, arcface, subcenter"),
+    (dict(arch=OFFLINE_ARCH, pretrained=True, loss="cosface"), "--loss 'cosface': choose one of softmax, gce, arcface, subcenter"),
 ])
 def test_bad_embedding_options_are_one_line(groups, options, message):
     with pytest.raises(ShopeeError, match=message.replace("(", r"\(").replace(")", r"\)")):
