@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -94,8 +95,14 @@ def _embed_here(paths: Sequence[str | Path], model: Path | None, arch: str, weig
         if Path(model).suffix != PKL:
             raise ShopeeError(f"--model {model}: a classifier; its body embeds from the .pkl learner, or train an "
                               "embedding model with `train --loss arcface`")
-        return learner_embed(load_learner(model), paths, progress=progress)
+        return learner_embed(_learner(str(model), file_key(Path(model))), paths, progress=progress)
     return aligned(predictor.outputs([Path(p) for p in paths], progress=progress), paths)
+
+
+@lru_cache(maxsize=2)
+def _learner(path: str, key: str):
+    """A classifier's learner, loaded once per file version: `serve` embeds every query with its body."""
+    return load_learner(Path(path))
 
 
 def _sharded(paths: Sequence[str | Path], rank: int, n: int, embed) -> np.ndarray | None:
