@@ -270,10 +270,8 @@ class Service:
             found = catalog.matcher.match(self.embed([p for _, p in good]))
             cat = catalog.matcher
             for (n, _), matched, sims, idx in zip(good, found.matches, found.sims, found.idx):
-                ranked = [(int(j), float(s)) for s, j in zip(sims, idx) if j >= 0]
-                if catalog.settings.blend:  # blending moved the query: rank what it matches by similarity
-                    ranked.sort(key=lambda r: -r[1])
+                ranked = [(int(j), float(s)) for s, j in zip(sims, idx) if j >= 0]  # faiss: best first
                 results.append({"image": n, "threshold": catalog.settings.threshold,
-                                "matches": [cat.listing(j, s, True)["posting_id"] for j, s in ranked if j in matched],
+                                "matches": [str(cat.table[D.ID].iat[j]) for j, _ in ranked if j in matched],
                                 "nearest": [cat.listing(j, s, j in matched) for j, s in ranked[:k]]})
         return results, _name_failures(list(bad.values()), files)

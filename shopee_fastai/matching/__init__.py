@@ -12,7 +12,7 @@ from .catalog import Catalogue, CatalogMatch, Found, embed_for_matching, match_c
 from .jobs import (MatchResult, match_new_listings, match_postings, match_table, read_catalog, read_embeddings,
                    refuse_with_catalog, same_layout, write_catalog_matches, write_submission)
 from .scoring import Score, group_halves, restrict, same_value, score, true_matches, union
-from .search import HNSW_EF_SEARCH, blend_neighbours, faiss_index, knn, neighbours, resolve_index, search
+from .search import HNSW_EF_SEARCH, blend_neighbours, faiss_index, knn, neighbours, resolve_index
 from .settings import THRESHOLD_GRID, Calibration, MatchSettings, calibrate, find, settings_for, shopee_draws, tune
 from .titles import title_knn, title_neighbours
 
@@ -20,5 +20,5 @@ __all__ = ["Catalogue", "CatalogMatch", "Found", "embed_for_matching", "match_ca
            "MatchResult", "match_new_listings", "match_postings", "match_table", "read_catalog", "read_embeddings",
            "refuse_with_catalog", "same_layout", "write_catalog_matches", "write_submission", "Score", "group_halves",
            "restrict", "same_value", "score", "true_matches", "union", "HNSW_EF_SEARCH", "blend_neighbours",
-           "faiss_index", "knn", "neighbours", "resolve_index", "search", "THRESHOLD_GRID", "Calibration",
+           "faiss_index", "knn", "neighbours", "resolve_index", "THRESHOLD_GRID", "Calibration",
            "MatchSettings", "calibrate", "find", "settings_for", "shopee_draws", "tune", "title_knn", "title_neighbours"]

@@ -71,17 +71,6 @@ def _self_first(emb: np.ndarray, sims: np.ndarray, idx: np.ndarray) -> tuple[np.
     return sims, idx
 
 
-def search(base: np.ndarray, queries: np.ndarray, k: int, index: Index | str = Index.auto) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k rows of `base` for each query row (similarities, indices; -1 where the base has fewer rows)."""
-    base = np.ascontiguousarray(base, dtype=np.float32)
-    try:
-        sims, idx = faiss_index(base, resolve_index(len(base), index)).search(
-            np.ascontiguousarray(queries, dtype=np.float32), min(k, len(base)))
-    except ImportError:
-        raise ShopeeError("faiss is not installed; `pip install faiss-cpu`") from None
-    return sims, idx.astype(np.int64)
-
-
 def blend_neighbours(emb: np.ndarray, threshold: float, k: int = BLEND_K, index: Index | str = Index.auto,
                      near: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Neighbour blending: each row becomes the similarity-weighted mean of its top-k neighbours at or above
