@@ -5,10 +5,13 @@ and each moved photo's title moves with it (grocery's titles are its class names
 would give the answer away). The audit runs with and without titles as evidence; precision@N and recall@N
 rank every photo by cleanlab's label quality, N = the number moved. Merge: 3 groups are each split into
 two label ids; all 3 should be among the top 5 merge candidates. Retrain (--retrain): the default recipe
-on the noisy labels, on the labels after the audit's top-N relabels, and on the clean labels, tested on
-the `val_` photos.
+on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`), after the
+audit's top-N relabels, and on the clean labels, tested on the `val_` photos. Each (noise, method, seed) is
+one training, so the study can run as separate processes side by side.
 
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 1 2
+    python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 --noise \
+        --retrain --retrain-noise 0.1 0.2 --methods smoothing gce audited
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pandas as pd
 
 from shopee_fastai.audit import AuditConfig, apply_fixes, audit
 from shopee_fastai.audit.find import KIND, SAME_PRODUCT, SUGGESTED, WRONG_GROUP
-from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
+from shopee_fastai.config import OFFLINE_ARCH, Loss, TrainConfig
 from shopee_fastai.data.table import ID, LABEL, PATH, TITLE, group_titles, read_table
 from shopee_fastai.machine import summary
 from shopee_fastai.training import fit_learner
@@ -72,10 +75,28 @@ def split_groups(table: pd.DataFrame, rng, n: int = 3) -> tuple[pd.DataFrame, li
     return out, [{str(g), f"{g}b"} for g in chosen]
 
 
-def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "auto") -> float:
+METHODS = ("smoothing", "gce", "audited", "clean")
+
+
+def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "auto", loss: Loss = Loss.softmax) -> dict:
+    """The default recipe (label smoothing unless `loss` says otherwise), tested on the `val_` photos."""
     cfg = TrainConfig(data=data, arch=OFFLINE_ARCH, pretrained=True, top_groups=0, holdout=OCCASION, seed=seed,
-                      models_dir=models, name=name, precision=precision)
-    return float(fit_learner(cfg).card.test_accuracy)
+                      models_dir=models, name=name, precision=precision, loss=loss)
+    began = time.perf_counter()
+    card = fit_learner(cfg).card
+    return {"val_": round(float(card.test_accuracy), 4), "valid": card.valid_accuracy and round(float(card.valid_accuracy), 4),
+            "s": round(time.perf_counter() - began)}
+
+
+def audited(noisy: pd.DataFrame, noisy_dir: Path, n: int, seed: int, work: Path, tag: str) -> Path:
+    """`noisy_dir` with the audit's top-`n` ranked photos relabelled to their suggested groups (`audit --apply`)."""
+    train_side = noisy[~noisy[ID].str.contains(OCCASION)]
+    result = audit(AuditConfig(data=folder(work / f"retrain-audit-{tag}", train_side, noisy_dir / "train_images"),
+                               out=work / "out", seed=seed, titles=False), progress=False)
+    top = np.argsort(result.quality, kind="stable")[:n]
+    fixes = pd.DataFrame({ID: result.table[ID].iloc[top], LABEL: result.table[LABEL].iloc[top], "action": "relabel",
+                          "new_group": result.suggested[top]})
+    return apply_fixes(noisy_dir, fixes, work / f"retrain-cleaned-{tag}")
 
 
 def main() -> None:
@@ -86,6 +107,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.10], help="noise levels (none: skip the noise and merge runs)")
     ap.add_argument("--titles", choices=["both", "on", "off"], default="both", help="audit with titles as evidence, without, or both")
     ap.add_argument("--retrain", action="store_true", help="also train the default recipe three ways per seed (slow)")
+    ap.add_argument("--retrain-noise", type=float, nargs="+", default=[0.10], help="noise levels of the retrained runs")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ways to train on the noisy labels")
     ap.add_argument("--precision", default="auto", help="the retrained models' `train --precision`")
     args = ap.parse_args()
     print(summary())
@@ -117,23 +140,24 @@ def main() -> None:
               .agg(["mean", "std"]).round(3).to_string())
     if not args.retrain:
         return
-    accs = []
+    rows = []
     for seed in args.seeds:
-        noisy, moved = add_noise(table, 0.10, np.random.default_rng(seed))
-        noisy_dir = folder(args.work / f"retrain-noisy-s{seed}", noisy, images)
-        result = audit(AuditConfig(data=folder(args.work / f"retrain-audit-s{seed}", noisy[~noisy[ID].str.contains(OCCASION)],
-                                                images), out=args.work / "out", seed=seed, titles=False), progress=False)
-        top = np.argsort(result.quality, kind="stable")[: len(moved)]  # the ranking's top N, relabelled as suggested
-        fixes = pd.DataFrame({ID: result.table[ID].iloc[top], LABEL: result.table[LABEL].iloc[top], "action": "relabel",
-                              "new_group": result.suggested[top]})
-        cleaned = apply_fixes(noisy_dir, fixes, args.work / f"retrain-cleaned-s{seed}")
-        clean_dir = folder(args.work / f"retrain-clean-s{seed}", table, images)
-        row = {"seed": seed}
-        for what, data in (("noisy", noisy_dir), ("audited", cleaned), ("clean", clean_dir)):
-            row[what] = train_val(data, seed, args.work / "models", f"{what}-s{seed}", args.precision)
-            print(row, flush=True)
-        accs.append(row)
-    print(pd.DataFrame(accs).set_index("seed").agg(["mean", "std"]).round(3).to_string())
+        for share in args.retrain_noise:
+            noisy, moved = add_noise(table, share, np.random.default_rng(seed))
+            tag = f"n{share}-s{seed}"
+            noisy_dir = folder(args.work / f"retrain-noisy-{tag}", noisy, images)
+            for method in args.methods:
+                if method == "clean":
+                    data, tag_m = folder(args.work / f"retrain-clean-s{seed}", table, images), f"clean-s{seed}"
+                else:
+                    data = audited(noisy, noisy_dir, len(moved), seed, args.work, tag) if method == "audited" else noisy_dir
+                    tag_m = f"{method}-{tag}"
+                loss = Loss.gce if method == "gce" else Loss.softmax
+                rows.append({"seed": seed, "noise": 0.0 if method == "clean" else share, "method": method,
+                             **train_val(data, seed, args.work / "models", tag_m, args.precision, loss)})
+                print(rows[-1], flush=True)
+    frame = pd.DataFrame(rows)
+    print(frame.groupby(["noise", "method"])[["val_", "valid", "s"]].agg(["mean", "std", "count"]).round(3).to_string())
 
 
 if __name__ == "__main__":

@@ -61,6 +61,15 @@ def test_every_export_of_an_ensemble_predicts_alike(ensemble):
         assert np.allclose(got, want, atol=1e-4), (model, backend)
 
 
+
+def test_the_accuracy_recipe_predicts_an_ensemble_with_tta(ensemble):
+    """`predict --model <ensemble>.pkl --tta`: fastai's augmented passes over the averaged members, still probabilities."""
+    images = list(ensemble.prep.rows(S.TEST)[PATH])
+    plain = load_predictor(ensemble.files.pkl, backend="fastai").outputs(images, progress=False).outputs
+    tta = load_predictor(ensemble.files.pkl, tta=True).outputs(images, progress=False).outputs
+    assert tta.shape == plain.shape and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
+    assert not np.allclose(tta, plain, atol=1e-4)  # the augmented passes count
+
 @pytest.fixture(scope="module")
 def arcface_ensemble(groups, tmp_path_factory):
     """Two ArcFace embeddings on one cache, without the refit, exported as one model."""
