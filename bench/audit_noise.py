@@ -5,9 +5,10 @@ and each moved photo's title moves with it (grocery's titles are its class names
 would give the answer away). The audit runs with and without titles as evidence; precision@N and recall@N
 rank every photo by cleanlab's label quality, N = the number moved. Merge: 3 groups are each split into
 two label ids; all 3 should be among the top 5 merge candidates. Retrain (--retrain): the default recipe
-on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`), after the
-audit's top-N relabels, and on the clean labels, tested on the `val_` photos. Each (noise, method, seed) is
-one training, so the study can run as separate processes side by side.
+on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`), after
+`audit --apply --accept wrong_group` (each flagged listing moved to its suggested group), and on the clean
+labels, tested on the `val_` photos. Each (noise, method, seed) is one training, so the study can run as
+separate processes side by side.
 
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 1 2
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 --noise \
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shopee_fastai.audit import AuditConfig, apply_fixes, audit
+from shopee_fastai.audit import AuditConfig, apply_fixes, audit, fixes_table
 from shopee_fastai.audit.find import KIND, SAME_PRODUCT, SUGGESTED, WRONG_GROUP
 from shopee_fastai.config import OFFLINE_ARCH, Loss, TrainConfig
 from shopee_fastai.data.table import ID, LABEL, PATH, TITLE, group_titles, read_table
@@ -88,15 +89,13 @@ def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "
             "s": round(time.perf_counter() - began)}
 
 
-def audited(noisy: pd.DataFrame, noisy_dir: Path, n: int, seed: int, work: Path, tag: str) -> Path:
-    """`noisy_dir` with the audit's top-`n` ranked photos relabelled to their suggested groups (`audit --apply`)."""
+def audited(noisy: pd.DataFrame, noisy_dir: Path, seed: int, work: Path, tag: str) -> Path:
+    """`noisy_dir` after `audit` and `audit --apply fixes.csv --accept wrong_group`: every listing the audit finds
+    in the wrong group moves to its suggested group, as a user with a catalogue too large to review would do."""
     train_side = noisy[~noisy[ID].str.contains(OCCASION)]
     result = audit(AuditConfig(data=folder(work / f"retrain-audit-{tag}", train_side, noisy_dir / "train_images"),
                                out=work / "out", seed=seed, titles=False), progress=False)
-    top = np.argsort(result.quality, kind="stable")[:n]
-    fixes = pd.DataFrame({ID: result.table[ID].iloc[top], LABEL: result.table[LABEL].iloc[top], "action": "relabel",
-                          "new_group": result.suggested[top]})
-    return apply_fixes(noisy_dir, fixes, work / f"retrain-cleaned-{tag}")
+    return apply_fixes(noisy_dir, fixes_table(result), work / f"retrain-cleaned-{tag}", accept=[WRONG_GROUP])
 
 
 def main() -> None:
@@ -150,7 +149,7 @@ def main() -> None:
                 if method == "clean":
                     data, tag_m = folder(args.work / f"retrain-clean-s{seed}", table, images), f"clean-s{seed}"
                 else:
-                    data = audited(noisy, noisy_dir, len(moved), seed, args.work, tag) if method == "audited" else noisy_dir
+                    data = audited(noisy, noisy_dir, seed, args.work, tag) if method == "audited" else noisy_dir
                     tag_m = f"{method}-{tag}"
                 loss = Loss.gce if method == "gce" else Loss.softmax
                 rows.append({"seed": seed, "noise": 0.0 if method == "clean" else share, "method": method,

@@ -6,7 +6,7 @@
 - `train(data, **settings)`: the default recipe (or any `TrainConfig`), exported into `models/`; its model card.
 - `load(model_file)`: any model file as a `Model` that takes photo paths and PIL images.
 - `evaluate(model_file, ...)`, `embed(photos, ...)`, `match(data, ...)`, `match_catalog(new, catalog, ...)`,
-  `audit(data, ...)`: the commands of the same names.
+  `audit(data, ...)`: the commands of the same names; `apply_fixes(data, fixes, out, accept)` is `audit --apply`.
 
 `**settings` are `TrainConfig`'s fields (`arch`, `pretrained`, `top_groups`, `seed`, ...), checked as the CLI
 checks them. Every error you can fix is a `ShopeeError` whose message names the fix.
@@ -24,7 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from .artifacts import ModelCard
-from .audit import Audit, AuditConfig, run_audit
+from .audit import Audit, AuditConfig, apply_fixes, run_audit
 from .config import OFFLINE_ARCH, TOP_K, Backend, Index, Precision, TrainConfig
 from .data import table as D
 from .errors import ShopeeError
@@ -37,7 +37,7 @@ from .training.learner import setup
 
 Photo = Union[str, Path, Image.Image]
 
-__all__ = ["Model", "ShopeeError", "TrainConfig", "audit", "dataloaders", "embed", "evaluate", "learner", "load",
+__all__ = ["Model", "ShopeeError", "TrainConfig", "apply_fixes", "audit", "dataloaders", "embed", "evaluate", "learner", "load",
            "match", "match_catalog", "sample", "train"]
 
 

@@ -329,6 +329,7 @@ def audit(
     data: Path = DataOpt,
     out: Optional[Path] = typer.Option(None, help=f"Folder for issues.csv, report.md, contact.png and fixes.csv (default {C.AUDIT_OUT}); with --apply, the new cleaned folder."),
     apply: Optional[Path] = typer.Option(None, "--apply", help="Apply this fixes.csv: write --data's cleaned copy into --out (photos linked, never copied)."),
+    accept: List[str] = typer.Option([], "--accept", help="With --apply: undecided findings of this kind (e.g. wrong_group) take their suggestion; repeatable."),
     top_groups: int = typer.Option(0, help="Only the N largest label groups (0: every group).", rich_help_panel=DATA),
     folds: int = typer.Option(C.AUDIT_FOLDS, help="Cross-validation folds of the out-of-fold probabilities.", rich_help_panel=RECIPE),
     cv_min: int = typer.Option(C.AUDIT_CV_MIN, help="Groups with fewer photos are judged by their photos' neighbours.", rich_help_panel=RECIPE),
@@ -342,8 +343,10 @@ def audit(
     """Find listings in the wrong group, groups that are one product, odd and duplicated photos; --apply writes the fixes."""
     from .audit import AuditConfig, apply_fixes, run_audit
 
+    if accept and apply is None:
+        raise ShopeeError("--accept applies suggestions while writing a cleaned copy; give it with --apply FIXES --out CLEANED")
     if apply is not None:
-        done = apply_fixes(data, apply, out)
+        done = apply_fixes(data, apply, out, accept)
         typer.echo(f"cleaned copy of {data} in {done} (photos linked); train on it with --data {done}")
         return
     out = out or C.AUDIT_OUT

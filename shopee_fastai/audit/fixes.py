@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ import pandas as pd
 from ..data import table as D
 from ..errors import ShopeeError
 from ..io import atomic_path, write_text
-from .find import KIND, OUTLIER, SAME_PRODUCT, SUGGESTED, UNREADABLE, Audit, check_out
+from .find import KIND, KINDS, OUTLIER, SAME_PRODUCT, SUGGESTED, UNREADABLE, Audit, check_out
 
 ACTION, NEW_GROUP = "action", "new_group"
 KEEP, RELABEL, DROP, MERGE = "keep", "relabel", "drop", "merge"
@@ -67,10 +68,28 @@ def check_fixes(fixes: pd.DataFrame, table: pd.DataFrame, where: str) -> None:
                     raise ShopeeError(f"{at}: {name} {g!r} is not a label group of the data; a merge joins two existing groups")
 
 
-def apply_fixes(data: Path, fixes: pd.DataFrame | Path, out: Path | None) -> Path:
+def accepting(fixes: pd.DataFrame, kinds: Iterable[str], where: str) -> pd.DataFrame:
+    """`fixes` with the undecided findings of `kinds` set to what they propose: a catalogue too large to review
+    takes the audit's suggestions for, say, every listing in the wrong group, and keeps its own decisions."""
+    kinds = list(kinds)
+    if not kinds:
+        return fixes
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ShopeeError(f"--accept {unknown[0]}: not a kind of finding; choose from {', '.join(KINDS)}")
+    if KIND not in fixes.columns:
+        raise ShopeeError(f"{where}: no {KIND} column, so --accept cannot tell the findings apart; use the fixes.csv audit wrote")
+    fixes = fixes.copy()
+    undecided = (fixes[ACTION] == "") & fixes[KIND].isin(kinds)
+    fixes.loc[undecided, ACTION] = fixes.loc[undecided, KIND].map(proposed)
+    return fixes
+
+
+def apply_fixes(data: Path, fixes: pd.DataFrame | Path, out: Path | None, accept: Iterable[str] = ()) -> Path:
     """Write `out`: `data`'s Kaggle layout with the decided relabels, drops and merges, photos linked, not copied.
 
-    `out` is written beside itself and renamed into place, so it is whole or absent; the data folder is only read.
+    `accept`: kinds of finding whose undecided rows take their suggestion (`accepting`). `out` is written beside
+    itself and renamed into place, so it is whole or absent; the data folder is only read.
     """
     if out is None:
         raise ShopeeError("--apply writes a cleaned copy of --data; name its new folder with --out")
@@ -78,6 +97,7 @@ def apply_fixes(data: Path, fixes: pd.DataFrame | Path, out: Path | None) -> Pat
     check_out(out, data)
     where = str(fixes) if isinstance(fixes, Path) else "fixes"
     fixes = read_fixes(fixes) if isinstance(fixes, Path) else fixes.fillna("").astype(str)
+    fixes = accepting(fixes, accept, where)
     table = D.read_table(data)
     check_fixes(fixes, table, where)
     if out.exists() and any(out.iterdir()) and not (out / APPLIED).is_file():

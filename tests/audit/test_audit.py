@@ -223,6 +223,23 @@ def test_cli_audits_then_applies(catalogue, tmp_path):
     assert len(pd.read_csv(tmp_path / "clean" / "train.csv")) == len(pd.read_csv(catalogue / "train.csv")) - 1
 
 
+
+def test_accept_takes_the_suggestions_of_undecided_findings_and_keeps_decisions(catalogue, audited, tmp_path):
+    fixes = Path(shutil.copy(audited[1]["fixes.csv"], tmp_path / "fixes.csv"))  # the module's audit stays undecided
+    table = read_fixes(fixes)
+    wrong = table[table["kind"] == WRONG_GROUP].reset_index(drop=True)
+    assert len(wrong) >= 2
+    decide(fixes, int(table.index[table["posting_id"] == wrong.at[0, "posting_id"]][0]), "keep")
+    r = run("--data", catalogue, "--apply", fixes, "--out", tmp_path / "clean", "--accept", WRONG_GROUP)
+    assert r.exit_code == 0, r.output
+    cleaned = pd.read_csv(tmp_path / "clean" / "train.csv", dtype=str).set_index("posting_id")
+    assert cleaned.at[wrong.at[0, "posting_id"], "label_group"] == wrong.at[0, "label_group"]  # decided: kept
+    for pid, new in zip(wrong["posting_id"][1:], wrong["new_group"][1:]):
+        assert cleaned.at[pid, "label_group"] == new  # undecided: its suggestion
+    one_line_error(run("--data", catalogue, "--apply", fixes, "--out", tmp_path / "c2", "--accept", "typo"), "--accept typo", WRONG_GROUP)
+    one_line_error(run("--data", catalogue, "--accept", WRONG_GROUP, "--out", tmp_path / "c3"), "--accept", "--apply")
+    assert not (tmp_path / "c2").exists() and not (tmp_path / "c3").exists()
+
 @pytest.mark.parametrize("edit, fragments", [
     ({"posting_id": "nope", "action": "drop"}, ("row 2", "posting_id 'nope'")),
     ({"action": "burn"}, ("row 2", "action 'burn'")),
