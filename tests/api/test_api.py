@@ -76,3 +76,13 @@ def test_match_and_embed_agree_with_the_cli_path(arcface, groups):
     table, result = sf.match(groups, arcface.files.pkl)
     assert len(result.matches) == len(table) and result.score.f1 > 0.5
     assert result.settings.threshold == pytest.approx(arcface.card.matching["threshold"])
+
+
+def test_every_api_function_is_in_the_documented_table():
+    import inspect
+
+    import shopee_fastai.api as sf
+
+    doc = (ROOT / "docs" / "python-api.md").read_text()
+    functions = [n for n in sf.__all__ if inspect.isfunction(getattr(sf, n))]
+    assert "apply_fixes" in functions and all(f"`sf.{n}(" in doc for n in functions), functions
