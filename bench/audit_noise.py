@@ -140,21 +140,23 @@ def main() -> None:
     if not args.retrain:
         return
     rows = []
+
+    def trained(seed: int, share: float, method: str, data: Path, name: str) -> None:
+        loss = Loss.gce if method == "gce" else Loss.softmax
+        rows.append({"seed": seed, "noise": share, "method": method,
+                     **train_val(data, seed, args.work / "models", name, args.precision, loss)})
+        print(rows[-1], flush=True)
+
     for seed in args.seeds:
+        if "clean" in args.methods:  # once per seed, whatever the noise levels
+            trained(seed, 0.0, "clean", folder(args.work / f"retrain-clean-s{seed}", table, images), f"clean-s{seed}")
         for share in args.retrain_noise:
-            noisy, moved = add_noise(table, share, np.random.default_rng(seed))
+            noisy, _ = add_noise(table, share, np.random.default_rng(seed))
             tag = f"n{share}-s{seed}"
             noisy_dir = folder(args.work / f"retrain-noisy-{tag}", noisy, images)
-            for method in args.methods:
-                if method == "clean":
-                    data, tag_m = folder(args.work / f"retrain-clean-s{seed}", table, images), f"clean-s{seed}"
-                else:
-                    data = audited(noisy, noisy_dir, seed, args.work, tag) if method == "audited" else noisy_dir
-                    tag_m = f"{method}-{tag}"
-                loss = Loss.gce if method == "gce" else Loss.softmax
-                rows.append({"seed": seed, "noise": 0.0 if method == "clean" else share, "method": method,
-                             **train_val(data, seed, args.work / "models", tag_m, args.precision, loss)})
-                print(rows[-1], flush=True)
+            for method in (m for m in args.methods if m != "clean"):
+                data = audited(noisy, noisy_dir, seed, args.work, tag) if method == "audited" else noisy_dir
+                trained(seed, share, method, data, f"{method}-{tag}")
     frame = pd.DataFrame(rows)
     print(frame.groupby(["noise", "method"])[["val_", "valid", "s"]].agg(["mean", "std", "count"]).round(3).to_string())
 

@@ -15,7 +15,6 @@ skip their embedding pass (half an hour on 2 CPU cores) and time and measure wha
 from __future__ import annotations
 
 import argparse
-import hashlib
 import subprocess
 import sys
 import time
@@ -24,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from shopee_fastai.config import OFFLINE_ARCH, cache_dir
+from shopee_fastai.config import OFFLINE_ARCH
 from shopee_fastai.data import table as D
-from shopee_fastai.io import file_key
+from shopee_fastai.inference.embed import embeddings_cache_path
 from shopee_fastai.machine import summary
 
 STEPS = ("eda", "prepare", "split", "audit")
@@ -68,14 +67,13 @@ def stand_in_embeddings(data: Path, seed: int = 0) -> Path:
     """
     table = D.read_table(data)
     files = list(dict.fromkeys(table[D.PATH]))  # the audit's and split's order; every file of this set decodes
-    key = hashlib.sha1("\n".join([OFFLINE_ARCH, *(file_key(Path(p)) for p in files)]).encode()).hexdigest()[:24]
     groups = table.drop_duplicates(D.PATH)[D.LABEL].astype(int).to_numpy()
     rng, dim = np.random.default_rng(seed), 1280
     emb = rng.normal(0, 1 / np.sqrt(dim), (len(files), dim)).astype(np.float32) * np.sqrt(STAND_IN_PHOTO)
     emb += rng.normal(0, 1 / np.sqrt(dim), (groups.max() + 1, dim)).astype(np.float32)[groups] * np.sqrt(STAND_IN_GROUP)
     emb += rng.normal(0, 1, dim).astype(np.float32) / np.sqrt(dim)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    dest = cache_dir() / "embeddings" / f"{key}.npy"
+    dest = embeddings_cache_path(files, OFFLINE_ARCH)
     dest.parent.mkdir(parents=True, exist_ok=True)
     np.save(dest, emb)
     return dest

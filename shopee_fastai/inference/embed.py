@@ -55,15 +55,20 @@ def embed_paths(paths: Sequence[str | Path], arch: str = OFFLINE_ARCH, weights: 
 def embeddings_for(paths: list[str], arch: str = OFFLINE_ARCH, progress: bool = True, model: Path | None = None) -> np.ndarray:
     """`embed_images` from a backbone (`arch`) or a `model`, cached on disk by the photos' and the model file's
     identities (path, size, mtime)."""
-    source = file_key(Path(model)) if model is not None else arch
-    ident = hashlib.sha1("\n".join([source, *(file_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
-    dest = cache_dir() / "embeddings" / f"{ident}.npy"
+    dest = embeddings_cache_path(paths, arch, model)
     if dest.is_file():
         return np.load(dest)
     emb = embed_images(paths, model, arch, progress=progress)
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
         np.save(f, emb)
     return emb
+
+
+def embeddings_cache_path(paths: list[str], arch: str = OFFLINE_ARCH, model: Path | None = None) -> Path:
+    """Where `embeddings_for` keeps these photos' embeddings from `arch` (or `model`)."""
+    source = file_key(Path(model)) if model is not None else arch
+    ident = hashlib.sha1("\n".join([source, *(file_key(Path(p)) for p in paths)]).encode()).hexdigest()[:24]
+    return cache_dir() / "embeddings" / f"{ident}.npy"
 
 
 def embed_images(paths: Sequence[str | Path], model: Path | None = None, arch: str = OFFLINE_ARCH,
