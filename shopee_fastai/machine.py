@@ -8,10 +8,14 @@ all of it for a bug report. Reads /proc and cgroup files; only `report()` import
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import platform
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -239,3 +243,39 @@ def format_report(r: dict[str, object]) -> str:
     ]
     lines += [f"error: {r[k]}" for k in ("torch_error", "onnxruntime_error") if k in r]
     return "\n".join(lines)
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None off glibc (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim if sys.platform.startswith("linux") else None
+    except (OSError, AttributeError):
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+@contextmanager
+def freed_memory_returned(every: float):
+    """While the body runs, hand the heap's freed pages back to the system every `every` seconds.
+
+    glibc keeps freed pages for reuse, and under fastai's head training it does not reuse them: at Shopee's
+    size RSS grew ~0.2 GB an epoch, 5 GB over one fold, while what was alive stayed under 2 GB.
+    """
+    if MALLOC_TRIM is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def trim() -> None:
+        while not stop.wait(every):
+            MALLOC_TRIM(0)  # ctypes lets go of the GIL: the audit runs on meanwhile
+
+    trimmer = threading.Thread(target=trim, name="malloc-trim", daemon=True)
+    trimmer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        trimmer.join()

@@ -17,12 +17,7 @@ order they run.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +34,7 @@ from ..config import (AUDIT_CV_MIN, AUDIT_DUP_THRESHOLD, AUDIT_FOLDS, AUDIT_MAX_
 from ..data import table as D
 from ..errors import ShopeeError
 from ..inference.embed import embeddings_for
+from ..machine import freed_memory_returned
 from ..matching import knn, title_knn
 from ..training.folds import out_of_fold
 
@@ -154,43 +150,7 @@ class Twins:
     method: np.ndarray
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None off glibc (macOS, musl, Windows)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim if sys.platform.startswith("linux") else None
-    except (OSError, AttributeError):
-        return None
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-@contextmanager
-def freed_memory_returned(every: float = TRIM_EVERY):
-    """While the body runs, hand the heap's freed pages back to the system every `every` seconds.
-
-    glibc keeps freed pages for reuse, and under fastai's head training it does not reuse them: at Shopee's
-    size RSS grew ~0.2 GB an epoch, 5 GB over one fold, while what was alive stayed under 2 GB.
-    """
-    if MALLOC_TRIM is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def trim() -> None:
-        while not stop.wait(every):
-            MALLOC_TRIM(0)  # ctypes lets go of the GIL: the audit runs on meanwhile
-
-    trimmer = threading.Thread(target=trim, name="malloc-trim", daemon=True)
-    trimmer.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        trimmer.join()
-
-
-@freed_memory_returned()
+@freed_memory_returned(TRIM_EVERY)
 def audit(cfg: AuditConfig, progress: bool = True) -> Audit:
     """Judge every readable listing of `cfg.data`; nothing is written (report.write_audit does that)."""
     seconds: dict[str, float] = {}

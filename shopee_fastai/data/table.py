@@ -13,7 +13,7 @@ import pandas as pd
 from ..config import SEED, TOP_GROUPS
 from ..errors import ShopeeError
 from ..io import write_text
-from .images import decode_all, load_rgb
+from .images import decode_chunks, load_rgb
 
 ID, IMAGE, PHASH, TITLE, LABEL = "posting_id", "image", "image_phash", "title", "label_group"
 KAGGLE_COLUMNS = (ID, IMAGE, PHASH, TITLE, LABEL)
@@ -100,9 +100,10 @@ def group_titles(df: pd.DataFrame) -> dict[str, str]:
 
 
 def find_unreadable(paths: Sequence[str]) -> dict[str, str]:
-    """Decode every image (reduced-size JPEG decoding keeps this cheap) and return {path: reason} for those that fail."""
-    checks = decode_all(paths, partial(load_rgb, draft_size=64))
-    return {p: err for p, (_, err) in zip(paths, checks) if err is not None}
+    """Decode every image (reduced-size JPEG decoding keeps this cheap) and return {path: reason} for those that fail;
+    a chunk's images are dropped once checked, so memory stays flat at Shopee's size."""
+    return {paths[i]: err for part in decode_chunks(paths, partial(load_rgb, draft_size=64))
+            for i, _, err in part if err is not None}
 
 
 def drop_unreadable(df: pd.DataFrame, report: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
