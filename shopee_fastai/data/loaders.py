@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from fastai.data.block import CategoryBlock, DataBlock
-from fastai.data.transforms import ColReader, ColSplitter, Normalize
+from fastai.data.block import DataBlock, TransformBlock
+from fastai.data.transforms import Categorize, Category, ColReader, ColSplitter, Normalize
 from fastai.vision.augment import Hue, Resize, Saturation, aug_transforms
 from fastai.vision.core import PILImage, TensorImage
 from fastai.vision.data import ImageBlock
@@ -28,6 +28,16 @@ GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's RandomG
 # Aug.strong: wider zoom, rotation and warp, stronger lighting, plus saturation and hue
 STRONG_AUG = {"max_rotate": 15.0, "max_zoom": 1.3, "max_warp": 0.3, "max_lighting": 0.4, "p_lighting": 0.9}
 STRONG_COLOUR = {"saturation": 0.3, "hue": 0.05}
+
+
+class GroupLabel(Categorize):
+    """fastai's Categorize, except that a float vector decodes as itself: `predict` on an embedding model returns
+    its embedding, where a vocabulary lookup of its values would name nonsense groups."""
+
+    def decodes(self, o):
+        if isinstance(o, torch.Tensor) and o.is_floating_point():
+            return o
+        return Category(self.vocab[o])
 
 
 class ShopeeImage(PILImage):
@@ -95,7 +105,7 @@ def make_dataloaders(train_valid: pd.DataFrame, stats: tuple[Sequence[float], Se
     so it travels with the exported learner and applies to from-scratch models too.
     """
     block = DataBlock(
-        blocks=(ImageBlock(cls=ShopeeImage), CategoryBlock(vocab=vocab)),
+        blocks=(ImageBlock(cls=ShopeeImage), TransformBlock(type_tfms=GroupLabel(vocab=vocab))),
         get_x=ColReader(PATH),
         get_y=ColReader(LABEL),
         splitter=ColSplitter(IS_VALID),

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from fastai.learner import load_learner
 
 from shopee_fastai import matching as M
 from shopee_fastai.config import OFFLINE_ARCH, TrainConfig
@@ -111,6 +112,9 @@ def test_every_export_embeds_alike(arcface, tmp_path):
     assert ref.shape == (10, 512) and np.allclose(np.linalg.norm(ref, axis=1), 1, atol=1e-4)
     for other in (arcface.files.safetensors, onnx):
         assert np.allclose(embed_images(paths, other), ref, atol=1e-4)
+    # fastai's own predict returns the embedding, not a vocabulary lookup of its values
+    vector, decoded, activation = load_learner(arcface.files.pkl).predict(paths[0])
+    assert vector.shape == (512,) and np.allclose(vector.numpy(), ref[0], atol=1e-4)
 
 
 def test_match_uses_the_models_calibrated_settings(arcface, groups, tmp_path):
