@@ -245,15 +245,14 @@ def format_report(r: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+@lru_cache(maxsize=None)
 def _malloc_trim():
-    """glibc's malloc_trim, or None off glibc (macOS, musl, Windows)."""
+    """glibc's malloc_trim, or None off glibc (macOS, musl, Windows); looked up on first use, since finding libc
+    runs `ldconfig` (~25 ms) and every command imports this module."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim if sys.platform.startswith("linux") else None
     except (OSError, AttributeError):
         return None
-
-
-MALLOC_TRIM = _malloc_trim()
 
 
 @contextmanager
@@ -263,14 +262,15 @@ def freed_memory_returned(every: float):
     glibc keeps freed pages for reuse, and under fastai's head training it does not reuse them: at Shopee's
     size RSS grew ~0.2 GB an epoch, 5 GB over one fold, while what was alive stayed under 2 GB.
     """
-    if MALLOC_TRIM is None:
+    malloc_trim = _malloc_trim()
+    if malloc_trim is None:
         yield
         return
     stop = threading.Event()
 
     def trim() -> None:
         while not stop.wait(every):
-            MALLOC_TRIM(0)  # ctypes lets go of the GIL: the audit runs on meanwhile
+            malloc_trim(0)  # ctypes lets go of the GIL: the body runs on meanwhile
 
     trimmer = threading.Thread(target=trim, name="malloc-trim", daemon=True)
     trimmer.start()

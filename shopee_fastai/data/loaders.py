@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.data.block import DataBlock, TransformBlock
-from fastai.data.transforms import Categorize, Category, ColReader, ColSplitter, Normalize
+from fastai.data.transforms import Categorize, ColReader, ColSplitter, Normalize
 from fastai.vision.augment import Hue, Resize, Saturation, aug_transforms
 from fastai.vision.core import PILImage, TensorImage
 from fastai.vision.data import ImageBlock
@@ -37,7 +37,7 @@ class GroupLabel(Categorize):
     def decodes(self, o):
         if isinstance(o, torch.Tensor) and o.is_floating_point():
             return o
-        return Category(self.vocab[o])
+        return super().decodes(o)
 
 
 class ShopeeImage(PILImage):
