@@ -11,11 +11,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from shopee_fastai.machine import summary
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 os.environ["SHOPEE_FASTAI_CACHE"] = tempfile.mkdtemp(prefix="shopee-fastai-test-cache-")  # never the user's cache
 COLOURS = {"1001": (200, 40, 40), "2002": (40, 180, 60), "3003": (50, 60, 210)}
 PER_GROUP = 12
 SIZE = 32  # training side in the tests: small enough for seconds on 2 cores
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The CPU under every run's results (also with -q): a failure of one machine's arithmetic names the machine."""
+    terminalreporter.write_line(summary())
 
 
 def write_kaggle(root: Path, rows: list[dict], csv: str = "train.csv") -> Path:
