@@ -237,7 +237,7 @@ def format_report(r: dict[str, object]) -> str:
         "GPU: " + (", ".join(r["cuda"]) if r.get("cuda") else f"none (torch built for CUDA {r.get('torch_cuda_build', '?')})"),  # type: ignore[arg-type]
         "ONNX Runtime providers: " + ", ".join(r.get("onnxruntime_providers", [])),  # type: ignore[arg-type]
         f"on CPU: fp32 by default; bf16 autocast {'available (native BF16)' if r['features'].get('BF16') else 'refused (no native BF16)'}; "  # type: ignore[union-attr]
-        f"int8 graphs {'with native int8 dot products' if r['int8_dot'] else 'without VNNI (opt-in; may be no faster than fp32)'}",
+        f"int8 graphs {'with native int8 dot products' if r['int8_dot'] else 'without VNNI (opt-in; little faster than fp32 and less faithful: docs/speed.md)'}",
         "versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),  # type: ignore[union-attr]
         f"cache: {r['cache']} ({'exists' if r['cache_exists'] else 'not created yet'}; {r['cache_env']} moves it)",
     ]
