@@ -56,7 +56,7 @@ def main() -> None:
         quant_pre_process(str(args.model), pre, skip_symbolic_shape=True)
         convs = [n for n in onnx.load(pre).graph.node if n.op_type == "Conv"]
         depthwise = [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
-        base = dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QUInt8,
+        base = dict(calibrate_method=CalibrationMethod.MinMax, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     op_types_to_quantize=["Conv", "Gemm", "MatMul"])
         variants = {
             "minmax": {}, "percentile": dict(calibrate_method=CalibrationMethod.Percentile),
@@ -75,7 +75,7 @@ def main() -> None:
             out = str(Path(tmp) / f"{name}.onnx")
             start = time.perf_counter()
             quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            **{"weight_type": QuantType.QInt8, **base, **variants[name]})
+                            **{**base, **variants[name]})
             took = time.perf_counter() - start
             got = FastPredictor(OnnxBackend(onnx_session(Path(out))), cfg).outputs(photos, progress=False).outputs
             agree = float((got.argmax(1) == ref.argmax(1)).mean())

@@ -213,9 +213,7 @@ def _onnx(path: Path, asked: Backend, precision: Precision, tta: bool) -> tuple[
     """ONNX Runtime on the int8 graph, the `.onnx` given, the graph written beside the model, or one exported and
     cached; PyTorch where the exporter cannot trace the network and --backend onnx was not asked for."""
     if precision == Precision.int8:
-        vnni = "" if cpu().int8_dot else ("; this CPU has no VNNI: int8 gains little here and changes far more top-1 "
-                                          "predictions (docs/speed.md), so compare with fp32 first")
-        return _int8(path), f"ONNX Runtime, int8 graph (asked for with --precision int8 or --int8{vnni})"
+        return _int8(path), f"ONNX Runtime, int8 graph (asked for with --precision int8 or --int8{_no_vnni()})"
     if path.suffix == ONNX:
         return onnx_predictor(path), f"ONNX Runtime, {path.name}"
     graph = ModelFiles.beside(path).onnx
@@ -250,8 +248,13 @@ def _fastai(path: Path, asked: Backend, precision: Precision, tta: bool) -> tupl
 
 def _int8_note() -> str:
     """Why int8 is not the default here: it moves some top-1 predictions everywhere, and gains less without VNNI."""
-    return "int8 is opt-in (--int8): it changes some top-1 predictions" + (
-        "" if cpu().int8_dot else "; this CPU has no VNNI, where int8 gains little and changes far more of them")
+    return "int8 is opt-in (--int8): it changes some top-1 predictions" + _no_vnni()
+
+
+def _no_vnni() -> str:
+    """What int8 costs on this CPU when it lacks VNNI (its u8 x s8 sums saturate), else nothing."""
+    return "" if cpu().int8_dot else ("; this CPU has no VNNI: int8 gains little here and changes far more top-1 "
+                                      "predictions (docs/speed.md)")
 
 
 def _exported(path: Path, network: Callable[[], tuple[Any, dict[str, Any]]], forced: bool) -> FastPredictor | None:
