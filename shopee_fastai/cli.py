@@ -86,6 +86,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "body_lr": "Learning rate of those body stages.",
     "label_smoothing": "Label smoothing of the cached-features phase.",
     "loss": "softmax: a classifier; gce: a classifier whose bounded loss resists mislabelled photos; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.",
+    "gce_q": f"--loss gce: its q, from towards 0 (cross-entropy: fits every label) to 1 (mean absolute error: most robust to wrong ones; default {C.GCE_Q}).",
     "embed_dim": "Embedding size of a margin --loss.",
     "margin": "Angular margin of a margin --loss, in degrees.",
     "scale": "Logit scale of a margin --loss.",
@@ -110,7 +111,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
 PANELS = {DATA: DATA_OPTIONS, MODEL: ("arch", "pretrained", "weights"),
           RECIPE: ("recipe", "head_epochs", "top_stages", "head_views", "ensemble", "body_lr", "label_smoothing", "loss",
-                   "embed_dim", "margin", "margin_ramp", "scale", "refit", "mixup"),
+                   "gce_q", "embed_dim", "margin", "margin_ramp", "scale", "refit", "mixup"),
           SCHEDULE: ("epochs", "freeze_epochs", "lr", "wd", "opt"),
           RUN: ("name", "models_dir", "checkpoint_every", "resume", "early_stop", "keep_best", "precision", "int8")}
 OPTIONS = {name: _option(name, panel) for panel, names in PANELS.items() for name in names}

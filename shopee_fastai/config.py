@@ -235,6 +235,7 @@ class TrainConfig(RunTraits):
     # recipe
     recipe: Recipe = Recipe.features
     loss: Loss = Loss.softmax
+    gce_q: float = GCE_Q
     embed_dim: int = EMBED_DIM
     margin: float = MARGIN
     scale: float = SCALE
@@ -292,6 +293,10 @@ class TrainConfig(RunTraits):
                 raise ShopeeError(f"{option(name)} {value}: must be at least {low}")
         if not 0 <= self.margin_ramp <= 1:
             raise ShopeeError(f"--margin-ramp {self.margin_ramp}: a share of training, 0 to 1")
+        if not 0 < self.gce_q <= 1:
+            raise ShopeeError(f"--gce-q {self.gce_q}: must be in (0, 1]; 1 is mean absolute error, towards 0 cross-entropy")
+        if self.gce_q != GCE_Q and self.loss != Loss.gce:
+            raise ShopeeError("--gce-q shapes the gce loss; add --loss gce, or drop it")
         if not 0 <= self.margin < 90:
             raise ShopeeError(f"--margin {self.margin}: an angle in degrees, 0 to 90")
         if self.loss.is_embedding and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
@@ -357,6 +362,7 @@ class ResolvedConfig(RunTraits):
     # recipe
     recipe: Recipe
     loss: Loss
+    gce_q: float
     embed_dim: int
     margin: float
     scale: float

@@ -178,7 +178,7 @@ class GeneralisedCrossEntropy(nn.Module):
 def gce_objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float) -> Objective:
     """Generalised cross-entropy over the training groups (label smoothing does not apply: the loss is already
     bounded), scored by accuracy; its valid loss plain cross-entropy, comparable with the softmax objective's."""
-    return Objective(GeneralisedCrossEntropy(), [accuracy], [ValidLoss(CrossEntropyLossFlat())])
+    return Objective(GeneralisedCrossEntropy(cfg.gce_q), [accuracy], [ValidLoss(CrossEntropyLossFlat())])
 
 
 def _embed(learn, rows) -> np.ndarray:

@@ -231,9 +231,10 @@ def test_train_scores_the_held_out_photos_alone_and_counts_their_twins(tmp_path)
     assert f"({held.sum()} test images" in out.output
 
 
-def test_a_noise_robust_loss_beats_chance_with_moved_labels(synthetic, tmp_path):
-    """`--loss gce` on a fifth of the training photos filed under another group still learns the colours: scored on
-    held-out photos whose labels were left alone."""
+@pytest.mark.parametrize("q", [0.7, 0.4])
+def test_a_noise_robust_loss_beats_chance_with_moved_labels(synthetic, tmp_path, q):
+    """`--loss gce` (at its default q and a lower one) on a fifth of the training photos filed under another group
+    still learns the colours: scored on held-out photos whose labels were left alone."""
     import shutil
 
     import pandas as pd
@@ -249,7 +250,8 @@ def test_a_noise_robust_loss_beats_chance_with_moved_labels(synthetic, tmp_path)
     table.loc[held, "posting_id"] = "val_" + table.loc[held, "posting_id"]
     table.to_csv(data / "train.csv", index=False)
     cfg = TrainConfig(data=data, split="random", arch="cnn", size=SIZE, bs=8, epochs=6, aug="none", workers=0,
-                      models_dir=tmp_path / "m", lr=3e-3, loss="gce", holdout="^val_")
+                      models_dir=tmp_path / "m", lr=3e-3, loss="gce", gce_q=q, holdout="^val_")
     trained = fit_learner(cfg)
-    assert type(trained.learn.loss_func).__name__ == "GeneralisedCrossEntropy"
+    assert type(trained.learn.loss_func).__name__ == "GeneralisedCrossEntropy" and trained.learn.loss_func.q == q
+    assert trained.card.config["gce_q"] == q
     assert trained.card.test_accuracy >= 0.8 > CHANCE
