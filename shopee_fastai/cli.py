@@ -86,7 +86,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "body_lr": "Learning rate of those body stages.",
     "label_smoothing": "Label smoothing of the cached-features phase.",
     "loss": "softmax: a classifier; gce: a classifier whose bounded loss resists mislabelled photos; arcface / subcenter: an embedding for `match`, validated and calibrated on label groups it never trains on.",
-    "gce_q": f"--loss gce: its q, from towards 0 (cross-entropy: fits every label) to 1 (mean absolute error: most robust to wrong ones; default {C.GCE_Q}).",
+    "gce_q": f"--loss gce: its q, from near 0 (cross-entropy: fits every label) to 1 (mean absolute error: most robust to wrong ones; default {C.GCE_Q}).",
     "embed_dim": "Embedding size of a margin --loss.",
     "margin": "Angular margin of a margin --loss, in degrees.",
     "scale": "Logit scale of a margin --loss.",
