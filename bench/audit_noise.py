@@ -7,8 +7,8 @@ rank every photo by cleanlab's label quality, N = the number moved. Merge: 3 gro
 two label ids; all 3 should be among the top 5 merge candidates. Retrain (--retrain): the default recipe
 on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`), after
 `audit --apply --accept wrong_group` (each flagged listing moved to its suggested group), both together
-(audited-gce), and on the clean labels, tested on the `val_` photos. Each (noise, method, seed) is one training, so the study can run as
-separate processes side by side.
+(audited-gce), and on the clean labels, tested on the `val_` photos. Each (noise, method, seed) is one
+training, so the study can run as separate processes side by side.
 
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 1 2
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 --noise \
@@ -76,7 +76,9 @@ def split_groups(table: pd.DataFrame, rng, n: int = 3) -> tuple[pd.DataFrame, li
     return out, [{str(g), f"{g}b"} for g in chosen]
 
 
-METHODS = ("smoothing", "gce", "audited", "audited-gce", "clean")
+# each way to train on the noisy labels: (audit and apply first, loss); "clean" trains on the true labels
+METHODS = {"smoothing": (False, Loss.softmax), "gce": (False, Loss.gce), "audited": (True, Loss.softmax),
+           "audited-gce": (True, Loss.gce), "clean": (False, Loss.softmax)}
 
 
 def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "auto", loss: Loss = Loss.softmax) -> dict:
@@ -144,9 +146,8 @@ def main() -> None:
     rows = []
 
     def trained(seed: int, share: float, method: str, data: Path, name: str) -> None:
-        loss = Loss.gce if method.endswith("gce") else Loss.softmax
         rows.append({"seed": seed, "noise": share, "method": method,
-                     **train_val(data, seed, args.work / "models", name, args.precision, loss)})
+                     **train_val(data, seed, args.work / "models", name, args.precision, METHODS[method][1])})
         print(rows[-1], flush=True)
 
     for seed in args.seeds:
@@ -157,7 +158,7 @@ def main() -> None:
             tag = f"n{share}-s{seed}"
             noisy_dir = folder(args.work / f"retrain-noisy-{tag}", noisy, images)
             for method in (m for m in args.methods if m != "clean"):
-                data = audited(noisy, noisy_dir, seed, args.work, tag) if method.startswith("audited") else noisy_dir
+                data = audited(noisy, noisy_dir, seed, args.work, tag) if METHODS[method][0] else noisy_dir
                 trained(seed, share, method, data, f"{method}-{tag}")
     frame = pd.DataFrame(rows)
     print(frame.groupby(["noise", "method"])[["val_", "valid", "s"]].agg(["mean", "std", "count"]).round(3).to_string())
