@@ -5,9 +5,10 @@ and each moved photo's title moves with it (grocery's titles are its class names
 would give the answer away). The audit runs with and without titles as evidence; precision@N and recall@N
 rank every photo by cleanlab's label quality, N = the number moved. Merge: 3 groups are each split into
 two label ids; all 3 should be among the top 5 merge candidates. Retrain (--retrain): the default recipe
-on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`), after
-`audit --apply --accept wrong_group` (each flagged listing moved to its suggested group), both together
-(audited-gce), and on the clean labels, tested on the `val_` photos. Each (noise, method, seed) is one
+on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`, and gce-q0.4:
+`--gce-q 0.4`), after `audit --apply --accept wrong_group` (each flagged listing moved to its suggested group),
+both together (audited-gce), and on the clean labels (clean; clean-gce-q0.4 with `--loss gce --gce-q 0.4`),
+tested on the `val_` photos. Each (noise, method, seed) is one
 training, so the study can run as separate processes side by side.
 
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 1 2
@@ -76,16 +77,19 @@ def split_groups(table: pd.DataFrame, rng, n: int = 3) -> tuple[pd.DataFrame, li
     return out, [{str(g), f"{g}b"} for g in chosen]
 
 
-# each way to train on the noisy labels: (audit and apply first, loss); "clean" trains on the true labels
-METHODS = {"smoothing": (False, Loss.softmax), "gce": (False, Loss.gce), "audited": (True, Loss.softmax),
-           "audited-gce": (True, Loss.gce), "clean": (False, Loss.softmax)}
+# each way to train on the noisy labels: (audit and apply first, train options); "clean…" train on the true labels
+METHODS = {"smoothing": (False, {}), "gce": (False, {"loss": Loss.gce}),
+           "gce-q0.4": (False, {"loss": Loss.gce, "gce_q": 0.4}), "audited": (True, {}),
+           "audited-gce": (True, {"loss": Loss.gce}), "clean": (False, {}),
+           "clean-gce-q0.4": (False, {"loss": Loss.gce, "gce_q": 0.4})}
+CLEAN = ("clean", "clean-gce-q0.4")
 
 
-def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "auto", loss: Loss = Loss.softmax) -> dict:
-    """The default recipe (label smoothing unless `loss` says otherwise), tested on the `val_` photos; the valid
-    losses show a jolt at the one-cycle peak that the final accuracy hides."""
+def train_val(data: Path, seed: int, models: Path, name: str, precision: str = "auto", **options) -> dict:
+    """The default recipe with `options` (TrainConfig fields), tested on the `val_` photos; the valid losses show a
+    jolt at the one-cycle peak that the final accuracy hides."""
     cfg = TrainConfig(data=data, arch=OFFLINE_ARCH, pretrained=True, top_groups=0, holdout=OCCASION, seed=seed,
-                      models_dir=models, name=name, precision=precision, loss=loss)
+                      models_dir=models, name=name, precision=precision, **options)
     began = time.perf_counter()
     card = fit_learner(cfg).card
     losses = [round(h["valid_loss"], 2) for h in card.history if h.get("valid_loss") is not None]
@@ -109,7 +113,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--noise", type=float, nargs="*", default=[0.05, 0.10], help="noise levels (none: skip the noise and merge runs)")
     ap.add_argument("--titles", choices=["both", "on", "off"], default="both", help="audit with titles as evidence, without, or both")
-    ap.add_argument("--retrain", action="store_true", help="also train the default recipe three ways per seed (slow)")
+    ap.add_argument("--retrain", action="store_true", help="also train the default recipe each --methods way per seed (slow)")
     ap.add_argument("--retrain-noise", type=float, nargs="+", default=[0.10], help="noise levels of the retrained runs")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="ways to train on the noisy labels")
     ap.add_argument("--precision", default="auto", help="the retrained models' `train --precision`")
@@ -147,17 +151,17 @@ def main() -> None:
 
     def trained(seed: int, share: float, method: str, data: Path, name: str) -> None:
         rows.append({"seed": seed, "noise": share, "method": method,
-                     **train_val(data, seed, args.work / "models", name, args.precision, METHODS[method][1])})
+                     **train_val(data, seed, args.work / "models", name, args.precision, **METHODS[method][1])})
         print(rows[-1], flush=True)
 
     for seed in args.seeds:
-        if "clean" in args.methods:  # once per seed, whatever the noise levels
-            trained(seed, 0.0, "clean", folder(args.work / f"retrain-clean-s{seed}", table, images), f"clean-s{seed}")
+        for method in (m for m in args.methods if m in CLEAN):  # once per seed, whatever the noise levels
+            trained(seed, 0.0, method, folder(args.work / f"retrain-clean-s{seed}", table, images), f"{method}-s{seed}")
         for share in args.retrain_noise:
             noisy, _ = add_noise(table, share, np.random.default_rng(seed))
             tag = f"n{share}-s{seed}"
             noisy_dir = folder(args.work / f"retrain-noisy-{tag}", noisy, images)
-            for method in (m for m in args.methods if m != "clean"):
+            for method in (m for m in args.methods if m not in CLEAN):
                 data = audited(noisy, noisy_dir, seed, args.work, tag) if METHODS[method][0] else noisy_dir
                 trained(seed, share, method, data, f"{method}-{tag}")
     frame = pd.DataFrame(rows)

@@ -297,6 +297,8 @@ class TrainConfig(RunTraits):
             raise ShopeeError(f"--gce-q {self.gce_q}: must be in (0, 1]; 1 is mean absolute error, towards 0 cross-entropy")
         if self.gce_q != GCE_Q and self.loss != Loss.gce:
             raise ShopeeError("--gce-q shapes the gce loss; add --loss gce, or drop it")
+        if self.label_smoothing != LABEL_SMOOTHING and self.loss != Loss.softmax:
+            raise ShopeeError(f"--label-smoothing smooths the softmax loss; --loss {self.loss} has no targets to smooth: drop it")
         if not 0 <= self.margin < 90:
             raise ShopeeError(f"--margin {self.margin}: an angle in degrees, 0 to 90")
         if self.loss.is_embedding and not (self.uses_pretrained and self.recipe == Recipe.features and self.arch != CNN_ARCH):
