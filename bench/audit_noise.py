@@ -5,10 +5,10 @@ and each moved photo's title moves with it (grocery's titles are its class names
 would give the answer away). The audit runs with and without titles as evidence; precision@N and recall@N
 rank every photo by cleanlab's label quality, N = the number moved. Merge: 3 groups are each split into
 two label ids; all 3 should be among the top 5 merge candidates. Retrain (--retrain): the default recipe
-on the noisy labels (label smoothing, as the default), with the noise-robust loss (`--loss gce`, and gce-q0.4:
-`--gce-q 0.4`), after `audit --apply --accept wrong_group` (each flagged listing moved to its suggested group),
-both together (audited-gce), and on the clean labels (clean; clean-gce-q0.4 with `--loss gce --gce-q 0.4`),
-tested on the `val_` photos. Each (noise, method, seed) is one
+on the noisy labels with `--loss softmax` (label smoothing: smoothing), `--loss gce --gce-q 0.7` (gce) and
+`--loss gce --gce-q 0.4` (gce-q0.4, the default), after `audit --apply --accept wrong_group` (each flagged listing
+moved to its suggested group; audited with softmax, audited-gce with q 0.7), and on the clean labels (clean with
+softmax, clean-gce-q0.4), tested on the `val_` photos. Each (noise, method, seed) is one
 training, so the study can run as separate processes side by side.
 
     python bench/audit_noise.py --data ../shared/data/grocery-store --work /tmp/audit-noise --seeds 0 1 2
@@ -78,10 +78,9 @@ def split_groups(table: pd.DataFrame, rng, n: int = 3) -> tuple[pd.DataFrame, li
 
 
 # each way to train on the noisy labels: (audit and apply first, train options); "clean…" train on the true labels
-METHODS = {"smoothing": (False, {}), "gce": (False, {"loss": Loss.gce}),
-           "gce-q0.4": (False, {"loss": Loss.gce, "gce_q": 0.4}), "audited": (True, {}),
-           "audited-gce": (True, {"loss": Loss.gce}), "clean": (False, {}),
-           "clean-gce-q0.4": (False, {"loss": Loss.gce, "gce_q": 0.4})}
+SMOOTHING, GCE7, GCE4 = {"loss": Loss.softmax}, {"loss": Loss.gce, "gce_q": 0.7}, {"loss": Loss.gce, "gce_q": 0.4}
+METHODS = {"smoothing": (False, SMOOTHING), "gce": (False, GCE7), "gce-q0.4": (False, GCE4), "audited": (True, SMOOTHING),
+           "audited-gce": (True, GCE7), "clean": (False, SMOOTHING), "clean-gce-q0.4": (False, GCE4)}
 CLEAN = ("clean", "clean-gce-q0.4")
 
 

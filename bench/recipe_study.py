@@ -30,7 +30,7 @@ from shopee_fastai.machine import summary
 
 VARIANTS = (
     "",  # the default recipe: the last three body stages and the head on 4 cached views, 5 epochs
-    "--top-stages 0 --label-smoothing 0",  # the head alone on each photo and its mirror image, 30 epochs
+    "--top-stages 0 --loss softmax --label-smoothing 0",  # the head alone on each photo and its mirror image, 30 epochs
     "--top-stages 0",
     "--top-stages 0 --head-epochs 60",
     "--top-stages 0 --lr 1e-2 --wd 0.1",

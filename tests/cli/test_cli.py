@@ -90,7 +90,7 @@ def test_predict_goes_on_past_a_bad_image_and_exits_2(cli_model, synthetic, tmp_
     (["train", "--data", "{synthetic}", "--arch", "cnn", "--loss", "gce", "--gce-q", "0"], ["--gce-q 0.0: must be in (0, 1]"]),
     (["train", "--data", "{synthetic}", "--arch", "cnn", "--gce-q", "0.5"], ["--gce-q shapes the gce loss", "--loss gce"]),
     (["train", "--data", "{synthetic}", "--arch", "cnn", "--loss", "gce", "--label-smoothing", "0.2"],
-     ["--label-smoothing smooths the softmax loss", "drop it"]),
+     ["--label-smoothing smooths the softmax loss", "add --loss softmax"]),
     (["evaluate", "--model", "/no/model.pkl"], ["/no/model.pkl", "not found"]),
     (["predict", "/no/image.jpg", "--model", "/no/model.pkl"], ["/no/image.jpg"]),
 ])

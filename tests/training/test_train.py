@@ -131,6 +131,23 @@ def test_epochs_default_by_recipe(synthetic):
     assert resolve(TrainConfig(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True, epochs=2)).epochs == 2
 
 
+def test_loss_defaults_to_gce_where_it_was_measured(synthetic):
+    """The features recipe on a pretrained body trains with gce at q 0.4 (docs/results.md, label noise); the
+    fine-tune and from-scratch recipes, never measured with it, keep softmax; a loss given is kept."""
+    pretrained = dict(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True)
+    assert (TrainConfig(**pretrained).loss, TrainConfig(**pretrained).gce_q) == ("gce", 0.4)
+    assert TrainConfig(**pretrained, recipe="fine-tune").loss == "softmax"
+    assert TrainConfig(data=synthetic, arch="cnn").loss == "softmax"
+    assert TrainConfig(**pretrained, loss="softmax", label_smoothing=0.0).loss == "softmax"
+    with pytest.raises(ShopeeError, match="add --loss softmax"):
+        TrainConfig(**pretrained, label_smoothing=0.0)
+    from shopee_fastai.training.learner import resolve
+
+    # the card records the smoothing a run used: none for gce
+    assert resolve(TrainConfig(**pretrained)).label_smoothing == 0.0
+    assert resolve(TrainConfig(**pretrained, loss="softmax")).label_smoothing == 0.1
+
+
 def test_settings_resolve_once_for_the_body_at_hand(synthetic):
     """Every default a run leaves open is worked out in one frozen copy; what the user gave stays as given."""
     import dataclasses
@@ -233,7 +250,7 @@ def test_train_scores_the_held_out_photos_alone_and_counts_their_twins(tmp_path)
 
 @pytest.mark.parametrize("q", [0.7, 0.4])
 def test_a_noise_robust_loss_beats_chance_with_moved_labels(synthetic, tmp_path, q):
-    """`--loss gce` (at its default q and a lower one) on a fifth of the training photos filed under another group
+    """`--loss gce` (at its default q and a higher one) on a fifth of the training photos filed under another group
     still learns the colours: scored on held-out photos whose labels were left alone."""
     import shutil
 
