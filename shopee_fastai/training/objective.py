@@ -156,16 +156,20 @@ def margin_objective(cfg: ResolvedConfig, n_classes: int, label_smoothing: float
 
 class GeneralisedCrossEntropy(nn.Module):
     """(1 - p_y^q) / q (Zhang & Sabuncu, 2018): cross-entropy as q -> 0, mean absolute error at q = 1. Bounded, so
-    a photo filed under the wrong group cannot pull the network as hard as cross-entropy lets it; fastai reads
-    its `activation` and `decodes` as a classifier's."""
+    a photo filed under the wrong group cannot pull the network as hard as cross-entropy lets it. fastai reads
+    its `activation` and `decodes` as a classifier's, and `y_int` and `reduction` as CrossEntropyLossFlat's, so
+    MixUp mixes per-photo losses rather than integer labels."""
 
-    def __init__(self, q: float = GCE_Q):
+    y_int = True
+
+    def __init__(self, q: float = GCE_Q, reduction: str = "mean"):
         super().__init__()
-        self.q = q
+        self.q, self.reduction = q, reduction
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         p = F.softmax(logits.float(), dim=1).gather(1, y.as_subclass(torch.Tensor).long()[:, None]).squeeze(1)
-        return ((1 - p.clamp_min(1e-7) ** self.q) / self.q).mean()
+        loss = (1 - p.clamp_min(1e-7) ** self.q) / self.q
+        return loss if self.reduction == "none" else loss.sum() if self.reduction == "sum" else loss.mean()
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         return F.softmax(x, dim=1)
