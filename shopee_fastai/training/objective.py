@@ -161,6 +161,7 @@ class GeneralisedCrossEntropy(nn.Module):
     MixUp mixes per-photo losses rather than integer labels."""
 
     y_int = True
+    reduction = "mean"  # also what a learner pickled before the attribute existed reads
 
     def __init__(self, q: float = GCE_Q, reduction: str = "mean"):
         super().__init__()

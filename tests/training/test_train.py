@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from fastai.learner import load_learner
 from typer.testing import CliRunner
 
@@ -246,6 +247,17 @@ def test_train_scores_the_held_out_photos_alone_and_counts_their_twins(tmp_path)
     rows = D.read_table(data)[held.to_numpy()].reset_index(drop=True)
     assert card.test_accuracy == accuracy_on(learn, rows)
     assert f"({held.sum()} test images" in out.output
+
+
+def test_gce_is_bounded_nears_cross_entropy_as_q_falls_and_reduces_as_fastai_asks():
+    """What makes it robust (a confidently wrong label costs at most 1/q) and what fastai's MixUp needs of it."""
+    from shopee_fastai.training.objective import GeneralisedCrossEntropy
+
+    logits, y = torch.tensor([[9.0, 0.0, 0.0], [0.0, 2.0, 0.0]]), torch.tensor([1, 1])
+    per_photo = GeneralisedCrossEntropy(0.4, reduction="none")(logits, y)
+    assert per_photo.shape == (2,) and per_photo[0] < 1 / 0.4 and per_photo[0] > per_photo[1]
+    assert torch.isclose(GeneralisedCrossEntropy(0.4)(logits, y), per_photo.mean())
+    assert torch.isclose(GeneralisedCrossEntropy(1e-4)(logits, y), F.cross_entropy(logits, y), rtol=1e-3)
 
 
 @pytest.mark.parametrize("q", [0.7, 0.4])
