@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
+from fastai.callback.mixup import reduce_loss
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Metric, accuracy
 from torch import nn
@@ -169,8 +170,7 @@ class GeneralisedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         p = F.softmax(logits.float(), dim=1).gather(1, y.as_subclass(torch.Tensor).long()[:, None]).squeeze(1)
-        loss = (1 - p.clamp_min(1e-7) ** self.q) / self.q
-        return loss if self.reduction == "none" else loss.sum() if self.reduction == "sum" else loss.mean()
+        return reduce_loss((1 - p.clamp_min(1e-7) ** self.q) / self.q, self.reduction)
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
         return F.softmax(x, dim=1)
