@@ -177,7 +177,7 @@ def main() -> None:
         pkl = args.model
         if pkl is None:
             card = train(TrainConfig(data=SAMPLE_DIR, arch=args.arch, pretrained=True, top_groups=0, split="random",
-                                     models_dir=Path(tmp), int8=True))
+                                     models_dir=Path(tmp), int8=True, ensemble=1))  # one model: docs/speed.md's figures
             pkl = ModelFiles.of(Path(tmp), card.name).pkl
         one_photo(pkl, Path(files[0]), args.repeat, args.only, Path(tmp))
         if args.n:

@@ -48,7 +48,7 @@ def train_seconds(data: Path, work: Path, case: tuple[dict[str, str], int], args
     name = f"k{time.monotonic_ns()}"
     cmd = [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", OFFLINE_ARCH, "--pretrained",
            "--split", "random", "--top-groups", str(args.top_groups), "--head-epochs", str(args.epochs),
-           "--size", str(args.size), "--models-dir", str(work), "--name", name]
+           "--size", str(args.size), "--ensemble", "1", "--models-dir", str(work), "--name", name]
     spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(busy)]
     try:
         start = time.perf_counter()

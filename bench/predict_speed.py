@@ -39,7 +39,8 @@ def sample_model(models_dir: Path, arch: str) -> Path:
     from shopee_fastai.config import TrainConfig
     from shopee_fastai.training import train
 
-    card = train(TrainConfig(data=SAMPLE_DIR, arch=arch, pretrained=True, top_groups=0, split="random", models_dir=models_dir))
+    card = train(TrainConfig(data=SAMPLE_DIR, arch=arch, pretrained=True, top_groups=0, split="random", models_dir=models_dir,
+                         ensemble=1))  # one model: docs/speed.md's figures
     return ModelFiles.of(models_dir, card.name).pkl
 
 

@@ -1,7 +1,7 @@
 """Which `train` settings generalise to photos from another occasion? Each variant trained by `train`, tested on `val_` photos.
 
 A variant is a list of `train` options over one base command, `--arch tf_efficientnet_lite0 --pretrained
---split random --holdout '^val_'`: the test split is the photos shot on another occasion, and the rest is
+--split random --ensemble 1 --holdout '^val_'` (one model: ensembles have their own study): the test split is the photos shot on another occasion, and the rest is
 split train/valid. `train` runs in this process, once per variant, group count and seed; the score is the
 model card's test accuracy (with `--tta`, also `evaluate --tta`'s), mean ± sd over seeds, and the run's
 seconds. Models stay in `--work` and are reused when the study runs again, so a long study can be stopped
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SAMPLE_DIR)
     ap.add_argument("--work", type=Path, help="where the models go, reused when run again (default: a temporary folder)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="`train` options of each variant, one string each")
-    ap.add_argument("--base", default=f"--arch {OFFLINE_ARCH} --pretrained --split random",
+    ap.add_argument("--base", default=f"--arch {OFFLINE_ARCH} --pretrained --split random --ensemble 1",
                     help="`train` options of every variant (the variant's own come after, so they win)")
     ap.add_argument("--holdout", default="^val_", help="posting_id pattern of the test photos (another occasion)")
     ap.add_argument("--top-groups", type=int, nargs="+", default=[21, 0])

@@ -132,6 +132,7 @@ ADAM_BETAS = (0.9, 0.99)  # AdamW's moment decays: fastai's own second-moment de
 HEAD_WD = 0.01  # weight decay of the cached-features phase, whose optimizer is AdamW whatever --opt says
 HEAD_EPOCHS = {False: 30, True: 5}  # passes over all cached views: head alone / with body stages
 ENSEMBLE_HEAD_EPOCHS = 3  # each member of an --ensemble: more members for the time beat longer-trained ones
+DEFAULT_ENSEMBLE = 3  # members of a classifier of the features recipe: more accurate and steadier across seeds (docs/results.md)
 HEAD_VIEWS = {False: 2, True: 4}  # cached views per training photo: head alone / with body stages
 
 # Embedding models (--loss arcface/subcenter); why these values: docs/results.md
@@ -188,7 +189,7 @@ class RunTraits:
     weights: Path | None
     recipe: Recipe
     loss: Loss
-    ensemble: int
+    ensemble: int | None
     name: str | None
 
     @property
@@ -205,8 +206,8 @@ class RunTraits:
         if self.name:
             return self.name
         if self.loss.is_embedding:
-            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if self.ensemble > 1 else "")
-        if self.ensemble > 1:
+            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if (self.ensemble or 1) > 1 else "")
+        if (self.ensemble or 1) > 1:  # given: the default's members keep the default name
             return f"{self.arch}-ensemble{self.ensemble}"
         return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
 
@@ -247,7 +248,7 @@ class TrainConfig(RunTraits):
     top_stages: int | None = None  # None: TOP_STAGES where the body allows, else 0
     body_lr: float = BODY_LR
     head_views: int | None = None  # None: HEAD_VIEWS for the body at hand
-    ensemble: int = 1  # members trained on one cache of the frozen part, exported as one model
+    ensemble: int | None = None  # members trained on one cache of the frozen part, exported as one model; None: DEFAULT_ENSEMBLE where it applies, else 1
     mixup: float = 0.0
     # schedule
     epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
@@ -316,7 +317,7 @@ class TrainConfig(RunTraits):
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
         if self.loss.is_embedding and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
-        if self.ensemble > 1 and (not self.uses_pretrained or self.recipe != Recipe.features
+        if (self.ensemble or 1) > 1 and (not self.uses_pretrained or self.recipe != Recipe.features
                                   or self.arch == CNN_ARCH or self.epochs or self.top_stages == 0):
             raise ShopeeError(f"--ensemble {self.ensemble}: averages models that train body stages on cached maps; use "
                               "a timm --arch with --pretrained, --recipe features, no --epochs and --top-stages ≥ 1")
@@ -330,15 +331,18 @@ class TrainConfig(RunTraits):
         if self.loss.is_embedding:  # an embedding's own defaults
             top, head_epochs, views = EMBED_TOP_STAGES, EMBED_HEAD_EPOCHS, EMBED_HEAD_VIEWS
         else:
-            top, views = TOP_STAGES, HEAD_VIEWS
-            head_epochs = {**HEAD_EPOCHS, True: ENSEMBLE_HEAD_EPOCHS} if self.ensemble > 1 else HEAD_EPOCHS
-        if self.cached_head:
-            top_stages = _or(self.top_stages, top if body_stages else 0)
-            head = {"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]}
-        else:  # no head phase: its settings as given, else 0
-            top_stages, head = _or(self.top_stages, 0), {"head_epochs": 0, "head_views": 0}
+            top, head_epochs, views = TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS
+        top_stages = _or(self.top_stages, top if self.cached_head and body_stages else 0)
+        # members train body stages on the one cache; an embedding, or a run that then unfreezes, stays one model
+        ensemble = _or(self.ensemble, DEFAULT_ENSEMBLE if self.cached_head and top_stages and not self.epochs
+                       and not self.loss.is_embedding else 1)
+        if ensemble > 1 and not self.loss.is_embedding:
+            head_epochs = {**head_epochs, True: ENSEMBLE_HEAD_EPOCHS}
+        # no head phase: its settings as given, else 0
+        head = ({"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]} if self.cached_head
+                else {"head_epochs": 0, "head_views": 0})
         return ResolvedConfig(**{
-            **given, "top_stages": top_stages, **{k: _or(given[k], v) for k, v in head.items()},
+            **given, "top_stages": top_stages, "ensemble": ensemble, **{k: _or(given[k], v) for k, v in head.items()},
             "top_groups": _or(self.top_groups, 0 if self.loss.is_embedding else TOP_GROUPS),
             "epochs": _or(self.epochs, 0 if self.cached_head else EPOCHS),
             "label_smoothing": _or(self.label_smoothing, LABEL_SMOOTHING if self.loss == Loss.softmax else 0.0),

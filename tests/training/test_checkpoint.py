@@ -26,7 +26,7 @@ HEAD_LR = 1e-2
 def cli(data, models, *extra):
     return [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", "cnn", "--split", "random",
             "--epochs", str(EPOCHS), "--size", str(SIZE), "--bs", "8", "--aug", "none", "--workers", "0", "--lr", "3e-3",
-            "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
+            "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", "--ensemble", "1", *extra]
 
 
 def cnn_config(data, models, **extra) -> TrainConfig:
@@ -108,6 +108,7 @@ def test_full_disk_is_one_clear_error_and_no_partial_model(synthetic, tmp_path):
 
 
 def default_recipe_cli(data, models, *extra):
+    """The default recipe as one model (an ensemble's members resume in their own test)."""
     return [sys.executable, "-m", "shopee_fastai", "train", "--data", str(data), "--arch", OFFLINE_ARCH, "--pretrained",
             "--split", "random", "--head-epochs", str(HEAD_EPOCHS), "--size", str(SIZE), "--workers", "0",
             "--lr", str(HEAD_LR), "--models-dir", str(models), "--name", "r", "--checkpoint-every", "1", *extra]
@@ -116,7 +117,8 @@ def default_recipe_cli(data, models, *extra):
 def default_recipe_config(data, models, **extra) -> TrainConfig:
     """What `default_recipe_cli` runs."""
     return TrainConfig(**{**dict(data=data, arch=OFFLINE_ARCH, pretrained=True, split="random", head_epochs=HEAD_EPOCHS,
-                                 size=SIZE, workers=0, lr=HEAD_LR, models_dir=models, name="r", checkpoint_every=1), **extra})
+                                 size=SIZE, workers=0, lr=HEAD_LR, models_dir=models, name="r", checkpoint_every=1, ensemble=1),
+                          **extra})
 
 
 def interrupt_after_three_epochs(cfg: TrainConfig) -> dict:

@@ -78,7 +78,7 @@ def _lite0():
 def test_top_stages_train_with_the_head_and_keep_imagenet_batchnorm(synthetic, tmp_path):
     arch, source = _lite0()
     cfg = TrainConfig(data=synthetic, split="random", arch=arch, pretrained=True, head_epochs=20, lr=1e-2, body_lr=1e-3,
-                      size=SIZE, workers=0, models_dir=tmp_path, name="top")  # top_stages: the default
+                      size=SIZE, workers=0, models_dir=tmp_path, name="top", ensemble=1)  # top_stages: the default
     trained = fit_learner(cfg)
     body = {k.removeprefix("model."): v for k, v in trained.learn.model[0].state_dict().items()}
     n = len(trained.learn.model[0].model.blocks)

@@ -153,15 +153,22 @@ def test_settings_resolve_once_for_the_body_at_hand(synthetic):
     """Every default a run leaves open is worked out in one frozen copy; what the user gave stays as given."""
     import dataclasses
 
-    from shopee_fastai.config import (EMBED_HEAD_EPOCHS, EMBED_TOP_STAGES, HEAD_EPOCHS, HEAD_VIEWS, HEAD_WD, LR, TOP_GROUPS,
-                                      TOP_STAGES, WD, Optimizer)
+    from shopee_fastai.config import (DEFAULT_ENSEMBLE, EMBED_HEAD_EPOCHS, EMBED_TOP_STAGES, ENSEMBLE_HEAD_EPOCHS, HEAD_EPOCHS,
+                                      HEAD_VIEWS, HEAD_WD, LR, TOP_GROUPS, TOP_STAGES, WD, Optimizer)
     from shopee_fastai.training.learner import resolve
 
     lite = dict(data=synthetic, arch="tf_efficientnet_lite0", pretrained=True)
     run = resolve(TrainConfig(**lite))
-    assert (run.top_stages, run.head_epochs, run.head_views) == (TOP_STAGES, HEAD_EPOCHS[True], HEAD_VIEWS[True])
+    assert (run.top_stages, run.ensemble, run.head_epochs, run.head_views) == (TOP_STAGES, DEFAULT_ENSEMBLE, ENSEMBLE_HEAD_EPOCHS,
+                                                                              HEAD_VIEWS[True])
     assert (run.top_groups, run.lr, run.wd, run.head_wd) == (TOP_GROUPS, LR[Optimizer.adam], WD[Optimizer.adam], HEAD_WD)
-    assert run.name == "tf_efficientnet_lite0-pretrained"
+    assert run.name == "tf_efficientnet_lite0-pretrained"  # the default's members keep the default name
+    one = resolve(TrainConfig(**lite, ensemble=1))
+    assert (one.ensemble, one.head_epochs, one.name) == (1, HEAD_EPOCHS[True], "tf_efficientnet_lite0-pretrained")
+    assert resolve(TrainConfig(**lite, ensemble=2)).name == "tf_efficientnet_lite0-ensemble2"
+    # one model where members could not share a cache of trained stages, and for an embedding (its own study)
+    for single in (dict(top_stages=0), dict(loss="arcface"), dict(recipe="fine-tune"), dict(epochs=1)):
+        assert resolve(TrainConfig(**lite, **single)).ensemble == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.lr = 1.0
     assert resolve(TrainConfig(**lite, top_stages=0)).head_epochs == HEAD_EPOCHS[False]
@@ -170,9 +177,10 @@ def test_settings_resolve_once_for_the_body_at_hand(synthetic):
     assert resolve(TrainConfig(**lite, loss="arcface", top_stages=0)).head_epochs == EMBED_HEAD_EPOCHS[False]
     assert resolve(TrainConfig(**lite, head_epochs=7, wd=0.1)).head_epochs == 7
     assert resolve(TrainConfig(**lite, wd=0.1)).head_wd == 0.1
-    assert resolve(TrainConfig(data=synthetic, arch="test_resnet", pretrained=True)).top_stages == 0  # no stages to train
+    no_stages = resolve(TrainConfig(data=synthetic, arch="test_resnet", pretrained=True))
+    assert (no_stages.top_stages, no_stages.ensemble) == (0, 1)  # no stages to train
     sgd = resolve(TrainConfig(data=synthetic, arch="cnn", opt="sgd"))
-    assert (sgd.lr, sgd.wd, sgd.head_epochs, sgd.top_stages) == (LR[Optimizer.sgd], WD[Optimizer.sgd], 0, 0)  # no head phase
+    assert (sgd.lr, sgd.wd, sgd.head_epochs, sgd.top_stages, sgd.ensemble) == (LR[Optimizer.sgd], WD[Optimizer.sgd], 0, 0, 1)  # no head phase
 
 
 def test_a_resolved_config_leaves_nothing_open_and_is_no_train_config(synthetic):
