@@ -54,7 +54,7 @@ def timed_run(args, recipe: str, precision: str, models: Path) -> dict:
     """One `train` run: seconds of its fastest epoch and of its cache, images per epoch, GFLOP per trained image."""
     settings, epochs_field = RECIPES[recipe]
     cfg = TrainConfig(data=args.data, arch=args.arch, top_groups=args.top_groups, split=Split.random, size=args.size,
-                      bs=args.bs, workers=args.workers, precision=precision, models_dir=models,
+                      bs=args.bs, workers=args.workers, precision=precision, models_dir=models, ensemble=1,  # one model's epochs
                       **settings, **{epochs_field: args.epochs})
     with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # fastai's progress bars
         trained = fit_learner(cfg)
