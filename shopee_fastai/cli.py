@@ -91,6 +91,9 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "margin": "Angular margin of a margin --loss, in degrees.",
     "scale": "Logit scale of a margin --loss.",
     "margin_ramp": "A margin --loss: grow the margin from 0 to --margin over this share of training (0: full margin from the start).",
+    "member_folds": ("Each ensemble member validates on a fold of its own (the valid split for the first) and trains on "
+                     "every other photo, so the ensemble learns from every photo; the card's valid accuracy is then each "
+                     "member's on its own fold.", "--member-folds/--no-member-folds"),
     "refit": ("A margin --loss: after calibrating on held-out groups, train the final model again on all but 2 groups, "
               "keeping the first network's settings, not re-calibrated (2x the time).", "--refit/--no-refit"),
     "mixup": "fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).",
@@ -110,7 +113,7 @@ HELP: dict[str, str | tuple[str, ...]] = {
 }
 DATA_OPTIONS = ("data", "top_groups", "holdout", "split", "dup_threshold", "seed", "size", "bs", "aug", "workers")
 PANELS = {DATA: DATA_OPTIONS, MODEL: ("arch", "pretrained", "weights"),
-          RECIPE: ("recipe", "head_epochs", "top_stages", "head_views", "ensemble", "body_lr", "label_smoothing", "loss",
+          RECIPE: ("recipe", "head_epochs", "top_stages", "head_views", "ensemble", "member_folds", "body_lr", "label_smoothing", "loss",
                    "gce_q", "embed_dim", "margin", "margin_ramp", "scale", "refit", "mixup"),
           SCHEDULE: ("epochs", "freeze_epochs", "lr", "wd", "opt"),
           RUN: ("name", "models_dir", "checkpoint_every", "resume", "early_stop", "keep_best", "precision", "int8")}

@@ -249,6 +249,7 @@ class TrainConfig(RunTraits):
     body_lr: float = BODY_LR
     head_views: int | None = None  # None: HEAD_VIEWS for the body at hand
     ensemble: int | None = None  # members trained on one cache of the frozen part, exported as one model; None: DEFAULT_ENSEMBLE where it applies, else 1
+    member_folds: bool = False  # each ensemble member validates on a fold of its own and trains on every other photo
     mixup: float = 0.0
     # schedule
     epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
@@ -338,6 +339,9 @@ class TrainConfig(RunTraits):
                        and not self.loss.is_embedding else 1)
         if ensemble > 1 and not self.loss.is_embedding:
             head_epochs = {**head_epochs, True: ENSEMBLE_HEAD_EPOCHS}
+        if self.member_folds and (ensemble == 1 or self.loss.is_embedding):
+            raise ShopeeError("--member-folds gives each member of a classifier's ensemble its own validation fold; "
+                              "train a classifier with --ensemble 2 or more, or drop it")
         # no head phase: its settings as given, else 0
         head = ({"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]} if self.cached_head
                 else {"head_epochs": 0, "head_views": 0})
@@ -386,6 +390,7 @@ class ResolvedConfig(RunTraits):
     body_lr: float
     head_views: int
     ensemble: int
+    member_folds: bool
     mixup: float
     # schedule
     epochs: int

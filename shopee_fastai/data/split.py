@@ -120,6 +120,35 @@ def make_split(
     return split
 
 
+def member_folds(df: pd.DataFrame, split: pd.Series, members: int, seed: int = SEED,
+                 clusters: np.ndarray | None = None) -> pd.Series:
+    """Each ensemble member's validation fold: posting_id -> fold for the train and valid rows of `split`.
+
+    Fold 0 is the valid split; folds 1 to `members`-1 are drawn from the training rows, each about the valid
+    split's size, stratified by label group with `clusters` kept whole (as `make_split`); -1 marks the rows
+    no member validates on. Member k validates on fold k and trains on every other row, so the ensemble as a
+    whole learns from every photo while each member is still scored on photos it never saw.
+    """
+    rng = np.random.default_rng(seed + 1)  # not the split's own draw
+    where = df[ID].map(split)
+    folds = pd.Series(-1, index=df.loc[where.isin((TRAIN, VALID)), ID].values, name="fold")
+    folds[df.loc[where.eq(VALID), ID].values] = 0
+    share = min(FRACTIONS[1] / FRACTIONS[0], 1 / members)  # of the training rows, per fold
+    fractions = [1 - (members - 1) * share] + [share] * (members - 1)
+    cl = pd.Series(np.arange(len(df)) if clusters is None else np.asarray(clusters), index=df.index)
+    train = df[where.eq(TRAIN).to_numpy()]
+    units = [g for _, g in train.groupby(cl[train.index].to_numpy(), sort=True)]
+    by_label: dict[str, list[int]] = {}
+    for u, g in enumerate(units):
+        by_label.setdefault(g[LABEL].mode().iloc[0], []).append(u)
+    for lab in sorted(by_label):
+        us = by_label[lab]
+        sizes = [len(units[u]) for u in us]
+        for u, k in zip(us, _assign_units(sizes, rng.permutation(len(us)), _split_counts(sum(sizes), fractions))):
+            folds[units[u][ID].values] = k if k else -1
+    return folds
+
+
 def counts(split: pd.Series) -> dict[str, int]:
     """Photos per split, and the held-out photos' twins left out (a model card records these)."""
     return {name: int((split == name).sum()) for name in (*SPLITS, TWIN)}

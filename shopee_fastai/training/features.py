@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from fastai.callback.mixup import MixUp
@@ -117,17 +118,19 @@ class _Views:
     One gather keeps the cache's channels-last layout, where stacking rows one by one would not.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None):
+        self.x, self.y, self.rows = x, y, rows  # `rows`: serve these rows of x alone (one member's fold left out)
 
     def __len__(self) -> int:
-        return len(self.y)
+        return len(self.y) if self.rows is None else len(self.rows)
 
     def __getitem__(self, i: int) -> int:
         return i
 
     def batch(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(rows)
+        if self.rows is not None:
+            idx = self.rows[idx]
         return self.x[idx], self.y[idx]
 
 
@@ -136,29 +139,44 @@ def _float(batch: tuple) -> tuple:
     return tuple(t.float() if t.is_floating_point() else t for t in batch)
 
 
-def cached_views(learn, split: Split, views: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def cached_views(learn, split: Split, views: int) -> dict[str, Any]:
     """{"train", "valid"}: the frozen part's outputs and labels; `views` per training image (1 itself, 2 and its
-    mirror, more add random passes through the training augmentations), one per validation image."""
+    mirror, more add random passes through the training augmentations), one per validation image. "photos":
+    the image path of each training row, for member folds; "plain": how many rows are the photos themselves."""
     half = split.body is not None  # feature maps are large: stored fp16
     vocab = {str(v): i for i, v in enumerate(learn.dls.vocab)}
-    sets = {}
+    sets: dict[str, Any] = {}
     for name, ds, mirror in (("train", learn.dls.train_ds, views > 1), ("valid", learn.dls.valid_ds, False)):
         items = ds.items
         label = dict(zip(items[PATH].map(lambda p: str(Path(p))), items[LABEL].astype(str)))
         x, kept = frozen_outputs(learn, split.frozen, list(items[PATH]), mirror=mirror, half=half)
         y = torch.tensor([vocab[label[p]] for p in kept], dtype=torch.long)
         sets[name] = (x, y.repeat(2) if mirror else y)
+        if name == "train":
+            sets["plain"], sets["photos"] = len(kept), kept * (2 if mirror else 1)
     if views > 2:
         x_aug, y_aug = augmented_outputs(learn, split.frozen, views - 2, half=half)
         sets["train"] = (torch.cat([sets["train"][0], x_aug]), torch.cat([sets["train"][1], y_aug]))
+        sets["photos"] += [str(Path(p)) for p in learn.dls.train_ds.items[PATH]] * (views - 2)
     return sets
 
 
-def features_learner(learn, cfg: ResolvedConfig, member: int = 0, shared: dict | None = None):
+def fold_views(sets: dict[str, Any], folds: dict[str, int], member: int) -> tuple[_Views, _Views]:
+    """Member `member`'s training rows (every view of every photo outside its fold) and validation rows (its
+    fold's photos themselves), served from the one cache."""
+    fold = torch.tensor([folds.get(p, -1) for p in sets["photos"]])
+    x, y = sets["train"]
+    own = fold == member
+    return _Views(x, y, torch.nonzero(~own).flatten()), _Views(x, y, torch.nonzero(own[: sets["plain"]]).flatten())
+
+
+def features_learner(learn, cfg: ResolvedConfig, member: int = 0, shared: dict | None = None,
+                     folds: dict[str, int] | None = None):
     """A Learner that trains `learn.model`'s top part on cached frozen-part outputs (settings resolved in `cfg`).
 
     For an ensemble (`learn.model` an Ensemble), the top part of `member`, seeded `cfg.seed + member`; the
-    cache is computed once per process and kept in `shared` for the other members.
+    cache is computed once per process and kept in `shared` for the other members. With `folds` (image path ->
+    fold), the member validates on its own fold and trains on every other photo's views.
     """
     device = learn.dls.device
     learn.model.to(device)  # fastai moves it only when a fit starts; this phase comes first
@@ -177,7 +195,7 @@ def features_learner(learn, cfg: ResolvedConfig, member: int = 0, shared: dict |
     for m in (split.trained[-1] if split.body is not None else split.trained).modules():
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
-    train, valid = _Views(*sets["train"]), _Views(*sets["valid"])
+    train, valid = fold_views(sets, folds, member) if folds is not None else (_Views(*sets["train"]), _Views(*sets["valid"]))
     dls = DataLoaders(DataLoader(train, bs=HEAD_BS, shuffle=True, drop_last=False, create_batch=train.batch, after_batch=_float),
                       DataLoader(valid, bs=VALID_BS, create_batch=valid.batch, after_batch=_float), device=device)
     body = split.body

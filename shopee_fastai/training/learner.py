@@ -45,9 +45,21 @@ class Prepared:
     skipped: pd.DataFrame = field(default_factory=pd.DataFrame)
     cached: int = 0
     leaks: Any = None  # neardup.LeakReport for leak-free splits
+    folds: pd.Series | None = None  # posting_id -> each ensemble member's validation fold (S.member_folds)
 
     def rows(self, name: str) -> pd.DataFrame:
         return S.rows_in_split(self.table, self.split, name).assign(**{S.SPLIT: name})
+
+    def fold_rows(self, k: int) -> pd.DataFrame:
+        """The photos member `k` validates on."""
+        return self.table[self.table[D.ID].map(self.folds).eq(k)].reset_index(drop=True)
+
+    def fold_of_path(self) -> dict[str, int] | None:
+        """Each image path's fold, as the cached views know their photos; None without member folds."""
+        if self.folds is None:
+            return None
+        fold = self.table[D.ID].map(self.folds)
+        return {str(Path(p)): int(f) for p, f in zip(self.table[D.PATH], fold) if f == f}
 
 
 def check_environment(cfg: ResolvedConfig) -> None:
@@ -102,7 +114,8 @@ def prepare(cfg: ResolvedConfig, skipped_report: Path | None = None, valid_group
             why = (f"each group's photos are near-duplicates of each other at --dup-threshold {cfg.dup_threshold}; "
                    "raise it, add photos, or use --split random") if found else "every group has fewer than 3 photos; add photos"
             raise ShopeeError(f"{cfg.data}: the {cfg.split} split left no {name} images ({why})")
-    return Prepared(table, split, skipped, hits, found.leaks if found else None)
+    folds = S.member_folds(table, split, cfg.ensemble, cfg.seed, found.clusters if found else None) if cfg.member_folds else None
+    return Prepared(table, split, skipped, hits, found.leaks if found else None, folds)
 
 
 def build_learner(dls, cfg: ResolvedConfig, choice: WeightsChoice):
@@ -142,7 +155,9 @@ def setup(cfg: TrainConfig, skipped_report: Path | None = None,
     check_environment(run)
     choice = resolve_weights(run.arch, run.pretrained, run.weights)
     prep = prepare(run, skipped_report, valid_groups)
-    train_valid = pd.concat([prep.rows(S.TRAIN), prep.rows(S.VALID)], ignore_index=True)
+    # with member folds the valid photos train the other members too: they are training rows as well
+    again = [prep.rows(S.VALID).assign(**{S.SPLIT: S.TRAIN})] if run.member_folds else []
+    train_valid = pd.concat([prep.rows(S.TRAIN), *again, prep.rows(S.VALID)], ignore_index=True)
     # an embedding's validation groups are not among its training groups: name them all in the vocabulary
     vocab = sorted(train_valid[D.LABEL].astype(str).unique()) if run.loss.is_embedding else None
     dls = make_dataloaders(train_valid, input_stats(run.arch), LoaderConfig(run.size, run.bs, run.aug, run.workers, run.seed),

@@ -41,8 +41,9 @@ def head_phase(member: int, members: int) -> str:
     return "head" if members == 1 else f"head {member + 1}/{members}"
 
 
-def plan(learn, cfg: ResolvedConfig) -> list[Phase]:
-    """The phases `cfg` runs, those with no epochs left out (see README: How the default recipe works)."""
+def plan(learn, cfg: ResolvedConfig, folds: dict[str, int] | None = None) -> list[Phase]:
+    """The phases `cfg` runs, those with no epochs left out (see README: How the default recipe works); `folds`:
+    each image path's member fold (`--member-folds`)."""
     lr = cfg.lr
     full = lambda: learn  # noqa: E731
 
@@ -58,7 +59,7 @@ def plan(learn, cfg: ResolvedConfig) -> list[Phase]:
         shared: dict = {}  # the frozen part's cache, computed once for every member of an ensemble
         fit_head = lambda lrn, n, start, cbs: fit_features(lrn, cfg, n, start, cbs)  # noqa: E731
         phases = [Phase(head_phase(k, cfg.ensemble), cfg.head_epochs,
-                        lambda k=k: features_learner(learn, cfg, k, shared), fit_head) for k in range(cfg.ensemble)]
+                        lambda k=k: features_learner(learn, cfg, k, shared, folds), fit_head) for k in range(cfg.ensemble)]
         phases.append(Phase("unfrozen", cfg.epochs, unfreeze, unfrozen))
     elif cfg.uses_pretrained:
         phases = [Phase("frozen", cfg.freeze_epochs, full,
@@ -77,13 +78,13 @@ def run_options(cfg: ResolvedConfig) -> dict[str, Any]:
             for k, v in asdict(cfg).items() if k not in RESUMABLE}
 
 
-def fit(learn, cfg: ResolvedConfig) -> tuple[list[dict], list[dict], dict[str, float]]:
-    """Run the recipe's phases, checkpointing and resuming where asked.
+def fit(learn, cfg: ResolvedConfig, folds: dict[str, int] | None = None) -> tuple[list[dict], list[dict], dict[str, float]]:
+    """Run the recipe's phases (`folds`: as `plan`), checkpointing and resuming where asked.
 
     Returns the whole per-epoch history, the rows of the epochs this call ran, and seconds per phase.
     """
     files = ModelFiles.of(cfg.models_dir, cfg.name)
-    phases = plan(learn, cfg)
+    phases = plan(learn, cfg, folds)
     names = [p.name for p in phases]
     options = run_options(cfg)
     saved = read_progress(files, options) if cfg.resume else None

@@ -86,7 +86,7 @@ def _fit(cfg: TrainConfig, valid_groups: float) -> Trained:
     run, choice, prep, learn = setup(cfg, files.skipped, valid_groups)  # from here on, the resolved settings: the card records them
     if run.ensemble > 1:
         as_ensemble(learn, run)
-    history, ran, times = fit(learn, run)
+    history, ran, times = fit(learn, run, prep.fold_of_path())
     mean, std = input_stats(run.arch)
     passes = sum(run.head_views if h["phase"].startswith("head") else 1 for h in ran)  # a head epoch passes every cached view
     card = ModelCard(
@@ -94,7 +94,8 @@ def _fit(cfg: TrainConfig, valid_groups: float) -> Trained:
         input={"size": run.size, "mean": list(mean), "std": list(std)}, data=str(Path(run.data).resolve()),
         config={k: v for k, v in asdict(run).items() if k != "data"},
         split={"mode": "groups" if run.loss.is_embedding else str(run.split), "seed": run.seed, "holdout": run.holdout, "file": files.split.name,
-               **S.counts(prep.split)},
+               **S.counts(prep.split),
+               **({"member_folds": [int(prep.folds.eq(k).sum()) for k in range(run.ensemble)]} if prep.folds is not None else {})},
         leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
@@ -113,17 +114,29 @@ def _scores(learn, prep: Prepared, cfg: ResolvedConfig) -> dict[str, Any]:
               "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
     if cfg.ensemble > 1:
         scores["members"] = _member_scores(learn, prep)
+    if prep.folds is not None:  # the other members trained on the valid photos: only each member on its own fold is unseen
+        scores["valid_accuracy"] = _out_of_fold([m["valid_accuracy"] for m in scores["members"]],
+                                                [int(prep.folds.eq(k).sum()) for k in range(cfg.ensemble)])
     return scores
 
 
+def _out_of_fold(accuracies: list[float | None], sizes: list[int]) -> float | None:
+    """Each member's accuracy on its own fold, pooled over the folds' photos: one member's accuracy on photos it
+    never saw (the ensemble's own is higher)."""
+    if any(a is None for a in accuracies) or not sum(sizes):
+        return None
+    return round(sum(a * n for a, n in zip(accuracies, sizes)) / sum(sizes), 4)
+
+
 def _member_scores(learn, prep: Prepared) -> list[dict[str, float | None]]:
-    """Each ensemble member's accuracy alone, to show what averaging adds."""
+    """Each ensemble member's accuracy alone, to show what averaging adds; its valid accuracy on its own fold
+    where members have folds."""
     whole, out = learn.model, []
     try:
         for k in range(len(whole.members)):
             learn.model = whole.member(k)
-            out.append({"valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)),
-                        "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))})
+            valid = prep.rows(S.VALID) if prep.folds is None else prep.fold_rows(k)
+            out.append({"valid_accuracy": accuracy_on(learn, valid), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))})
     finally:
         learn.model = whole
     return out

@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -68,6 +69,24 @@ def test_split_is_stratified_disjoint_sized_and_seeded():
     assert counts.loc["c"].tolist() == [1, 8, 1]
     assert split.equals(S.make_split(df, seed=1))
     assert not split.equals(S.make_split(df, seed=2))
+
+
+def test_member_folds_are_the_valid_split_then_disjoint_training_folds_of_its_size_clusters_whole():
+    df = table({"a": 40, "b": 24})
+    clusters = np.arange(len(df)) // 2  # pairs of near-duplicates
+    split = S.make_split(df, seed=1, clusters=clusters)
+    folds = S.member_folds(df, split, 3, seed=1, clusters=clusters)
+    where = df[D.ID].map(split)
+    assert set(folds.index) == set(df.loc[where.isin((S.TRAIN, S.VALID)), D.ID])  # no test row has a fold
+    assert (folds[folds == 0].index.sort_values() == split[split == S.VALID].index.sort_values()).all()
+    for k in (1, 2):
+        ids = folds[folds == k].index
+        assert (split[ids] == S.TRAIN).all() and abs(len(ids) - (split == S.VALID).sum()) <= 2
+        assert set(df.loc[df[D.ID].isin(ids), D.LABEL]) == {"a", "b"}  # stratified
+    fold = df[D.ID].map(folds).fillna(-2).to_numpy()
+    assert all(len(set(fold[clusters == c])) == 1 for c in np.unique(clusters))  # a pair never straddles two folds
+    assert (fold == -1).sum() > 0  # rows every member trains on
+    assert folds.equals(S.member_folds(df, split, 3, seed=1, clusters=clusters))
 
 
 def test_split_of_tiny_groups_keeps_training_rows():

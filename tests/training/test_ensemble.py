@@ -12,6 +12,7 @@ from shopee_fastai.inference.embed import embed_images
 from shopee_fastai.inference.load import load_predictor
 from shopee_fastai.inference.torch_backends import predict_probs
 from shopee_fastai.nets.ensemble import Ensemble
+from shopee_fastai.training.features import fold_views
 
 from ..conftest import COLOURS, SIZE, fit_and_export
 from .test_checkpoint import HEAD_EPOCHS, default_recipe_config
@@ -69,6 +70,36 @@ def test_the_accuracy_recipe_predicts_an_ensemble_with_tta(ensemble):
     tta = load_predictor(ensemble.files.pkl, tta=True).outputs(images, progress=False).outputs
     assert tta.shape == plain.shape and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
     assert not np.allclose(tta, plain, atol=1e-4)  # the augmented passes count
+
+@pytest.fixture(scope="module")
+def folded(synthetic, tmp_path_factory):
+    return fit_and_export(default_recipe_config(synthetic, tmp_path_factory.mktemp("m"), ensemble=2, member_folds=True,
+                                                checkpoint_every=0))
+
+
+def test_member_folds_train_each_member_on_all_but_its_own_fold_and_score_it_there(folded):
+    """`--member-folds`: member 2 trains on the valid photos too, each member is scored on its own fold alone."""
+    card, prep = folded.card, folded.prep
+    assert card.split["member_folds"] == [int(prep.folds.eq(k).sum()) for k in (0, 1)] and min(card.split["member_folds"]) > 0
+    assert card.test_accuracy > 1 / len(COLOURS)
+    sizes = card.split["member_folds"]
+    pooled = sum(m["valid_accuracy"] * n for m, n in zip(card.members, sizes)) / sum(sizes)
+    assert card.valid_accuracy == pytest.approx(pooled, abs=1e-4)
+    paths = prep.fold_of_path()
+    sets = {"train": (torch.arange(2 * len(paths)).float(), torch.zeros(2 * len(paths), dtype=torch.long)),
+            "photos": list(paths) * 2, "plain": len(paths)}
+    for k in (0, 1):
+        train, valid = fold_views(sets, paths, k)
+        seen = {sets["photos"][int(i)] for i in train.batch(list(range(len(train))))[0]}
+        mine = {p for p, f in paths.items() if f == k}
+        assert not seen & mine and seen | mine == set(paths)  # every other photo, all its views
+        assert {sets["photos"][int(i)] for i in valid.batch(list(range(len(valid))))[0]} == mine
+
+
+def test_member_folds_need_a_classifier_ensemble(synthetic):
+    with pytest.raises(ShopeeError, match="--member-folds gives each member"):
+        TrainConfig(data=synthetic, arch=OFFLINE_ARCH, pretrained=True, ensemble=1, member_folds=True).resolved(7)
+
 
 @pytest.fixture(scope="module")
 def arcface_ensemble(groups, tmp_path_factory):
