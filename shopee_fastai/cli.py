@@ -171,7 +171,8 @@ def _report_card(card, files) -> None:
                        f"on all {card.split['test']} test photos: F1 {m.get('test_f1')}")
         typer.echo(f"({card.wall_time_s['total']} s)")
     else:
-        typer.echo(f"valid accuracy {card.valid_accuracy}  test accuracy {card.test_accuracy}  "
+        oof = " (each member on its own fold)" if card.split.get("member_folds") else ""
+        typer.echo(f"valid accuracy {card.valid_accuracy}{oof}  test accuracy {card.test_accuracy}  "
                    f"({card.split['test']} test images, {card.wall_time_s['total']} s)")
     typer.echo(f"exported {files.pkl} (card {files.card}, split {files.split})")
 
