@@ -249,7 +249,7 @@ class TrainConfig(RunTraits):
     body_lr: float = BODY_LR
     head_views: int | None = None  # None: HEAD_VIEWS for the body at hand
     ensemble: int | None = None  # members trained on one cache of the frozen part, exported as one model; None: DEFAULT_ENSEMBLE where it applies, else 1
-    member_folds: bool = False  # each ensemble member validates on a fold of its own and trains on every other photo
+    member_folds: bool | None = None  # each ensemble member validates on a fold of its own and trains on every other photo; None: on for a classifier's ensemble
     mixup: float = 0.0
     # schedule
     epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
@@ -342,11 +342,12 @@ class TrainConfig(RunTraits):
         if self.member_folds and (ensemble == 1 or self.loss.is_embedding):
             raise ShopeeError("--member-folds gives each member of a classifier's ensemble its own validation fold; "
                               "train a classifier with --ensemble 2 or more, or drop it")
+        member_folds = _or(self.member_folds, ensemble > 1 and not self.loss.is_embedding)
         # no head phase: its settings as given, else 0
         head = ({"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]} if self.cached_head
                 else {"head_epochs": 0, "head_views": 0})
         return ResolvedConfig(**{
-            **given, "top_stages": top_stages, "ensemble": ensemble, **{k: _or(given[k], v) for k, v in head.items()},
+            **given, "top_stages": top_stages, "ensemble": ensemble, "member_folds": member_folds, **{k: _or(given[k], v) for k, v in head.items()},
             "top_groups": _or(self.top_groups, 0 if self.loss.is_embedding else TOP_GROUPS),
             "epochs": _or(self.epochs, 0 if self.cached_head else EPOCHS),
             "label_smoothing": _or(self.label_smoothing, LABEL_SMOOTHING if self.loss == Loss.softmax else 0.0),

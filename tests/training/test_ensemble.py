@@ -71,15 +71,9 @@ def test_the_accuracy_recipe_predicts_an_ensemble_with_tta(ensemble):
     assert tta.shape == plain.shape and np.allclose(tta.sum(axis=1), 1, atol=1e-4)
     assert not np.allclose(tta, plain, atol=1e-4)  # the augmented passes count
 
-@pytest.fixture(scope="module")
-def folded(synthetic, tmp_path_factory):
-    return fit_and_export(default_recipe_config(synthetic, tmp_path_factory.mktemp("m"), ensemble=2, member_folds=True,
-                                                checkpoint_every=0))
-
-
-def test_member_folds_train_each_member_on_all_but_its_own_fold_and_score_it_there(folded):
-    """`--member-folds`: member 2 trains on the valid photos too, each member is scored on its own fold alone."""
-    card, prep = folded.card, folded.prep
+def test_members_train_on_all_but_a_fold_of_their_own_and_are_scored_there(ensemble):
+    """Member folds (the default): member 2 trains on the valid photos too, each member is scored on its own fold alone."""
+    card, prep = ensemble.card, ensemble.prep
     assert card.split["member_folds"] == [int(prep.folds.eq(k).sum()) for k in (0, 1)] and min(card.split["member_folds"]) > 0
     assert card.test_accuracy > 1 / len(COLOURS)
     sizes = card.split["member_folds"]

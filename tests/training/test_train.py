@@ -163,8 +163,11 @@ def test_settings_resolve_once_for_the_body_at_hand(synthetic):
                                                                               HEAD_VIEWS[True])
     assert (run.top_groups, run.lr, run.wd, run.head_wd) == (TOP_GROUPS, LR[Optimizer.adam], WD[Optimizer.adam], HEAD_WD)
     assert run.name == "tf_efficientnet_lite0-pretrained"  # the default's members keep the default name
+    assert run.member_folds  # each member validates on a fold of its own
     one = resolve(TrainConfig(**lite, ensemble=1))
-    assert (one.ensemble, one.head_epochs, one.name) == (1, HEAD_EPOCHS[True], "tf_efficientnet_lite0-pretrained")
+    assert (one.ensemble, one.head_epochs, one.name, one.member_folds) == (1, HEAD_EPOCHS[True], "tf_efficientnet_lite0-pretrained", False)
+    assert not resolve(TrainConfig(**lite, member_folds=False)).member_folds
+    assert not resolve(TrainConfig(**lite, loss="arcface", ensemble=2)).member_folds  # an embedding validates on held-out groups
     assert resolve(TrainConfig(**lite, ensemble=2)).name == "tf_efficientnet_lite0-ensemble2"
     # one model where members could not share a cache of trained stages, and for an embedding (its own study)
     for single in (dict(top_stages=0), dict(loss="arcface"), dict(recipe="fine-tune"), dict(epochs=1)):
