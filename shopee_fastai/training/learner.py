@@ -54,6 +54,10 @@ class Prepared:
         """The photos member `k` validates on."""
         return self.table[self.table[D.ID].map(self.folds).eq(k)].reset_index(drop=True)
 
+    def fold_sizes(self, members: int) -> list[int]:
+        """Photos in each member's validation fold."""
+        return [int(self.folds.eq(k).sum()) for k in range(members)]
+
     def fold_of_path(self) -> dict[str, int] | None:
         """Each image path's fold, as the cached views know their photos; None without member folds."""
         if self.folds is None:

@@ -95,7 +95,7 @@ def _fit(cfg: TrainConfig, valid_groups: float) -> Trained:
         config={k: v for k, v in asdict(run).items() if k != "data"},
         split={"mode": "groups" if run.loss.is_embedding else str(run.split), "seed": run.seed, "holdout": run.holdout, "file": files.split.name,
                **S.counts(prep.split),
-               **({"member_folds": [int(prep.folds.eq(k).sum()) for k in range(run.ensemble)]} if prep.folds is not None else {})},
+               **({"member_folds": prep.fold_sizes(run.ensemble)} if prep.folds is not None else {})},
         leaks=asdict(prep.leaks) if prep.leaks else None, titles=group_titles(prep.table), precision=str(learn.precision),
         skipped_images=len(prep.skipped), cached_images=prep.cached, history=history,
         params=int(sum(p.numel() for p in learn.model.parameters())),
@@ -111,12 +111,12 @@ def _scores(learn, prep: Prepared, cfg: ResolvedConfig) -> dict[str, Any]:
     if cfg.loss.is_embedding:
         return {"matching": calibrate_matching(learn, prep, cfg.seed)}
     scores = {"train_accuracy": accuracy_on(learn, prep.rows(S.TRAIN)) if cfg.score_train else None,
-              "valid_accuracy": accuracy_on(learn, prep.rows(S.VALID)), "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
+              "test_accuracy": accuracy_on(learn, prep.rows(S.TEST))}
     if cfg.ensemble > 1:
         scores["members"] = _member_scores(learn, prep)
-    if prep.folds is not None:  # the other members trained on the valid photos: only each member on its own fold is unseen
-        scores["valid_accuracy"] = _out_of_fold([m["valid_accuracy"] for m in scores["members"]],
-                                                [int(prep.folds.eq(k).sum()) for k in range(cfg.ensemble)])
+    # with member folds the other members trained on the valid photos: only each member on its own fold is unseen
+    scores["valid_accuracy"] = (accuracy_on(learn, prep.rows(S.VALID)) if prep.folds is None else
+                                _out_of_fold([m["valid_accuracy"] for m in scores["members"]], prep.fold_sizes(cfg.ensemble)))
     return scores
 
 
