@@ -202,12 +202,17 @@ class RunTraits:
         return self.recipe == Recipe.features and self.uses_pretrained and self.arch != CNN_ARCH
 
     @property
+    def members(self) -> int:
+        """Ensemble members as far as known: those given, else 1 (TrainConfig resolves the default later)."""
+        return self.ensemble or 1
+
+    @property
     def model_name(self) -> str:
         if self.name:
             return self.name
         if self.loss.is_embedding:
-            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if (self.ensemble or 1) > 1 else "")
-        if (self.ensemble or 1) > 1:  # given: the default's members keep the default name
+            return f"{self.arch}-{self.loss}" + (f"-ensemble{self.ensemble}" if self.members > 1 else "")
+        if self.members > 1:  # given: the default's members keep the default name
             return f"{self.arch}-ensemble{self.ensemble}"
         return f"{self.arch}-{'pretrained' if self.uses_pretrained else 'scratch'}"
 
@@ -318,7 +323,7 @@ class TrainConfig(RunTraits):
                 raise ShopeeError(f"{option(given[0])} shapes an embedding; add --loss arcface (or subcenter), or drop it")
         if self.loss.is_embedding and self.mixup:
             raise ShopeeError(f"--mixup with --loss {self.loss}: mixing photos has no margin to learn; drop --mixup")
-        if (self.ensemble or 1) > 1 and (not self.uses_pretrained or self.recipe != Recipe.features
+        if self.members > 1 and (not self.uses_pretrained or self.recipe != Recipe.features
                                   or self.arch == CNN_ARCH or self.epochs or self.top_stages == 0):
             raise ShopeeError(f"--ensemble {self.ensemble}: averages models that train body stages on cached maps; use "
                               "a timm --arch with --pretrained, --recipe features, no --epochs and --top-stages ≥ 1")
