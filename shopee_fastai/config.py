@@ -254,7 +254,7 @@ class TrainConfig(RunTraits):
     body_lr: float = BODY_LR
     head_views: int | None = None  # None: HEAD_VIEWS for the body at hand
     ensemble: int | None = None  # members trained on one cache of the frozen part, exported as one model; None: DEFAULT_ENSEMBLE where it applies, else 1
-    member_folds: bool | None = None  # each ensemble member validates on a fold of its own and trains on every other photo; None: on for a classifier's ensemble
+    member_folds: bool | None = None  # each ensemble member validates on a fold of its own and trains on every other photo; None: on for a classifier's ensemble on the leak-free split
     mixup: float = 0.0
     # schedule
     epochs: int | None = None  # None: EPOCHS, or 0 unfrozen epochs after the features recipe
@@ -347,7 +347,8 @@ class TrainConfig(RunTraits):
         if self.member_folds and (ensemble == 1 or self.loss.is_embedding):
             raise ShopeeError("--member-folds gives each member of a classifier's ensemble its own validation fold; "
                               "train a classifier with --ensemble 2 or more, or drop it")
-        member_folds = _or(self.member_folds, ensemble > 1 and not self.loss.is_embedding)
+        # on a random split a fold's photos keep their sequence-mates in training: no help measured, so folds stay off
+        member_folds = _or(self.member_folds, ensemble > 1 and not self.loss.is_embedding and self.split != Split.random)
         # no head phase: its settings as given, else 0
         head = ({"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]} if self.cached_head
                 else {"head_epochs": 0, "head_views": 0})

@@ -33,7 +33,8 @@ def member_outputs(learn, images) -> list:
 
 @pytest.fixture(scope="module")
 def ensemble(synthetic, tmp_path_factory):
-    return fit_and_export(default_recipe_config(synthetic, tmp_path_factory.mktemp("m"), ensemble=2, checkpoint_every=0, name=None))
+    return fit_and_export(default_recipe_config(synthetic, tmp_path_factory.mktemp("m"), ensemble=2, checkpoint_every=0, name=None,
+                                                member_folds=True))  # the default on the leak-free split
 
 
 def test_members_train_one_after_another_and_each_is_scored(ensemble):
@@ -72,7 +73,7 @@ def test_the_accuracy_recipe_predicts_an_ensemble_with_tta(ensemble):
     assert not np.allclose(tta, plain, atol=1e-4)  # the augmented passes count
 
 def test_members_train_on_all_but_a_fold_of_their_own_and_are_scored_there(ensemble):
-    """Member folds (the default): member 2 trains on the valid photos too, each member is scored on its own fold alone."""
+    """Member folds (the default on the leak-free split): member 2 trains on the valid photos too, each member is scored on its own fold alone."""
     card, prep = ensemble.card, ensemble.prep
     assert card.split["member_folds"] == [int(prep.folds.eq(k).sum()) for k in (0, 1)] and min(card.split["member_folds"]) > 0
     assert card.test_accuracy > 1 / len(COLOURS)
@@ -142,7 +143,7 @@ def test_a_killed_ensemble_resumes_in_the_member_it_was_training(synthetic, tmp_
     from .test_checkpoint import default_recipe_cli
 
     models = tmp_path / "m"
-    cmd = default_recipe_cli(synthetic, models, "--ensemble", "2")
+    cmd = default_recipe_cli(synthetic, models, "--ensemble", "2", "--member-folds")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state, deadline = models / "r.ckpt.json", time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -155,7 +156,7 @@ def test_a_killed_ensemble_resumes_in_the_member_it_was_training(synthetic, tmp_
     proc.wait()
     from shopee_fastai.training import train
 
-    train(default_recipe_config(synthetic, models, ensemble=2, resume=True))
+    train(default_recipe_config(synthetic, models, ensemble=2, member_folds=True, resume=True))
     card = json.loads((models / "r.json").read_text())
     assert [h["phase"] for h in card["history"]] == ["head 1/2"] * HEAD_EPOCHS + ["head 2/2"] * HEAD_EPOCHS
     assert len(card["members"]) == 2 and card["test_accuracy"] > 1 / len(COLOURS)

@@ -167,6 +167,8 @@ def test_settings_resolve_once_for_the_body_at_hand(synthetic):
     one = resolve(TrainConfig(**lite, ensemble=1))
     assert (one.ensemble, one.head_epochs, one.name, one.member_folds) == (1, HEAD_EPOCHS[True], "tf_efficientnet_lite0-pretrained", False)
     assert not resolve(TrainConfig(**lite, member_folds=False)).member_folds
+    assert not resolve(TrainConfig(**lite, split="random")).member_folds  # folds measured no help on a random split
+    assert resolve(TrainConfig(**lite, split="random", member_folds=True)).member_folds
     assert not resolve(TrainConfig(**lite, loss="arcface", ensemble=2)).member_folds  # an embedding validates on held-out groups
     assert resolve(TrainConfig(**lite, ensemble=2)).name == "tf_efficientnet_lite0-ensemble2"
     # one model where members could not share a cache of trained stages, and for an embedding (its own study)
