@@ -93,8 +93,8 @@ HELP: dict[str, str | tuple[str, ...]] = {
     "margin_ramp": "A margin --loss: grow the margin from 0 to --margin over this share of training (0: full margin from the start).",
     "member_folds": ("Each ensemble member validates on a fold of its own (the valid split for the first) and trains on "
                      "every other photo, so the ensemble learns from every photo; the card's valid accuracy is then each "
-                     "member's on its own fold. Default on for a classifier's ensemble on the leak-free split; --no-member-folds: every member "
-                     "validates on the valid split.", "--member-folds/--no-member-folds"),
+                     "member's on its own fold. Default on for a classifier's ensemble on the leak-free split; "
+                     "--no-member-folds: every member validates on the valid split.", "--member-folds/--no-member-folds"),
     "refit": ("A margin --loss: after calibrating on held-out groups, train the final model again on all but 2 groups, "
               "keeping the first network's settings, not re-calibrated (2x the time).", "--refit/--no-refit"),
     "mixup": "fastai MixUp on the cached inputs: Beta(a, a) weight (0: off).",

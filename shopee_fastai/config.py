@@ -347,7 +347,7 @@ class TrainConfig(RunTraits):
         if self.member_folds and (ensemble == 1 or self.loss.is_embedding):
             raise ShopeeError("--member-folds gives each member of a classifier's ensemble its own validation fold; "
                               "train a classifier with --ensemble 2 or more, or drop it")
-        # on a random split a fold's photos keep their sequence-mates in training: no help measured, so folds stay off
+        # on a random split folds measured a loss (docs/results.md), likely as a fold's sequence-mates stay in training
         member_folds = _or(self.member_folds, ensemble > 1 and not self.loss.is_embedding and self.split != Split.random)
         # no head phase: its settings as given, else 0
         head = ({"head_epochs": head_epochs[top_stages > 0], "head_views": views[top_stages > 0]} if self.cached_head
