@@ -96,6 +96,13 @@ def test_int8_scripts_compare_the_graphs_train_wrote(run_script, trained_cnn, sy
                                     "--rows", ".", "minmax"], "| minmax | ")
 
 
+def test_blend_of_a_model_with_itself_scores_as_the_model(run_script, trained_cnn, synthetic):
+    pkl = str(trained_cnn.files.pkl)
+    out = run_script("blend.py", ["--data", str(synthetic), "--rows", ".", "--model", pkl, pkl], "| mean of the 2 | ")
+    alone = out.split(f"| {pkl} | ")[1].split(" |")[0]
+    assert f"| mean of the 2 | **{alone}** |" in out, out
+
+
 def test_cpu_kernels_times_a_train_process_per_case(run_script):
     run_script("cpu_kernels.py", ["--data", str(SAMPLE_DIR), "--top-groups", "2", "--size", "32", "--epochs", "1",
                                   "--case", "this CPU's kernels"], "| this CPU's kernels | ")
