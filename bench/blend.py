@@ -18,6 +18,7 @@ from shopee_fastai.data.table import ID, LABEL, PATH, read_table
 from shopee_fastai.inference.load import load_learner, load_predictor
 from shopee_fastai.inference.torch_backends import LearnerPredictor
 from shopee_fastai.machine import summary
+from shopee_fastai.nets.ensemble import Ensemble
 
 
 def predictor(spec: str):
@@ -26,6 +27,11 @@ def predictor(spec: str):
     if not member:
         return load_predictor(Path(path))
     learn = load_learner(Path(path))
+    n = len(learn.model.members) if isinstance(learn.model, Ensemble) else 0
+    if not n:
+        raise SystemExit(f"{spec}: {path} is one model, not an ensemble; give {path} alone")
+    if not member.isdigit() or int(member) >= n:
+        raise SystemExit(f"{spec}: {path} has {n} ensemble members; give FILE:K with K from 0 to {n - 1}, or FILE alone")
     learn.model = learn.model.member(int(member))
     return LearnerPredictor(learn)
 
