@@ -81,16 +81,17 @@ def main() -> None:
     print(summary())
     from shopee_fastai.config import CACHE_ENV
 
-    tmp = Path(tempfile.mkdtemp(prefix="shopee-bench-"))
-    os.environ[CACHE_ENV] = str(tmp / "cache")  # a cold cache of its own
-    print(f"one training epoch (decode + Resize({args.size}) + aug_transforms + Normalize, bs {args.bs}), "
-          f"{os.cpu_count()} cores")
-    print(f"{'data':28s} {'images':>6s}  {'raw files':>24s}  {'prepared cache':>24s}  ratio   prepare once")
-    for d in args.data:
-        bench(d.name, d, args.size, args.bs, args.workers)
-    if args.synthetic:
-        bench("synthetic 1000-2000 px", synthetic_shopee(tmp / "synthetic", args.synthetic), args.size, args.bs,
-              args.workers)
+    with tempfile.TemporaryDirectory(prefix="shopee-bench-") as folder:
+        tmp = Path(folder)
+        os.environ[CACHE_ENV] = str(tmp / "cache")  # a cold cache of its own
+        print(f"one training epoch (decode + Resize({args.size}) + aug_transforms + Normalize, bs {args.bs}), "
+              f"{os.cpu_count()} cores")
+        print(f"{'data':28s} {'images':>6s}  {'raw files':>24s}  {'prepared cache':>24s}  ratio   prepare once")
+        for d in args.data:
+            bench(d.name, d, args.size, args.bs, args.workers)
+        if args.synthetic:
+            bench("synthetic 1000-2000 px", synthetic_shopee(tmp / "synthetic", args.synthetic), args.size, args.bs,
+                  args.workers)
 
 
 if __name__ == "__main__":

@@ -105,21 +105,22 @@ def end_to_end(n: int, dim: int) -> None:
 
     import pandas as pd
 
-    work = Path(tempfile.mkdtemp(prefix="match-e2e-"))
-    (work / "train_images").mkdir()
-    labels = shopee_labels(n, np.random.default_rng(0))
-    pd.DataFrame({"posting_id": [f"p{i}" for i in range(n)], "image": [f"{i}.jpg" for i in range(n)],
-                  "image_phash": [f"{i:016x}" for i in range(n)], "title": "t", "label_group": labels}
-                 ).to_csv(work / "train.csv", index=False)
-    np.save(work / "e.npy", shopee_like(n, dim, latent=48))
-    print(f"\n`shopee-fastai match --embeddings` end to end, {n:,} postings x {dim} dims (whole process, imports included)")
-    for extra in ([], ["--blend", "--min2"], ["--index", "hnsw"]):
-        cmd = [sys.executable, "-m", "shopee_fastai", "match", "--data", str(work), "--embeddings", str(work / "e.npy"),
-               "--threshold", "0.5", "--out", str(work / "s.csv"), *extra]
-        start = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        f1 = [ln for ln in out.stdout.splitlines() if "F1" in ln]
-        print(f"{' '.join(extra) or 'plain':18s} {time.perf_counter() - start:6.1f} s  rc {out.returncode}  {f1[-1] if f1 else out.stderr[-200:]}")
+    with tempfile.TemporaryDirectory(prefix="match-e2e-") as folder:
+        work = Path(folder)
+        (work / "train_images").mkdir()
+        labels = shopee_labels(n, np.random.default_rng(0))
+        pd.DataFrame({"posting_id": [f"p{i}" for i in range(n)], "image": [f"{i}.jpg" for i in range(n)],
+                      "image_phash": [f"{i:016x}" for i in range(n)], "title": "t", "label_group": labels}
+                     ).to_csv(work / "train.csv", index=False)
+        np.save(work / "e.npy", shopee_like(n, dim, latent=48))
+        print(f"\n`shopee-fastai match --embeddings` end to end, {n:,} postings x {dim} dims (whole process, imports included)")
+        for extra in ([], ["--blend", "--min2"], ["--index", "hnsw"]):
+            cmd = [sys.executable, "-m", "shopee_fastai", "match", "--data", str(work), "--embeddings", str(work / "e.npy"),
+                   "--threshold", "0.5", "--out", str(work / "s.csv"), *extra]
+            start = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            f1 = [ln for ln in out.stdout.splitlines() if "F1" in ln]
+            print(f"{' '.join(extra) or 'plain':18s} {time.perf_counter() - start:6.1f} s  rc {out.returncode}  {f1[-1] if f1 else out.stderr[-200:]}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from shopee_fastai.machine import summary
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 os.environ["SHOPEE_FASTAI_CACHE"] = tempfile.mkdtemp(prefix="shopee-fastai-test-cache-")  # never the user's cache
+atexit.register(shutil.rmtree, os.environ["SHOPEE_FASTAI_CACHE"], ignore_errors=True)
 COLOURS = {"1001": (200, 40, 40), "2002": (40, 180, 60), "3003": (50, 60, 210)}
 PER_GROUP = 12
 SIZE = 32  # training side in the tests: small enough for seconds on 2 cores

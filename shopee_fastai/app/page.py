@@ -7,12 +7,13 @@ from __future__ import annotations
 import csv
 import html
 import io
+import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from ..config import SERVE_NEIGHBOURS, TOP_K
 from ..errors import ShopeeError
@@ -21,7 +22,7 @@ from ..io import write_text
 from .review import Review
 from .service import Service
 
-CSV_KEEP_S = 600  # downloadable CSVs older than this are removed (Gradio has copied them into its cache by then)
+CACHE = (3600, 3600)  # every hour Gradio drops uploads and CSVs over an hour old from its cache; at shutdown, all
 EXAMPLE_GROUPS = 4  # predicted groups whose training photos are shown
 CSS = """
 .shopee-error { color: #b00020; font-weight: 600; }
@@ -56,25 +57,21 @@ def matches_html(results: Sequence[dict], failures: Sequence[dict]) -> str:
     return f'<div class="shopee-results">{"".join(parts)}{_errors_html(failures)}</div>'
 
 
-class CsvOut:
-    """The batch's predictions as a CSV file for the page's download link, in a folder of this server's own."""
-
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="shopee-fastai-serve-"))
-
-    def write(self, results: Sequence[dict]) -> str:
-        for old in self.folder.glob("*.csv"):
-            if time.time() - old.stat().st_mtime > CSV_KEEP_S:
-                old.unlink(missing_ok=True)
-        buf = io.StringIO()
-        out = csv.writer(buf)
-        out.writerow(["image", "rank", "label_group", "title", "probability"])
-        for r in results:
-            for i, p in enumerate(r["predictions"], 1):
-                out.writerow([r["image"], i, p["label_group"], p.get("title", ""), p["probability"]])
-        dest = Path(tempfile.mkstemp(suffix=".csv", prefix="predictions-", dir=self.folder)[1])
-        write_text(dest, buf.getvalue())
-        return str(dest)
+def predictions_csv(results: Sequence[dict]) -> str:
+    """The batch's predictions as a CSV for the page's download link, written inside Gradio's cache so that its
+    delete_cache removes it with the uploads (uvicorn ends on SIGTERM by the signal: no exit hook of ours runs)."""
+    buf = io.StringIO()
+    out = csv.writer(buf)
+    out.writerow(["image", "rank", "label_group", "title", "probability"])
+    for r in results:
+        for i, p in enumerate(r["predictions"], 1):
+            out.writerow([r["image"], i, p["label_group"], p.get("title", ""), p["probability"]])
+    folder = Path(get_upload_folder()) / "shopee-fastai"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(suffix=".csv", prefix="predictions-", dir=folder)
+    os.close(fd)
+    write_text(Path(name), buf.getvalue())
+    return name
 
 
 def _inputs(files: Sequence[Any] | None, pasted: str | None) -> list[tuple[str, Path]]:
@@ -134,13 +131,12 @@ def review_tab(review: Review):
 def build_page(service: Service | None, review: Review | None = None):
     """The Blocks app; the caller mounts it (server.py). Without a model, the Review tab alone."""
     if service is None:
-        with gr.Blocks(title="shopee-fastai: review", analytics_enabled=False) as page:
+        with gr.Blocks(title="shopee-fastai: review", analytics_enabled=False, delete_cache=CACHE) as page:
             gr.Markdown(f"## Review of {html.escape(str(review.folder))}")
             with gr.Tabs(selected="review"):
                 first, outputs = review_tab(review)
             page.load(first, None, outputs)
         return page
-    csv_out = CsvOut()
     titles = service.titles
 
     def classify(files, pasted, k):
@@ -153,7 +149,7 @@ def build_page(service: Service | None, review: Review | None = None):
             return _errors_html([{"error": str(e)}]), [], None
         groups = list(dict.fromkeys(r["predictions"][0]["label_group"] for r in results))[:EXAMPLE_GROUPS]
         gallery = [(str(p), display_name(g, titles)) for g in groups for p in service.examples.get(g, [])]
-        return results_html(results, failures), gallery, csv_out.write(results) if results else None
+        return results_html(results, failures), gallery, predictions_csv(results) if results else None
 
     def find(files, k):
         photos = _inputs(files, None)
@@ -170,7 +166,7 @@ def build_page(service: Service | None, review: Review | None = None):
 
     health = service.health()
     what = f"{len(health['classes'])} label groups" if service.classifies else "an embedding model (matches only)"
-    with gr.Blocks(title=f"shopee-fastai: {health['model']}", analytics_enabled=False) as page:
+    with gr.Blocks(title=f"shopee-fastai: {health['model']}", analytics_enabled=False, delete_cache=CACHE) as page:
         gr.Markdown(f"## {html.escape(health['model'])}\n{what} · backend {health['backend']}"
                     + (f" · catalogue of {health['catalog']['listings']} listings" if health["catalog"] else ""))
         with gr.Tabs(selected="review" if review else "classify" if service.classifies else "match"):

@@ -34,7 +34,8 @@ def free_port() -> int:
 
 @contextmanager
 def running(model: Path | None, log: Path, catalog: Path | None = None, audit: Path | None = None):
-    """`serve` in a child process until the block ends; fails with the server's output if it never answers."""
+    """`serve` in a child process until the block ends; fails with the server's output if it never answers.
+    Its temporary files go to tmp/ beside the log, never the machine's /tmp."""
     import httpx
 
     port = free_port()
@@ -42,8 +43,10 @@ def running(model: Path | None, log: Path, catalog: Path | None = None, audit: P
     cmd += ["--model", str(model)] if model else []
     cmd += ["--catalog", str(catalog)] if catalog else []
     cmd += ["--audit", str(audit)] if audit else []
+    tmp = log.parent / "tmp"
+    tmp.mkdir(exist_ok=True)
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp)})
     server = Server(f"http://127.0.0.1:{port}", log, proc)
     try:
         deadline = time.monotonic() + STARTUP_S

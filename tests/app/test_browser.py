@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import running
+
 WAIT_S = 60
 
 
@@ -83,6 +85,26 @@ def test_classify_a_photo_and_read_its_group_and_title(browser, served, syntheti
     first = text.splitlines()[2]  # photo name, table header, then the best group
     assert first.split()[:4] == ["1", "2002", "product", "2002"], text
     _save(browser, shots / "serve-classify.png")
+
+
+def test_the_csv_downloads_and_a_stopped_server_leaves_no_photos_or_csvs_behind(browser, trained_cnn, synthetic, tmp_path):
+    """The page's CSV downloads; it and the uploads live in Gradio's cache, in the server's temporary folder, until
+    the server stops."""
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    photos = sorted((synthetic / "train_images").iterdir())
+    kept = lambda: sorted(p.name for p in (tmp_path / "tmp").rglob("*") if p.suffix in (".jpg", ".csv"))  # noqa: E731
+    with running(trained_cnn.files.safetensors, tmp_path / "serve.log", synthetic) as server:
+        _open(browser, server.url)
+        _upload_and_run(browser, "classify-files", "classify-button", "classify-results", photos[:1], "probability")
+        link = browser.find_element(By.CSS_SELECTOR, "#classify-csv a").get_attribute("href")
+        table = httpx.get(link, timeout=WAIT_S).text.splitlines()
+        assert table[0] == "image,rank,label_group,title,probability" and table[1].startswith(f"{photos[0].name},1,"), table
+        during = kept()
+        assert photos[0].name in during and [n for n in during if n.startswith("predictions-")], during
+    assert kept() == []
+    assert sorted((synthetic / "train_images").iterdir()) == photos  # the catalogue's own photos stay
 
 
 def test_a_text_file_shows_an_error_and_the_page_goes_on(browser, served, synthetic, tmp_path, shots):
