@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -45,7 +47,8 @@ def test_embed_under_torchrun_shards_and_gathers_in_order(synthetic, tmp_path):
     out = tmp_path / "dp.npy"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "shopee_fastai", "embed",
            "--data", str(synthetic), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})  # torchrun's logs: not /tmp
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("embeddings of") == 1  # one writer
     from shopee_fastai.data.table import PATH, read_table
